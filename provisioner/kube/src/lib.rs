@@ -1,0 +1,35 @@
+//! `cartwright-kube`: the kube-rs adapter (watchers feeding the state index, `ClusterApi` over the API
+//! server, leader election, the kwok provider). For now it holds the process-wide TLS set-up every kube
+//! client in the binary relies on.
+#![forbid(unsafe_code)]
+
+/// Installs aws-lc-rs as the process-wide rustls crypto provider.
+///
+/// The binary links two TLS users, kube (its HTTPS client) and the AWS SDK. rustls panics with "Could not
+/// automatically determine the process-level CryptoProvider" when more than one provider is compiled in and
+/// none is installed, which is what kube's default `ring` feature beside the SDK's aws-lc-rs produces. The
+/// workspace builds kube with `aws-lc-rs` so only one provider exists; installing it explicitly at start-up
+/// keeps the binary working even if a future dependency brings a second one. Calling this twice is harmless.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is all this function wants.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    /// Building an HTTPS kube client creates a rustls `ClientConfig`, which is where the provider panic
+    /// happens. No provider is installed first: the feature set alone must make the choice unambiguous.
+    #[tokio::test]
+    async fn kube_client_builds_for_https_without_an_installed_provider() {
+        let config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        let client = kube::Client::try_from(config);
+        assert!(client.is_ok(), "{:?}", client.err());
+    }
+
+    #[test]
+    fn installing_the_provider_twice_is_harmless() {
+        super::install_crypto_provider();
+        super::install_crypto_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, then runs the format check, the dependency-direction
+# checks, clippy with warnings denied, and the whole test suite. Fails (never skips) when a dependency is
+# missing. Usage: scripts/test.sh   (from any directory)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One target directory shared by every run on this machine (CI included), so dependencies build once.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cartwright/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export CARGO_INCREMENTAL=0
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages (cmake and libclang for HiGHS)"
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+cmake --version | head -1
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "dependency direction: cartwright-binpack and cartwright-core pull in no kube, AWS SDK or tokio"
+for crate in cartwright-binpack cartwright-core; do
+  forbidden=$(cargo tree -p "$crate" -e normal,build --prefix none --format '{p}' \
+    | awk '{print $1}' | grep -E '^(kube|kube-[a-z]+|k8s-openapi|aws-[a-z0-9-]+|tokio)$' | sort -u || true)
+  if [ -n "$forbidden" ]; then
+    echo "error: $crate depends on: $forbidden" >&2
+    exit 1
+  fi
+  echo "$crate: ok"
+done
+
+step "one TLS crypto provider: no ring in the binary"
+if cargo tree -p cartwright -e normal --prefix none --format '{p}' | awk '{print $1}' | grep -qx ring; then
+  echo "error: ring is linked beside aws-lc-rs; rustls would panic choosing a provider" >&2
+  cargo tree -p cartwright -e normal -i ring >&2
+  exit 1
+fi
+echo "ok"
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked

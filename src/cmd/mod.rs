@@ -1,0 +1,74 @@
+//! Subcommands: one module each, exposing `Args` and `run`.
+
+pub mod catalog;
+pub mod simulate;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+/// Cartwright: a node autoscaler for Kubernetes on AWS.
+#[derive(Debug, Parser)]
+#[command(name = "cartwright", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `cartwright_core=debug`.
+    #[arg(long, global = true, env = "CARTWRIGHT_LOG", default_value = "warn")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the instance catalog of a region: types, allocatable resources, labels and offerings.
+    Catalog(catalog::Args),
+    /// Run the simulator (with no arguments: the embedded default scenario).
+    Simulate(simulate::Args),
+}
+
+/// Parses the command line (exiting with clap's message on bad usage).
+pub fn parse() -> Cli {
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Repeated multi-value flags keep their grouping only in the raw matches.
+    if let (Command::Catalog(args), Some(sub)) = (&mut cli.command, matches.subcommand_matches("catalog")) {
+        args.requirement_groups = sub
+            .get_occurrences::<String>("requirement")
+            .map(|occurrences| occurrences.map(|words| words.cloned().collect()).collect())
+            .unwrap_or_default();
+    }
+    cli
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Catalog(args) => catalog::run(args),
+        Command::Simulate(args) => simulate::run(args),
+    }
+}
+
+/// Logs go to stderr so that stdout stays machine-readable (`--output json`).
+pub fn init_logging(global: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&global.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match global.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

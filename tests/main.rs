@@ -1,0 +1,3 @@
+//! End-to-end tests of the `cartwright` binary: each runs the real executable, as a user would.
+
+mod cli;
