@@ -167,10 +167,23 @@ impl InstanceType {
         self.compatible_offerings(requirements).min_by_key(|o| o.price)
     }
 
-    /// Whether a node of this type could satisfy the requirements: its labels are compatible and some
-    /// available offering is admitted. The error says which label or that no offering remains.
+    /// Whether a node of this type could satisfy the requirements on its own: its labels are compatible (a
+    /// key the type does not define must admit an absent label, unless it is well-known) and some available
+    /// offering is admitted. The error says which label or that no offering remains.
     pub fn check_compatible(&self, requirements: &Requirements) -> Result<(), Incompatibility> {
         self.requirements.compatible(requirements)?;
+        self.check_offerings(requirements)
+    }
+
+    /// Whether the type can back a node whose other labels come from elsewhere (a NodePool's template): only
+    /// the keys the type defines must intersect (Karpenter's instance-type filter), and some available
+    /// offering must be admitted.
+    pub fn check_intersects(&self, requirements: &Requirements) -> Result<(), Incompatibility> {
+        self.requirements.intersects(requirements)?;
+        self.check_offerings(requirements)
+    }
+
+    fn check_offerings(&self, requirements: &Requirements) -> Result<(), Incompatibility> {
         if self.compatible_offerings(requirements).next().is_none() {
             let wanted = [labels::ZONE, labels::CAPACITY_TYPE]
                 .iter()

@@ -12,6 +12,7 @@ pub mod labels;
 pub mod quantity;
 pub mod requirements;
 pub mod resources;
+pub mod solver;
 pub mod taints;
 
 pub use catalog::{Catalog, CatalogError, CatalogOptions, NodeSettings, SpotPriceModel};

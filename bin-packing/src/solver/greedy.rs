@@ -1,0 +1,380 @@
+//! Cartwright's cost-aware greedy: free room on existing nodes first, then new nodes chosen by value per
+//! dollar, where a pod's value is its price in the aggregate LP (the "dual-priced pattern greedy" of the
+//! solver notes §2.5).
+//!
+//! For the most valuable class with pods left (the seed), every instance type of the highest-weight NodePool
+//! that can hold it is packed: seed pods first, then the other classes by value, first fit. The pattern whose
+//! packed value divided by price is highest wins, and is repeated while its classes have pods left and the
+//! NodePool's limits allow. Each new node is then launched as the cheapest offering that holds its pods, and
+//! lists every other offering that would (for launch flexibility and `minValues`).
+
+use std::collections::BTreeMap;
+
+use crate::catalog::check_min_values;
+use crate::instance_type::{InstanceType, Price};
+use crate::labels;
+use crate::requirements::Requirements;
+use crate::resources::Resources;
+use crate::taints::first_untolerated;
+
+use super::index::{Class, Index, fit_count};
+use super::plan::{LaunchOption, NewNode, Placement, Unschedulable};
+use super::problem::Limits;
+use super::reasons;
+
+/// The most alternatives a new node lists (CreateFleet takes at most 60 overrides per request in practice).
+pub const MAX_ALTERNATIVES: usize = 60;
+
+/// What the greedy decided, before costing and bounding.
+#[derive(Debug, Default)]
+pub(crate) struct Decisions {
+    pub placements: Vec<Placement>,
+    pub new_nodes: Vec<NewNode>,
+    pub unschedulable: Vec<Unschedulable>,
+    /// Per class: pods placed (on existing or new nodes).
+    pub placed: Vec<i64>,
+}
+
+/// A candidate node: a pool type, an offering and how many pods of each class it holds.
+struct Pattern {
+    pool: usize,
+    counts: Vec<(usize, i64)>,
+    requirements: Requirements,
+    requests: Resources,
+    value: f64,
+    price: Price,
+}
+
+struct State<'i, 'p> {
+    index: &'i Index<'p>,
+    values: &'i [f64],
+    remaining: Vec<i64>,
+    next_pod: Vec<usize>,
+    limits: Vec<Limits>,
+    /// Per pool: whether some class had a candidate there that limits or minValues stopped.
+    blocked_by_limits: Vec<Vec<bool>>,
+    out: Decisions,
+}
+
+/// Places pods on existing nodes (first fit, initialized nodes first), in `order`.
+fn place_on_existing(state: &mut State, order: &[usize]) {
+    let problem = state.index.problem;
+    let mut nodes: Vec<usize> = (0..problem.existing.len()).collect();
+    nodes.sort_by_key(|&n| !problem.existing[n].initialized);
+    let mut free: Vec<Resources> = problem.existing.iter().map(|n| n.free()).collect();
+    for &c in order {
+        let class = &state.index.classes[c];
+        for &n in &nodes {
+            if state.remaining[c] == 0 {
+                break;
+            }
+            let node = &problem.existing[n];
+            if !existing_admits(class, node) {
+                continue;
+            }
+            let k = fit_count(&free[n], &class.requests).min(state.remaining[c]);
+            for _ in 0..k {
+                let pod = take_pod(state, c);
+                state.out.placements.push(Placement { pod, node: node.name.clone() });
+            }
+            free[n].sub_assign(&class.requests.times(k));
+        }
+    }
+}
+
+/// Whether a pod of the class may run on an existing node (labels and hard taints; not room).
+pub(crate) fn existing_admits(class: &Class, node: &super::problem::ExistingNode) -> bool {
+    first_untolerated(&class.spec.tolerations, &node.taints).is_none()
+        && class.spec.affinity.matches_labels(&node.labels)
+}
+
+fn take_pod(state: &mut State, c: usize) -> String {
+    let class = &state.index.classes[c];
+    let pod = &state.index.problem.pods[class.pods[state.next_pod[c]]];
+    state.next_pod[c] += 1;
+    state.remaining[c] -= 1;
+    state.out.placed[c] += 1;
+    pod.name.clone()
+}
+
+fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Option<Pattern> {
+    let index = state.index;
+    let pool = &index.pools[p];
+    let pt = &pool.types[pos];
+    let t: &InstanceType = index.instance_type(pt);
+    let seed_pool = index.classes[seed].per_pool[p].as_ref().ok()?;
+    let offering = pt
+        .offerings
+        .iter()
+        .map(|&o| &t.offerings[o])
+        .filter(|o| o.is_compatible(&seed_pool.requirements))
+        .min_by_key(|o| o.price)?;
+    let mut free = pt.usable.clone();
+    let mut requirements = seed_pool.requirements.clone();
+    let mut counts = Vec::new();
+    let mut requests = Resources::new();
+    let mut value = 0.0;
+    for &c in std::iter::once(&seed).chain(order.iter().filter(|&&c| c != seed)) {
+        if state.remaining[c] == 0 {
+            continue;
+        }
+        let class = &index.classes[c];
+        let Ok(cp) = &class.per_pool[p] else { continue };
+        if !cp.admits[pos]
+            || !offering.is_compatible(&cp.requirements)
+            || requirements.intersects(&cp.requirements).is_err()
+        {
+            continue;
+        }
+        let k = fit_count(&free, &class.requests).min(state.remaining[c]);
+        if k == 0 {
+            continue;
+        }
+        if c != seed {
+            requirements = requirements.intersection(&cp.requirements);
+        }
+        free.sub_assign(&class.requests.times(k));
+        requests.add_assign(&class.requests.times(k));
+        value += state.values[c] * k as f64;
+        counts.push((c, k));
+    }
+    (!counts.is_empty() && counts[0].0 == seed).then_some(Pattern {
+        pool: p,
+        counts,
+        requirements,
+        requests,
+        value,
+        price: offering.price,
+    })
+}
+
+/// The offerings of the pool that hold `requests` under `requirements` within the limits, cheapest first.
+fn alternatives(
+    state: &State,
+    p: usize,
+    requirements: &Requirements,
+    requests: &Resources,
+) -> Vec<(usize, LaunchOption)> {
+    let index = state.index;
+    let mut out = Vec::new();
+    for (pos, pt) in index.pools[p].types.iter().enumerate() {
+        let t = index.instance_type(pt);
+        if !requests.fits_in(&pt.usable)
+            || !state.limits[p].allows(&t.capacity)
+            || t.requirements.intersects(requirements).is_err()
+        {
+            continue;
+        }
+        for &o in &pt.offerings {
+            let o = &t.offerings[o];
+            if o.is_compatible(requirements) {
+                out.push((
+                    pos,
+                    LaunchOption {
+                        instance_type: t.name.clone(),
+                        zone: o.zone.clone(),
+                        capacity_type: o.capacity_type,
+                        price: o.price,
+                    },
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        (a.1.price, &a.1.instance_type, &a.1.zone, a.1.capacity_type).cmp(&(
+            b.1.price,
+            &b.1.instance_type,
+            &b.1.zone,
+            b.1.capacity_type,
+        ))
+    });
+    out
+}
+
+/// Finds the best pattern for the seed class in the first NodePool (by weight) that can hold it.
+fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Pattern, Vec<LaunchOption>)> {
+    let index = state.index;
+    for p in 0..index.pools.len() {
+        let Ok(cp) = &index.classes[seed].per_pool[p] else { continue };
+        // Cheapest first, so a type no better than a cheaper one already tried can be skipped.
+        let mut candidates: Vec<(Price, usize)> = cp
+            .types
+            .iter()
+            .filter_map(|&pos| {
+                let pt = &index.pools[p].types[pos];
+                let t = index.instance_type(pt);
+                if !state.limits[p].allows(&t.capacity) {
+                    return None;
+                }
+                let price = pt
+                    .offerings
+                    .iter()
+                    .map(|&o| &t.offerings[o])
+                    .filter(|o| o.is_compatible(&cp.requirements))
+                    .map(|o| o.price)
+                    .min()?;
+                Some((price, pos))
+            })
+            .collect();
+        if candidates.is_empty() {
+            state.blocked_by_limits[p][seed] = true;
+            continue;
+        }
+        candidates.sort();
+        let mut frontier: Vec<&Resources> = Vec::new();
+        let mut best: Option<Pattern> = None;
+        for &(_, pos) in &candidates {
+            let usable = &index.pools[p].types[pos].usable;
+            if frontier.iter().any(|f| usable.fits_in(f)) {
+                continue; // a cheaper type offers at least as much room
+            }
+            frontier.push(usable);
+            let Some(pattern) = pack(state, order, seed, p, pos) else { continue };
+            let better = match &best {
+                None => true,
+                Some(b) => {
+                    let (s, bs) =
+                        (pattern.value / pattern.price.0.max(1) as f64, b.value / b.price.0.max(1) as f64);
+                    s > bs * (1.0 + 1e-9) || ((s - bs).abs() <= bs * 1e-9 && pattern.price < b.price)
+                }
+            };
+            if better {
+                best = Some(pattern);
+            }
+        }
+        let Some(mut pattern) = best else { continue };
+        // minValues: drop pods from the pattern until enough distinct values remain among the alternatives.
+        loop {
+            let alts = alternatives(state, p, &pattern.requirements, &pattern.requests);
+            let types: Vec<&InstanceType> =
+                alts.iter().map(|(pos, _)| index.instance_type(&index.pools[p].types[*pos])).collect();
+            if !alts.is_empty()
+                && check_min_values(&index.pools[p].template.requirements, types.iter().copied()).is_ok()
+            {
+                return Some((pattern, alts.into_iter().map(|(_, o)| o).collect()));
+            }
+            let Some(last) = pattern.counts.last_mut() else { break };
+            let class = &index.classes[last.0];
+            last.1 -= 1;
+            pattern.requests.sub_assign(&class.requests);
+            pattern.value -= state.values[last.0];
+            if last.1 == 0 {
+                pattern.counts.pop();
+            }
+            if pattern.counts.is_empty() {
+                break;
+            }
+        }
+        state.blocked_by_limits[p][seed] = true;
+    }
+    None
+}
+
+fn emit(state: &mut State, pattern: Pattern, mut alternatives: Vec<LaunchOption>) {
+    let index = state.index;
+    let pool = &index.pools[pattern.pool];
+    let catalog = &index.problem.catalog;
+    // Limits are charged at the largest alternative, so whichever one launches stays within them.
+    let mut max_capacity = Resources::new();
+    for alt in &alternatives {
+        if let Some(t) = catalog.get(&alt.instance_type) {
+            for (dim, v) in t.capacity.iter() {
+                if v > max_capacity.get(&dim) {
+                    max_capacity.set(&dim, v);
+                }
+            }
+        }
+    }
+    let mut reps = pattern.counts.iter().map(|&(c, k)| state.remaining[c] / k).min().unwrap_or(0);
+    reps = reps.min(state.limits[pattern.pool].count_allowed(&max_capacity)).max(1);
+    if alternatives.len() > MAX_ALTERNATIVES {
+        let truncated = &alternatives[..MAX_ALTERNATIVES];
+        let types: Vec<&InstanceType> =
+            truncated.iter().filter_map(|a| catalog.get(&a.instance_type)).collect();
+        if check_min_values(&pool.template.requirements, types.iter().copied()).is_ok() {
+            alternatives.truncate(MAX_ALTERNATIVES);
+        }
+    }
+    let launch = alternatives[0].clone();
+    let labels = node_labels(&pattern.requirements, catalog.get(&launch.instance_type));
+    for _ in 0..reps {
+        let mut pods = Vec::new();
+        for &(c, k) in &pattern.counts {
+            for _ in 0..k {
+                pods.push(take_pod(state, c));
+            }
+        }
+        state.out.new_nodes.push(NewNode {
+            nodepool: pool.template.name.clone(),
+            launch: launch.clone(),
+            labels: labels.clone(),
+            pods,
+            alternatives: alternatives.clone(),
+        });
+    }
+    state.limits[pattern.pool].consume(&max_capacity, reps);
+}
+
+/// The labels a new node carries beyond its instance type's and offering's: every requirement key the type
+/// does not define, pinned to one admitted value (the first, for determinism).
+fn node_labels(requirements: &Requirements, t: Option<&InstanceType>) -> BTreeMap<String, String> {
+    requirements
+        .iter()
+        .filter(|r| t.is_none_or(|t| !t.requirements.has(r.key())))
+        .filter(|r| ![labels::ZONE, labels::CAPACITY_TYPE].contains(&r.key()))
+        .filter_map(|r| r.values().and_then(|v| v.first()).map(|v| (r.key().to_owned(), v.clone())))
+        .collect()
+}
+
+/// Runs the greedy with the given per-class pod values (higher is placed first and weighs more).
+pub(crate) fn run(index: &Index, values: &[f64]) -> Decisions {
+    let n = index.classes.len();
+    let mut state = State {
+        index,
+        values,
+        remaining: index.classes.iter().map(|c| c.pods.len() as i64).collect(),
+        next_pod: vec![0; n],
+        limits: index.pools.iter().map(|p| p.template.remaining.clone()).collect(),
+        blocked_by_limits: vec![vec![false; n]; index.pools.len()],
+        out: Decisions { placed: vec![0; n], ..Decisions::default() },
+    };
+    let order = class_order(index, values);
+    place_on_existing(&mut state, &order);
+    let mut given_up = vec![false; n];
+    while let Some(&seed) = order.iter().find(|&&c| state.remaining[c] > 0 && !given_up[c]) {
+        match best_pattern(&mut state, &order, seed) {
+            Some((pattern, alts)) => emit(&mut state, pattern, alts),
+            None => given_up[seed] = true,
+        }
+    }
+    for c in 0..n {
+        if state.remaining[c] == 0 {
+            continue;
+        }
+        let blocked: Vec<bool> = state.blocked_by_limits.iter().map(|per_class| per_class[c]).collect();
+        let reason = reasons::explain(index, c, &blocked);
+        while state.remaining[c] > 0 {
+            let class = &index.classes[c];
+            let pod = index.problem.pods[class.pods[state.next_pod[c]]].name.clone();
+            state.next_pod[c] += 1;
+            state.remaining[c] -= 1;
+            state.out.unschedulable.push(Unschedulable { pod, reason: reason.clone() });
+        }
+    }
+    state.out
+}
+
+/// Classes by value, highest first; ties by cpu, then memory, then input order.
+pub(crate) fn class_order(index: &Index, values: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..index.classes.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ca, cb) = (&index.classes[a], &index.classes[b]);
+        values[b]
+            .partial_cmp(&values[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(cb.requests.cpu_millis.cmp(&ca.requests.cpu_millis))
+            .then(cb.requests.memory_bytes.cmp(&ca.requests.memory_bytes))
+            .then(ca.pods[0].cmp(&cb.pods[0]))
+    });
+    order
+}

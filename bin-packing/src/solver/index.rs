@@ -1,0 +1,221 @@
+//! The compatibility index every algorithm starts from: pods grouped into equivalence classes, and for each
+//! (class, NodePool) the instance types a node of that pool could be to hold one pod of the class.
+//!
+//! Label and taint checks happen here, once per class, so the algorithms' inner loops only compare numbers
+//! and look up sets. Cost scales with classes × pools × instance types, not with replicas.
+
+use std::collections::HashMap;
+
+use crate::instance_type::InstanceType;
+use crate::requirements::{Incompatibility, Requirements};
+use crate::resources::{ResourceName, Resources};
+use crate::taints::first_untolerated;
+
+use super::problem::{NodePoolTemplate, PodSpec, Problem};
+
+/// Identical pods: same requests, node affinity and tolerations.
+#[derive(Debug)]
+pub(crate) struct Class<'p> {
+    pub spec: &'p PodSpec,
+    /// The pod's requests, with at least one pod slot.
+    pub requests: Resources,
+    /// Indices into `Problem::pods`, in input order.
+    pub pods: Vec<usize>,
+    /// Per pool (same order as `Index::pools`): how this class may use it, or why it cannot.
+    pub per_pool: Vec<Result<ClassPool, PoolRejection>>,
+}
+
+/// How a class may use one NodePool.
+#[derive(Debug)]
+pub(crate) struct ClassPool {
+    /// The pool's node requirements intersected with the class's first compatible affinity alternative.
+    pub requirements: Requirements,
+    /// Positions in `PoolInfo::types` whose type admits the requirements and holds one pod.
+    pub types: Vec<usize>,
+    /// The same, as a lookup table over `PoolInfo::types`.
+    pub admits: Vec<bool>,
+}
+
+/// Why a class cannot use a NodePool at all, or no instance type of it.
+#[derive(Clone, Debug)]
+pub(crate) enum PoolRejection {
+    Taint(String),
+    Requirements(Incompatibility),
+    NoInstanceType,
+    NoneFits,
+}
+
+/// One instance type as a node of one pool.
+#[derive(Debug)]
+pub(crate) struct PoolType {
+    /// Index into the catalog's instance types.
+    pub type_index: usize,
+    /// Allocatable minus the daemonset pods that would run on such a node.
+    pub usable: Resources,
+    /// Offerings admitted by the pool (available only).
+    pub offerings: Vec<usize>,
+}
+
+/// A NodePool and the instance types it may launch.
+#[derive(Debug)]
+pub(crate) struct PoolInfo<'p> {
+    pub template: &'p NodePoolTemplate,
+    pub node_requirements: Requirements,
+    pub types: Vec<PoolType>,
+}
+
+/// Classes and pools, ready for the algorithms.
+#[derive(Debug)]
+pub(crate) struct Index<'p> {
+    pub problem: &'p Problem,
+    pub classes: Vec<Class<'p>>,
+    /// NodePools by weight, highest first (ties by name).
+    pub pools: Vec<PoolInfo<'p>>,
+    /// The resource dimensions any pod requests, in a fixed order.
+    pub dims: Vec<ResourceName>,
+}
+
+impl<'p> Index<'p> {
+    pub fn build(problem: &'p Problem) -> Index<'p> {
+        let catalog_types = problem.catalog.instance_types();
+        let mut pools: Vec<PoolInfo> =
+            problem.nodepools.iter().map(|t| pool_info(problem, t, catalog_types)).collect();
+        pools.sort_by(|a, b| {
+            b.template.weight.cmp(&a.template.weight).then(a.template.name.cmp(&b.template.name))
+        });
+
+        let mut by_key: HashMap<(&Resources, &crate::requirements::NodeAffinity, &Vec<_>), usize> =
+            HashMap::new();
+        let mut grouped: Vec<(&PodSpec, Vec<usize>)> = Vec::new();
+        for (i, pod) in problem.pods.iter().enumerate() {
+            let key = (&pod.requests, &pod.affinity, &pod.tolerations);
+            match by_key.get(&key) {
+                Some(&c) => grouped[c].1.push(i),
+                None => {
+                    by_key.insert(key, grouped.len());
+                    grouped.push((pod, vec![i]));
+                }
+            }
+        }
+        let classes = grouped
+            .into_iter()
+            .map(|(spec, pods)| {
+                let mut requests = spec.requests.clone();
+                requests.pods = requests.pods.max(1);
+                let per_pool =
+                    pools.iter().map(|pool| class_pool(spec, &requests, pool, catalog_types)).collect();
+                Class { spec, requests, pods, per_pool }
+            })
+            .collect();
+
+        let mut dims =
+            vec![ResourceName::Cpu, ResourceName::Memory, ResourceName::Pods, ResourceName::EphemeralStorage];
+        let mut extended: Vec<ResourceName> = problem
+            .pods
+            .iter()
+            .flat_map(|p| p.requests.iter().map(|(n, _)| n))
+            .filter(|n| matches!(n, ResourceName::Other(_)))
+            .collect();
+        extended.sort();
+        extended.dedup();
+        dims.extend(extended);
+        Index { problem, classes, pools, dims }
+    }
+
+    pub fn instance_type(&self, pool_type: &PoolType) -> &'p InstanceType {
+        &self.problem.catalog.instance_types()[pool_type.type_index]
+    }
+}
+
+fn pool_info<'p>(
+    problem: &'p Problem,
+    template: &'p NodePoolTemplate,
+    catalog_types: &[InstanceType],
+) -> PoolInfo<'p> {
+    let node_requirements = template.node_requirements();
+    let types = catalog_types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.check_intersects(&node_requirements).is_ok())
+        .filter_map(|(type_index, t)| {
+            let offerings: Vec<usize> = t
+                .offerings
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.available && o.is_compatible(&node_requirements))
+                .map(|(i, _)| i)
+                .collect();
+            let overhead = daemonset_overhead(problem, template, &node_requirements, t);
+            let usable = t.allocatable().minus(&overhead);
+            // A type whose daemonsets alone overflow it can hold nothing.
+            let holds_anything = usable.iter().all(|(_, v)| v >= 0) && usable.pods > 0;
+            (!offerings.is_empty() && holds_anything).then_some(PoolType { type_index, usable, offerings })
+        })
+        .collect();
+    PoolInfo { template, node_requirements, types }
+}
+
+/// The requests of the daemonset pods that would run on a node of `template` and type `t`: those that tolerate
+/// the pool's taints and whose node affinity the node's labels admit.
+pub(crate) fn daemonset_overhead(
+    problem: &Problem,
+    template: &NodePoolTemplate,
+    node_requirements: &Requirements,
+    t: &InstanceType,
+) -> Resources {
+    let node = node_requirements.intersection(&t.requirements);
+    let mut total = Resources::new();
+    for ds in &problem.daemonsets {
+        let taints: Vec<_> = template.taints.iter().chain(&template.startup_taints).cloned().collect();
+        if first_untolerated(&ds.tolerations, &taints).is_none() && ds.affinity.compatible(&node).is_ok() {
+            total.add_assign(&ds.requests);
+        }
+    }
+    total
+}
+
+fn class_pool(
+    spec: &PodSpec,
+    requests: &Resources,
+    pool: &PoolInfo,
+    catalog_types: &[InstanceType],
+) -> Result<ClassPool, PoolRejection> {
+    // Startup taints are removed before pods land, so only the pool's taints must be tolerated.
+    if let Some(taint) = first_untolerated(&spec.tolerations, &pool.template.taints) {
+        return Err(PoolRejection::Taint(taint.to_string()));
+    }
+    let alternative =
+        spec.affinity.compatible(&pool.node_requirements).map_err(PoolRejection::Requirements)?;
+    let requirements = pool.node_requirements.intersection(alternative);
+    let mut any_compatible = false;
+    let mut types = Vec::new();
+    let mut admits = vec![false; pool.types.len()];
+    for (pos, pt) in pool.types.iter().enumerate() {
+        let t = &catalog_types[pt.type_index];
+        let offering_ok = pt.offerings.iter().any(|&o| t.offerings[o].is_compatible(&requirements));
+        if !offering_ok || t.requirements.intersects(&requirements).is_err() {
+            continue;
+        }
+        any_compatible = true;
+        if requests.fits_in(&pt.usable) {
+            types.push(pos);
+            admits[pos] = true;
+        }
+    }
+    match (any_compatible, types.is_empty()) {
+        (false, _) => Err(PoolRejection::NoInstanceType),
+        (true, true) => Err(PoolRejection::NoneFits),
+        (true, false) => Ok(ClassPool { requirements, types, admits }),
+    }
+}
+
+/// How many pods of `requests` fit in `free` (every requested dimension counts).
+pub(crate) fn fit_count(free: &Resources, requests: &Resources) -> i64 {
+    let mut n = i64::MAX;
+    for (name, want) in requests.iter() {
+        if want > 0 {
+            n = n.min(free.get(&name).max(0) / want);
+        }
+    }
+    if n == i64::MAX { 0 } else { n }
+}

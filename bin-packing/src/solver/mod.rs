@@ -1,0 +1,93 @@
+//! The solver: the cheapest plan for pending pods, as a pure function of a [`Problem`].
+//!
+//! ```text
+//! Problem ──> Index (pod classes × NodePools × instance types, label and taint checks done once)
+//!         ──> aggregate LP (HiGHS): a lower bound, and a price for each pod class
+//!         ──> greedy: existing nodes first, then new nodes by value per dollar
+//!         ──> Plan (placements, new nodes with ranked alternatives, unschedulable pods with reasons,
+//!                   cost, lower bound)
+//! ```
+//!
+//! "Does not fit" is data: a pod no NodePool can hold is listed with a reason, never an error. When the LP
+//! cannot be solved the greedy orders classes by size instead and the plan carries no bound.
+//!
+//! Constraints honoured so far: every resource dimension, node selectors and required node affinity
+//! (Karpenter operators, ORed terms), taints and tolerations (startup taints ignored for fit), NodePool
+//! weights (higher first) and limits (charged at the largest alternative, so never exceeded), daemonset
+//! overhead per node, `minValues`, unavailable offerings, and free room on existing nodes. Topology spread,
+//! pod (anti-)affinity, host ports, volume zones and preferences are not yet modelled.
+
+mod bound;
+mod greedy;
+mod index;
+mod plan;
+mod problem;
+mod reasons;
+pub mod validate;
+
+use crate::instance_type::Price;
+use crate::resources::Resources;
+
+pub use self::greedy::MAX_ALTERNATIVES;
+pub use self::plan::{BoundKind, LaunchOption, LowerBound, NewNode, Placement, Plan, Unschedulable};
+pub use self::problem::{DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem};
+
+use self::index::Index;
+
+/// Solves a problem with Cartwright's algorithm.
+pub fn solve(problem: &Problem) -> Plan {
+    let index = Index::build(problem);
+
+    // Room on existing nodes, per class and overall: free supply in the LP.
+    let free_total =
+        problem.existing.iter().fold(Resources::new(), |acc, n| acc.plus(&n.free().clamp_non_negative()));
+    let free: Vec<Resources> = index
+        .classes
+        .iter()
+        .map(|class| {
+            problem
+                .existing
+                .iter()
+                .filter(|n| greedy::existing_admits(class, n))
+                .fold(Resources::new(), |acc, n| acc.plus(&n.free().clamp_non_negative()))
+        })
+        .collect();
+
+    // Price pods with the LP over every pod that some NodePool could hold.
+    let placeable: Vec<i64> = index
+        .classes
+        .iter()
+        .map(|c| if c.per_pool.iter().any(Result::is_ok) { c.pods.len() as i64 } else { 0 })
+        .collect();
+    let priced = bound::aggregate_lp(&index, &placeable, &free, &free_total);
+    let values = match &priced {
+        Ok(lp) => lp.pod_values.clone(),
+        Err(_) => vec![0.0; index.classes.len()],
+    };
+
+    let decisions = greedy::run(&index, &values);
+    let cost = Price(decisions.new_nodes.iter().map(|n| n.launch.price.0).sum());
+
+    // The bound covers exactly the pods the plan schedules.
+    let lower_bound = if decisions.new_nodes.is_empty() {
+        Some(LowerBound { price: Price(0), kind: BoundKind::Trivial })
+    } else {
+        let lp = if decisions.placed == placeable {
+            priced
+        } else {
+            bound::aggregate_lp(&index, &decisions.placed, &free, &free_total)
+        };
+        lp.ok().map(|lp| LowerBound { price: lp.bound, kind: BoundKind::AggregateLp })
+    };
+
+    Plan {
+        placements: decisions.placements,
+        new_nodes: decisions.new_nodes,
+        unschedulable: decisions.unschedulable,
+        cost,
+        lower_bound,
+    }
+}
+
+#[cfg(test)]
+mod tests;

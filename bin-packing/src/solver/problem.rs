@@ -1,0 +1,184 @@
+//! The solver's input: a snapshot of pending pods, existing nodes and NodePool templates over a catalog.
+
+use std::collections::BTreeMap;
+
+use crate::catalog::Catalog;
+use crate::labels;
+use crate::requirements::{NodeAffinity, Requirement, Requirements};
+use crate::resources::{ResourceName, Resources};
+use crate::taints::{Taint, Toleration};
+
+/// A pending pod: what it asks for and where it may run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSpec {
+    /// `namespace/name`, unique within the problem.
+    pub name: String,
+    /// Total requests (containers, plus overhead; init containers already folded in by the caller).
+    pub requests: Resources,
+    /// Node selector and required node affinity.
+    pub affinity: NodeAffinity,
+    pub tolerations: Vec<Toleration>,
+}
+
+impl PodSpec {
+    /// A pod with no constraints and the given requests (one pod slot is always added).
+    pub fn new(name: impl Into<String>, requests: Resources) -> Self {
+        PodSpec {
+            name: name.into(),
+            requests: with_pod_slot(requests),
+            affinity: NodeAffinity::any(),
+            tolerations: vec![],
+        }
+    }
+
+    /// Builder: the node affinity.
+    pub fn with_affinity(mut self, affinity: NodeAffinity) -> Self {
+        self.affinity = affinity;
+        self
+    }
+
+    /// Builder: a node selector requirement (ANDed into every affinity alternative).
+    pub fn with_requirement(mut self, requirement: Requirement) -> Self {
+        let alternatives =
+            self.affinity.alternatives().iter().map(|alt| alt.clone().with(requirement.clone())).collect();
+        self.affinity = NodeAffinity::from_alternatives(alternatives);
+        self
+    }
+
+    /// Builder: a toleration.
+    pub fn with_toleration(mut self, toleration: Toleration) -> Self {
+        self.tolerations.push(toleration);
+        self
+    }
+}
+
+/// Every pod takes one pod slot, whether or not its spec says so.
+fn with_pod_slot(mut requests: Resources) -> Resources {
+    if requests.pods < 1 {
+        requests.pods = 1;
+    }
+    requests
+}
+
+/// A DaemonSet: one pod of it runs on every node it is compatible with, so it costs room on each new node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonSetSpec {
+    pub name: String,
+    pub requests: Resources,
+    pub affinity: NodeAffinity,
+    pub tolerations: Vec<Toleration>,
+}
+
+/// A node that exists or is already being launched; pods may use its free room at no extra cost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExistingNode {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub allocatable: Resources,
+    /// Requests of the pods already bound (or nominated) to it, daemonset pods included.
+    pub requested: Resources,
+    /// The NodePool that owns it, if any (its capacity counts against that NodePool's limits).
+    pub nodepool: Option<String>,
+    /// False for nodes still launching (in flight); initialized nodes are preferred.
+    pub initialized: bool,
+}
+
+impl ExistingNode {
+    /// The room left for new pods.
+    pub fn free(&self) -> Resources {
+        self.allocatable.minus(&self.requested)
+    }
+}
+
+/// NodePool limits: resource totals and a node count that the NodePool's nodes may never exceed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Resource limits, in the units of [`Resources`]; only the dimensions named are limited.
+    pub resources: BTreeMap<ResourceName, i64>,
+    pub nodes: Option<i64>,
+}
+
+impl Limits {
+    /// Whether one more node of this capacity stays within the limits.
+    pub fn allows(&self, capacity: &Resources) -> bool {
+        self.count_allowed(capacity) >= 1
+    }
+
+    /// How many nodes of this capacity the limits allow (`i64::MAX` when unlimited).
+    pub fn count_allowed(&self, capacity: &Resources) -> i64 {
+        let mut n = self.nodes.unwrap_or(i64::MAX);
+        for (dim, left) in &self.resources {
+            let per = capacity.get(dim);
+            if per > 0 {
+                n = n.min(left.max(&0) / per);
+            } else if *left < 0 {
+                n = 0;
+            }
+        }
+        n.max(0)
+    }
+
+    /// Charges `count` nodes of this capacity.
+    pub fn consume(&mut self, capacity: &Resources, count: i64) {
+        if let Some(n) = &mut self.nodes {
+            *n -= count;
+        }
+        for (dim, left) in &mut self.resources {
+            *left -= capacity.get(dim).saturating_mul(count);
+        }
+    }
+}
+
+/// A NodePool as the solver sees it: which nodes it may launch and what they carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePoolTemplate {
+    pub name: String,
+    /// Higher weight is tried first.
+    pub weight: i32,
+    /// `spec.template.spec.requirements`.
+    pub requirements: Requirements,
+    /// `spec.template.metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// Taints pods must tolerate.
+    pub taints: Vec<Taint>,
+    /// Taints removed once the node is ready; pods need not tolerate them to be planned.
+    pub startup_taints: Vec<Taint>,
+    /// Limits left for new nodes: the NodePool's limits minus what its existing nodes already use.
+    pub remaining: Limits,
+}
+
+impl NodePoolTemplate {
+    /// A NodePool with no requirements, labels, taints or limits.
+    pub fn new(name: impl Into<String>) -> Self {
+        NodePoolTemplate {
+            name: name.into(),
+            weight: 0,
+            requirements: Requirements::new(),
+            labels: BTreeMap::new(),
+            taints: vec![],
+            startup_taints: vec![],
+            remaining: Limits::default(),
+        }
+    }
+
+    /// The requirements every node of this pool satisfies: its own, its template labels, and its name label.
+    pub fn node_requirements(&self) -> Requirements {
+        let mut r = self.requirements.clone();
+        for (k, v) in &self.labels {
+            r.add(Requirement::single(k, v.clone()));
+        }
+        r.add(Requirement::single(labels::NODEPOOL, self.name.clone()));
+        r
+    }
+}
+
+/// Everything the solver needs, as a snapshot.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    pub pods: Vec<PodSpec>,
+    pub existing: Vec<ExistingNode>,
+    pub nodepools: Vec<NodePoolTemplate>,
+    pub daemonsets: Vec<DaemonSetSpec>,
+    pub catalog: Catalog,
+}

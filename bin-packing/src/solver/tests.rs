@@ -1,0 +1,378 @@
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::catalog::{Catalog, CatalogOptions};
+use crate::instance_type::CapacityType;
+use crate::labels::{self, aws};
+use crate::requirements::{Operator, Requirement, Requirements};
+use crate::resources::{NVIDIA_GPU, ResourceName};
+use crate::taints::{Taint, TaintEffect, Toleration};
+
+fn catalog() -> Catalog {
+    static CATALOG: OnceLock<Catalog> = OnceLock::new();
+    CATALOG.get_or_init(|| Catalog::embedded("us-east-1", &CatalogOptions::default()).unwrap()).clone()
+}
+
+fn req(key: &str, op: Operator, values: &[&str]) -> Requirement {
+    Requirement::new(key, op, values).unwrap()
+}
+
+/// `pod("web", 3).cpu(500).mem(1024)`: a builder for a Deployment's worth of identical pods.
+struct Pods {
+    prefix: String,
+    count: usize,
+    spec: PodSpec,
+}
+
+fn pods(prefix: &str, count: usize) -> Pods {
+    Pods { prefix: prefix.to_owned(), count, spec: PodSpec::new("", Resources::new()) }
+}
+
+impl Pods {
+    fn cpu(mut self, millis: i64) -> Self {
+        self.spec.requests.cpu_millis = millis;
+        self
+    }
+    fn mem(mut self, mib: i64) -> Self {
+        self.spec.requests.memory_bytes = mib << 20;
+        self
+    }
+    fn gpus(mut self, n: i64) -> Self {
+        self.spec.requests.set(&ResourceName::from(NVIDIA_GPU), n);
+        self
+    }
+    fn require(mut self, r: Requirement) -> Self {
+        self.spec = self.spec.with_requirement(r);
+        self
+    }
+    fn tolerate(mut self, t: Toleration) -> Self {
+        self.spec.tolerations.push(t);
+        self
+    }
+    fn build(self) -> Vec<PodSpec> {
+        (0..self.count)
+            .map(|i| PodSpec { name: format!("{}-{i}", self.prefix), ..self.spec.clone() })
+            .collect()
+    }
+}
+
+fn pool(name: &str) -> NodePoolTemplate {
+    NodePoolTemplate::new(name)
+}
+
+fn problem(pods: Vec<Vec<PodSpec>>, nodepools: Vec<NodePoolTemplate>) -> Problem {
+    Problem {
+        pods: pods.into_iter().flatten().collect(),
+        existing: vec![],
+        nodepools,
+        daemonsets: vec![],
+        catalog: catalog(),
+    }
+}
+
+/// Solves and checks the plan with the independent validator.
+fn expect_valid_plan(problem: &Problem) -> Plan {
+    let plan = solve(problem);
+    let violations = validate::violations(problem, &plan);
+    assert!(violations.is_empty(), "invalid plan:\n{}", violations.join("\n"));
+    plan
+}
+
+fn node_pods(plan: &Plan) -> Vec<(String, String)> {
+    plan.new_nodes
+        .iter()
+        .flat_map(|n| n.pods.iter().map(|p| (p.clone(), n.launch.instance_type.clone())))
+        .collect()
+}
+
+#[test]
+fn the_cheapest_offering_that_fits_is_chosen() {
+    let p = problem(vec![pods("web", 1).cpu(1500).mem(3000).build()], vec![pool("default")]);
+    let plan = expect_valid_plan(&p);
+    assert_eq!(plan.new_nodes.len(), 1);
+    let node = &plan.new_nodes[0];
+    // The cheapest offering in the whole catalog that holds the pod (no daemonsets here).
+    let requests = Resources::new().with_cpu_millis(1500).with_memory_mib(3000).with_pods(1);
+    let (t, o) = catalog()
+        .cheapest(&Requirements::new(), &requests)
+        .map(|(t, o)| (t.name.clone(), o.clone()))
+        .unwrap();
+    assert_eq!(node.launch.price, o.price);
+    assert_eq!(node.launch.capacity_type, CapacityType::Spot);
+    assert!(node.alternatives.iter().any(|a| a.instance_type == t));
+    assert!(node.alternatives.len() > 1 && node.alternatives.len() <= MAX_ALTERNATIVES);
+    assert_eq!(node.labels.get(labels::NODEPOOL).map(String::as_str), Some("default"));
+    assert_eq!(plan.cost, node.launch.price);
+    let bound = plan.lower_bound.unwrap();
+    assert_eq!(bound.kind, BoundKind::AggregateLp);
+    assert!(bound.price <= plan.cost && bound.price.0 > 0);
+}
+
+#[test]
+fn identical_pods_share_nodes_and_scale_by_class() {
+    let p = problem(
+        vec![pods("web", 300).cpu(250).mem(512).build(), pods("api", 40).cpu(1000).mem(2048).build()],
+        vec![pool("default")],
+    );
+    let plan = expect_valid_plan(&p);
+    assert!(plan.unschedulable.is_empty());
+    assert_eq!(node_pods(&plan).len(), 340);
+    // Sharing: fewer nodes than a third of the pods, and cheaper than each pod alone on its cheapest type.
+    let alone = |cpu: i64, mem: i64| {
+        let r = Resources::new().with_cpu_millis(cpu).with_memory_mib(mem).with_pods(1);
+        catalog().cheapest(&Requirements::new(), &r).unwrap().1.price.0
+    };
+    let one_node_per_pod = 300 * alone(250, 512) + 40 * alone(1000, 2048);
+    assert!(plan.cost.0 < one_node_per_pod, "{} vs {one_node_per_pod}", plan.cost);
+    assert!(plan.new_nodes.len() * 3 < 340, "{} nodes", plan.new_nodes.len());
+    let ratio = plan.cost_over_bound().unwrap();
+    assert!((1.0..1.6).contains(&ratio), "cost / bound = {ratio}");
+}
+
+#[test]
+fn existing_node_room_is_used_first() {
+    let mut p = problem(vec![pods("web", 4).cpu(500).mem(512).build()], vec![pool("default")]);
+    p.existing.push(ExistingNode {
+        name: "node-a".into(),
+        labels: BTreeMap::from([(labels::ZONE.to_owned(), "us-east-1a".to_owned())]),
+        taints: vec![],
+        allocatable: Resources::new().with_cpu_millis(1930).with_memory_mib(6903).with_pods(29),
+        requested: Resources::new().with_cpu_millis(500).with_memory_mib(512).with_pods(2),
+        nodepool: Some("default".into()),
+        initialized: true,
+    });
+    let plan = expect_valid_plan(&p);
+    assert_eq!(plan.placements.len(), 2, "1430m free holds two 500m pods");
+    assert!(plan.placements.iter().all(|pl| pl.node == "node-a"));
+    assert_eq!(node_pods(&plan).len(), 2);
+}
+
+#[test]
+fn higher_weight_nodepools_come_first() {
+    let mut on_demand = pool("on-demand");
+    on_demand.weight = 50;
+    on_demand.requirements.add(req(labels::CAPACITY_TYPE, Operator::In, &["on-demand"]));
+    let spot = pool("spot");
+    let p = problem(vec![pods("web", 10).cpu(1000).mem(1024).build()], vec![spot, on_demand]);
+    let plan = expect_valid_plan(&p);
+    assert!(
+        plan.new_nodes
+            .iter()
+            .all(|n| n.nodepool == "on-demand" && n.launch.capacity_type == CapacityType::OnDemand)
+    );
+}
+
+#[test]
+fn a_reached_limit_leaves_pods_unschedulable_with_the_reason() {
+    let mut limited = pool("small");
+    limited.remaining.resources.insert(ResourceName::Cpu, 8000);
+    let p = problem(vec![pods("batch", 20).cpu(1000).mem(1024).build()], vec![limited]);
+    let plan = expect_valid_plan(&p);
+    let placed = node_pods(&plan).len();
+    assert!(placed > 0 && placed < 20, "{placed} placed");
+    let cpu_bought: i64 = plan
+        .new_nodes
+        .iter()
+        .map(|n| catalog().get(&n.launch.instance_type).unwrap().capacity.cpu_millis)
+        .sum();
+    assert!(cpu_bought <= 8000);
+    assert_eq!(plan.unschedulable.len(), 20 - placed);
+    let reason = &plan.unschedulable[0].reason;
+    assert!(reason.contains("NodePool `small` would exceed its limits"), "{reason}");
+}
+
+#[test]
+fn unavailable_offerings_are_skipped() {
+    let p = problem(vec![pods("web", 1).cpu(1500).mem(3000).build()], vec![pool("default")]);
+    let first = expect_valid_plan(&p).new_nodes[0].launch.clone();
+    let mut p2 = p.clone();
+    assert!(p2.catalog.set_available(&first.instance_type, &first.zone, first.capacity_type, false));
+    let second = expect_valid_plan(&p2).new_nodes[0].launch.clone();
+    assert_ne!((&second.instance_type, &second.zone), (&first.instance_type, &first.zone));
+    assert!(second.price >= first.price);
+}
+
+#[test]
+fn taints_keep_pods_off_pools_they_do_not_tolerate() {
+    let gpu_taint = Taint::new(NVIDIA_GPU, "true", TaintEffect::NoSchedule).unwrap();
+    let mut gpu = pool("gpu");
+    gpu.weight = 10;
+    gpu.taints.push(gpu_taint);
+    gpu.requirements.add(req(aws::INSTANCE_GPU_COUNT, Operator::Gt, &["0"]));
+    let default = pool("default");
+    let p = problem(
+        vec![
+            pods("web", 5).cpu(500).mem(512).build(),
+            pods("train", 2)
+                .cpu(4000)
+                .mem(16000)
+                .gpus(1)
+                .tolerate(Toleration::exists(NVIDIA_GPU, None))
+                .build(),
+        ],
+        vec![gpu, default],
+    );
+    let plan = expect_valid_plan(&p);
+    for n in &plan.new_nodes {
+        let is_gpu_node = n.pods.iter().any(|pod| pod.starts_with("train"));
+        assert_eq!(n.nodepool == "gpu", is_gpu_node, "{n:?}");
+    }
+}
+
+#[test]
+fn unschedulable_reasons_say_what_to_change() {
+    let mut gpu = pool("gpu");
+    gpu.requirements.add(req(aws::INSTANCE_GPU_MANUFACTURER, Operator::In, &["nvidia"]));
+    let p = problem(
+        vec![
+            pods("big", 1)
+                .cpu(8000)
+                .mem(32000)
+                .gpus(8)
+                .require(req(labels::ARCH, Operator::In, &["arm64"]))
+                .build(),
+        ],
+        vec![gpu],
+    );
+    let plan = expect_valid_plan(&p);
+    assert_eq!(plan.unschedulable.len(), 1);
+    let reason = &plan.unschedulable[0].reason;
+    assert!(reason.contains("no instance type in NodePool `gpu`"), "{reason}");
+    assert!(reason.contains("kubernetes.io/arch In [arm64]"), "{reason}");
+    assert!(reason.contains("nvidia.com/gpu=8"), "{reason}");
+
+    let mut team = pool("team-a");
+    team.labels.insert("team".into(), "a".into());
+    let p =
+        problem(vec![pods("x", 1).cpu(100).require(req("team", Operator::In, &["b"])).build()], vec![team]);
+    let reason = &expect_valid_plan(&p).unschedulable[0].reason;
+    assert!(reason.contains("NodePool `team-a` does not allow it") && reason.contains("team"), "{reason}");
+
+    let p = problem(vec![pods("x", 1).cpu(100).build()], vec![]);
+    assert!(expect_valid_plan(&p).unschedulable[0].reason.contains("no NodePool"));
+}
+
+#[test]
+fn daemonset_overhead_is_reserved_on_every_new_node() {
+    let mut p = problem(vec![pods("web", 1).cpu(1500).mem(3000).build()], vec![pool("default")]);
+    let ds = DaemonSetSpec {
+        name: "logging".into(),
+        requests: Resources::new().with_cpu_millis(400).with_memory_mib(1024).with_pods(1),
+        affinity: crate::requirements::NodeAffinity::any(),
+        tolerations: vec![Toleration::everything()],
+    };
+    p.daemonsets.push(ds);
+    let plan = expect_valid_plan(&p);
+    let t = catalog().get(&plan.new_nodes[0].launch.instance_type).unwrap().clone();
+    let alloc = t.allocatable();
+    assert!(alloc.cpu_millis >= 1900 && alloc.memory_bytes >= 4024 << 20, "{} {alloc}", t.name);
+}
+
+#[test]
+fn min_values_keeps_enough_instance_families_open() {
+    let mut flexible = pool("flexible");
+    flexible.requirements.add(
+        req(aws::INSTANCE_FAMILY, Operator::In, &["m5", "m6i", "m6a", "m7i", "c5", "c6i"])
+            .with_min_values(4)
+            .unwrap(),
+    );
+    let p = problem(vec![pods("web", 3).cpu(1000).mem(2048).build()], vec![flexible]);
+    let plan = expect_valid_plan(&p);
+    for node in &plan.new_nodes {
+        let families: std::collections::BTreeSet<&str> = node
+            .alternatives
+            .iter()
+            .map(|a| catalog().get(&a.instance_type).unwrap().label(aws::INSTANCE_FAMILY).unwrap().to_owned())
+            .map(|f| Box::leak(f.into_boxed_str()) as &str)
+            .collect();
+        assert!(families.len() >= 4, "{families:?}");
+    }
+}
+
+#[test]
+fn node_selector_on_zone_and_capacity_type() {
+    let p = problem(
+        vec![
+            pods("db", 2)
+                .cpu(2000)
+                .mem(8000)
+                .require(req(labels::ZONE, Operator::In, &["us-east-1c"]))
+                .require(req(labels::CAPACITY_TYPE, Operator::In, &["on-demand"]))
+                .build(),
+        ],
+        vec![pool("default")],
+    );
+    let plan = expect_valid_plan(&p);
+    for n in &plan.new_nodes {
+        assert_eq!(n.launch.zone, "us-east-1c");
+        assert!(
+            n.alternatives
+                .iter()
+                .all(|a| a.zone == "us-east-1c" && a.capacity_type == CapacityType::OnDemand)
+        );
+    }
+}
+
+// ---- property test: any plan passes the independent validator, and cost >= bound ----
+
+fn arb_pods() -> impl Strategy<Value = Vec<PodSpec>> {
+    let shape = (
+        prop::sample::select(vec![100i64, 250, 500, 1000, 2000, 4000]),
+        prop::sample::select(vec![128i64, 512, 1024, 4096, 16384]),
+        1usize..40,
+        0usize..6,
+    );
+    prop::collection::vec(shape, 1..6).prop_map(|shapes| {
+        let mut out = Vec::new();
+        for (i, (cpu, mem, count, constraint)) in shapes.into_iter().enumerate() {
+            let mut builder = pods(&format!("d{i}"), count).cpu(cpu).mem(mem);
+            builder = match constraint {
+                0 => builder.require(req(labels::ARCH, Operator::In, &["arm64"])),
+                1 => builder.require(req(labels::CAPACITY_TYPE, Operator::In, &["on-demand"])),
+                2 => builder.require(req(labels::ZONE, Operator::NotIn, &["us-east-1a", "us-east-1b"])),
+                3 => builder.require(req(aws::INSTANCE_CATEGORY, Operator::In, &["r"])),
+                4 => builder.tolerate(Toleration::exists("dedicated", None)),
+                _ => builder,
+            };
+            out.extend(builder.build());
+        }
+        out
+    })
+}
+
+fn arb_pools() -> impl Strategy<Value = Vec<NodePoolTemplate>> {
+    (any::<bool>(), 0i64..64_000, any::<bool>()).prop_map(|(tainted, cpu_limit, second)| {
+        let mut a = pool("a");
+        a.weight = 10;
+        if tainted {
+            a.taints.push(Taint::new("dedicated", "x", TaintEffect::NoSchedule).unwrap());
+        }
+        a.remaining.resources.insert(ResourceName::Cpu, cpu_limit);
+        a.requirements.add(req(aws::INSTANCE_GENERATION, Operator::Gt, &["4"]));
+        let mut pools = vec![a];
+        if second {
+            let mut b = pool("b");
+            b.requirements.add(req(labels::CAPACITY_TYPE, Operator::In, &["on-demand"]));
+            b.remaining.nodes = Some(5);
+            pools.push(b);
+        }
+        pools
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn every_plan_is_valid_and_bounded(pods in arb_pods(), pools in arb_pools()) {
+        let p = Problem { pods, existing: vec![], nodepools: pools, daemonsets: vec![], catalog: catalog() };
+        let plan = solve(&p);
+        let violations = validate::violations(&p, &plan);
+        prop_assert!(violations.is_empty(), "{}", violations.join("\n"));
+        if let Some(b) = plan.lower_bound {
+            prop_assert!(b.price <= plan.cost);
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! An independent check of a plan against its problem.
+//!
+//! It shares no code with the algorithms beyond the domain model: it rebuilds every node's concrete labels
+//! and sums every node's pods, then asks the plain questions kube-scheduler and the cloud would ask. Tests
+//! run it on every plan; benchmarks run it on every solver's output.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::labels;
+use crate::resources::Resources;
+use crate::taints::first_untolerated;
+
+use super::plan::{LaunchOption, Plan};
+use super::problem::{NodePoolTemplate, Problem};
+
+/// Every rule the plan breaks, as sentences. Empty means the plan is valid.
+pub fn violations(problem: &Problem, plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    let pods: BTreeMap<&str, &super::problem::PodSpec> =
+        problem.pods.iter().map(|p| (p.name.as_str(), p)).collect();
+
+    // Every pod exactly once.
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mentioned = plan
+        .placements
+        .iter()
+        .map(|p| p.pod.as_str())
+        .chain(plan.new_nodes.iter().flat_map(|n| n.pods.iter().map(String::as_str)))
+        .chain(plan.unschedulable.iter().map(|u| u.pod.as_str()));
+    for name in mentioned {
+        *seen.entry(name).or_default() += 1;
+        if !pods.contains_key(name) {
+            out.push(format!("pod {name} is not in the problem"));
+        }
+    }
+    for name in pods.keys() {
+        match seen.get(name).copied().unwrap_or(0) {
+            1 => {}
+            n => out.push(format!("pod {name} appears {n} times in the plan")),
+        }
+    }
+
+    // Existing nodes: labels, taints, room.
+    let mut load: BTreeMap<&str, Resources> = BTreeMap::new();
+    for placement in &plan.placements {
+        let Some(node) = problem.existing.iter().find(|n| n.name == placement.node) else {
+            out.push(format!("pod {} is placed on unknown node {}", placement.pod, placement.node));
+            continue;
+        };
+        let Some(pod) = pods.get(placement.pod.as_str()) else { continue };
+        if !pod.affinity.matches_labels(&node.labels) {
+            out.push(format!("pod {} does not match the labels of node {}", pod.name, node.name));
+        }
+        if let Some(t) = first_untolerated(&pod.tolerations, &node.taints) {
+            out.push(format!("pod {} does not tolerate taint {t} of node {}", pod.name, node.name));
+        }
+        load.entry(node.name.as_str()).or_insert_with(|| node.requested.clone()).add_assign(&pod.requests);
+    }
+    for (name, used) in &load {
+        let node = problem.existing.iter().find(|n| n.name == *name).expect("checked above");
+        if !used.fits_in(&node.allocatable) {
+            out.push(format!("node {name} is overcommitted: {used} requested of {}", node.allocatable));
+        }
+    }
+
+    // New nodes: the offering, the labels, the pods, the room, the limits.
+    let mut charged: BTreeMap<&str, (Resources, i64)> = BTreeMap::new();
+    let mut cost = 0u64;
+    for (i, node) in plan.new_nodes.iter().enumerate() {
+        let Some(pool) = problem.nodepools.iter().find(|p| p.name == node.nodepool) else {
+            out.push(format!("new node {i} names unknown NodePool {}", node.nodepool));
+            continue;
+        };
+        cost += node.launch.price.0;
+        if node.alternatives.first() != Some(&node.launch) {
+            out.push(format!("new node {i}: the launch offering is not the first (cheapest) alternative"));
+        }
+        if node.alternatives.windows(2).any(|w| w[0].price > w[1].price) {
+            out.push(format!("new node {i}: alternatives are not sorted by price"));
+        }
+        let mut max_capacity = Resources::new();
+        for option in &node.alternatives {
+            match check_option(problem, pool, node, option) {
+                Ok(capacity) => {
+                    for (dim, v) in capacity.iter() {
+                        if v > max_capacity.get(&dim) {
+                            max_capacity.set(&dim, v);
+                        }
+                    }
+                }
+                Err(why) => {
+                    out.push(format!("new node {i} as {}/{}: {why}", option.instance_type, option.zone))
+                }
+            }
+        }
+        let entry = charged.entry(pool.name.as_str()).or_default();
+        entry.0.add_assign(&max_capacity);
+        entry.1 += 1;
+    }
+    for (name, (capacity, count)) in &charged {
+        let pool = problem.nodepools.iter().find(|p| p.name == *name).expect("checked above");
+        if pool.remaining.nodes.is_some_and(|n| *count > n) {
+            out.push(format!(
+                "NodePool {name}: {count} new nodes exceed the {} left",
+                pool.remaining.nodes.unwrap_or(0)
+            ));
+        }
+        for (dim, left) in &pool.remaining.resources {
+            if capacity.get(dim) > *left {
+                out.push(format!(
+                    "NodePool {name}: new nodes may use {} {dim}, more than the {left} left",
+                    capacity.get(dim)
+                ));
+            }
+        }
+    }
+
+    if plan.cost.0 != cost {
+        out.push(format!("plan cost {} is not the sum of its launches {cost}", plan.cost.0));
+    }
+    if let Some(bound) = plan.lower_bound
+        && bound.price > plan.cost
+    {
+        out.push(format!("lower bound {} exceeds the cost {}", bound.price, plan.cost));
+    }
+    out
+}
+
+/// Checks one launch option of a new node; returns the type's capacity (for limits).
+fn check_option(
+    problem: &Problem,
+    pool: &NodePoolTemplate,
+    node: &super::plan::NewNode,
+    option: &LaunchOption,
+) -> Result<Resources, String> {
+    let t = problem.catalog.get(&option.instance_type).ok_or("unknown instance type")?;
+    let offering = t
+        .offerings
+        .iter()
+        .find(|o| o.zone == option.zone && o.capacity_type == option.capacity_type)
+        .ok_or("no such offering")?;
+    if !offering.available {
+        return Err("the offering is unavailable".into());
+    }
+    if offering.price != option.price {
+        return Err(format!("price {} differs from the catalog's {}", option.price, offering.price));
+    }
+    // The concrete labels: the type's single-valued labels, the offering's, and the node's own.
+    let mut node_labels = t.requirements.single_valued_labels();
+    node_labels.insert(labels::ZONE.to_owned(), option.zone.clone());
+    node_labels.insert(labels::CAPACITY_TYPE.to_owned(), option.capacity_type.as_str().to_owned());
+    for (k, v) in &node.labels {
+        if let Some(existing) = node_labels.insert(k.clone(), v.clone())
+            && existing != *v
+        {
+            return Err(format!("label {k} is both {existing} and {v}"));
+        }
+    }
+    for (k, v) in &pool.labels {
+        if node_labels.get(k) != Some(v) {
+            return Err(format!("NodePool label {k}={v} is missing"));
+        }
+    }
+    if node_labels.get(labels::NODEPOOL) != Some(&pool.name) {
+        return Err("the NodePool name label is missing".into());
+    }
+    if let Some(r) = pool.requirements.first_mismatch(&node_labels) {
+        return Err(format!("breaks the NodePool requirement {r}"));
+    }
+    let mut used = Resources::new();
+    let pool_taints: Vec<_> = pool.taints.iter().chain(&pool.startup_taints).cloned().collect();
+    for ds in &problem.daemonsets {
+        if first_untolerated(&ds.tolerations, &pool_taints).is_none()
+            && ds.affinity.matches_labels(&node_labels)
+        {
+            used.add_assign(&ds.requests);
+        }
+    }
+    let mut names = BTreeSet::new();
+    for name in &node.pods {
+        let pod =
+            problem.pods.iter().find(|p| &p.name == name).ok_or_else(|| format!("unknown pod {name}"))?;
+        names.insert(name);
+        if !pod.affinity.matches_labels(&node_labels) {
+            return Err(format!("pod {name} does not match the node's labels"));
+        }
+        if let Some(taint) = first_untolerated(&pod.tolerations, &pool.taints) {
+            return Err(format!("pod {name} does not tolerate taint {taint}"));
+        }
+        let mut requests = pod.requests.clone();
+        requests.pods = requests.pods.max(1);
+        used.add_assign(&requests);
+    }
+    if !used.fits_in(&t.allocatable()) {
+        return Err(format!("overcommitted: {used} requested (daemonsets included) of {}", t.allocatable()));
+    }
+    Ok(t.capacity.clone())
+}
