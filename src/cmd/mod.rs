@@ -1,5 +1,6 @@
 //! Subcommands: one module each, exposing `Args` and `run`.
 
+pub mod bench;
 pub mod catalog;
 pub mod simulate;
 
@@ -36,6 +37,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Print the instance catalog of a region: types, allocatable resources, labels and offerings.
     Catalog(catalog::Args),
+    /// Run Cartwright's solver and the re-implemented peers on a built-in workload and compare them.
+    Bench(bench::Args),
     /// Run the simulator (with no arguments: the embedded default scenario).
     Simulate(simulate::Args),
 }
@@ -57,6 +60,7 @@ pub fn parse() -> Cli {
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Catalog(args) => catalog::run(args),
         Command::Simulate(args) => simulate::run(args),
     }

@@ -317,7 +317,7 @@ fn emit(state: &mut State, pattern: Pattern, mut alternatives: Vec<LaunchOption>
 
 /// The labels a new node carries beyond its instance type's and offering's: every requirement key the type
 /// does not define, pinned to one admitted value (the first, for determinism).
-fn node_labels(requirements: &Requirements, t: Option<&InstanceType>) -> BTreeMap<String, String> {
+pub(crate) fn node_labels(requirements: &Requirements, t: Option<&InstanceType>) -> BTreeMap<String, String> {
     requirements
         .iter()
         .filter(|r| t.is_none_or(|t| !t.requirements.has(r.key())))

@@ -17,6 +17,7 @@
 //! overhead per node, `minValues`, unavailable offerings, and free room on existing nodes. Topology spread,
 //! pod (anti-)affinity, host ports, volume zones and preferences are not yet modelled.
 
+pub mod baselines;
 mod bound;
 mod greedy;
 mod index;
@@ -33,6 +34,46 @@ pub use self::plan::{BoundKind, LaunchOption, LowerBound, NewNode, Placement, Pl
 pub use self::problem::{DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem};
 
 use self::index::Index;
+
+/// The algorithms `cartwright plan` and `cartwright bench` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Cartwright's solver: aggregate-LP prices, cost-aware greedy, lower bound.
+    Cartwright,
+    /// Karpenter's scheduler, re-implemented (see [`baselines`]).
+    KarpenterGreedy,
+    /// Cluster Autoscaler's least-waste expander over one node group per instance type, re-implemented.
+    CaLeastWaste,
+}
+
+impl Algorithm {
+    /// Every algorithm, Cartwright's first.
+    pub const ALL: [Algorithm; 3] =
+        [Algorithm::Cartwright, Algorithm::KarpenterGreedy, Algorithm::CaLeastWaste];
+
+    /// The name used on the command line and in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algorithm::Cartwright => "cartwright",
+            Algorithm::KarpenterGreedy => "karpenter-greedy",
+            Algorithm::CaLeastWaste => "ca-least-waste",
+        }
+    }
+
+    /// Parses a name as printed by [`Algorithm::name`].
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Runs the algorithm.
+    pub fn solve(&self, problem: &Problem) -> Plan {
+        match self {
+            Algorithm::Cartwright => solve(problem),
+            Algorithm::KarpenterGreedy => baselines::karpenter_greedy(problem),
+            Algorithm::CaLeastWaste => baselines::ca_least_waste(problem),
+        }
+    }
+}
 
 /// Solves a problem with Cartwright's algorithm.
 pub fn solve(problem: &Problem) -> Plan {

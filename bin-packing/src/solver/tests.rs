@@ -374,5 +374,38 @@ proptest! {
         if let Some(b) = plan.lower_bound {
             prop_assert!(b.price <= plan.cost);
         }
+        // The baselines obey the same rules, and the bound holds for them too when they schedule the same pods.
+        for algorithm in [Algorithm::KarpenterGreedy, Algorithm::CaLeastWaste] {
+            let other = algorithm.solve(&p);
+            let violations = validate::violations(&p, &other);
+            prop_assert!(violations.is_empty(), "{}: {}", algorithm.name(), violations.join("\n"));
+            if let Some(b) = plan.lower_bound && other.unschedulable.len() <= plan.unschedulable.len() {
+                prop_assert!(b.price <= other.cost, "{} below the bound", algorithm.name());
+            }
+        }
     }
+}
+
+#[test]
+fn baselines_reproduce_their_peers_rules() {
+    let p = problem(vec![pods("web", 30).cpu(500).mem(1024).build()], vec![pool("default")]);
+    let karpenter = Algorithm::KarpenterGreedy.solve(&p);
+    assert!(validate::violations(&p, &karpenter).is_empty());
+    // Karpenter grows NodeClaims: 30 small pods land on few large nodes.
+    assert!(karpenter.new_nodes.len() <= 3, "{} nodes", karpenter.new_nodes.len());
+    let ca = Algorithm::CaLeastWaste.solve(&p);
+    assert!(validate::violations(&p, &ca).is_empty());
+    // One fixed group: every node is the same type.
+    let types: std::collections::BTreeSet<&str> =
+        ca.new_nodes.iter().map(|n| n.launch.instance_type.as_str()).collect();
+    assert_eq!(types.len(), 1, "{types:?}");
+    let ours = solve(&p);
+    assert!(
+        ours.cost <= karpenter.cost && ours.cost <= ca.cost,
+        "{} vs {} / {}",
+        ours.cost,
+        karpenter.cost,
+        ca.cost
+    );
+    assert_eq!(Algorithm::from_name("ca-least-waste"), Some(Algorithm::CaLeastWaste));
 }

@@ -1,0 +1,164 @@
+//! The built-in benchmark workloads: deterministic problems over the embedded catalog.
+
+use cartwright_binpack::labels::{self, aws};
+use cartwright_binpack::resources::NVIDIA_GPU;
+use cartwright_binpack::solver::{NodePoolTemplate, PodSpec, Problem};
+use cartwright_binpack::{
+    Catalog, CatalogOptions, Operator, Requirement, Resources, Taint, TaintEffect, Toleration,
+};
+
+/// The openb production trace (Alibaba cluster-trace-gpu-v2023; see data/README.md), embedded so the
+/// benchmark needs no files at run time.
+const OPENB_PODS: &str = include_str!("../../../data/traces/openb_pod_list_default.csv");
+
+/// The names `--workload` accepts.
+pub const NAMES: &[&str] = &["web-mix", "memory-heavy", "gpu"];
+
+/// A Deployment's shape: name, cpu millicores, memory MiB, share of the pods, and what it requires.
+struct Shape {
+    name: &'static str,
+    cpu: i64,
+    mem_mib: i64,
+    weight: u32,
+    on_demand: bool,
+}
+
+const fn shape(name: &'static str, cpu: i64, mem_mib: i64, weight: u32, on_demand: bool) -> Shape {
+    Shape { name, cpu, mem_mib, weight, on_demand }
+}
+
+/// Twenty typical web Deployments: front-ends, APIs, workers, a few on-demand-only services.
+const WEB_MIX: &[Shape] = &[
+    shape("frontend", 250, 512, 12, false),
+    shape("api-gateway", 500, 1024, 8, false),
+    shape("auth", 250, 256, 6, false),
+    shape("catalog-api", 500, 1536, 8, false),
+    shape("search", 1000, 4096, 4, false),
+    shape("cart", 250, 512, 6, false),
+    shape("checkout", 500, 1024, 4, true),
+    shape("payments", 1000, 2048, 2, true),
+    shape("orders-worker", 1000, 1024, 6, false),
+    shape("email-worker", 100, 256, 4, false),
+    shape("image-resizer", 2000, 2048, 3, false),
+    shape("recommendations", 2000, 8192, 2, false),
+    shape("sessions-cache", 500, 4096, 3, true),
+    shape("graphql", 750, 1536, 5, false),
+    shape("websocket", 250, 768, 5, false),
+    shape("analytics-ingest", 1500, 3072, 3, false),
+    shape("pdf-render", 1000, 3072, 2, false),
+    shape("feature-flags", 100, 128, 3, false),
+    shape("admin", 250, 512, 2, true),
+    shape("ml-inference-cpu", 4000, 8192, 2, false),
+];
+
+/// Ten memory-heavy Deployments: caches, JVM services, analytics.
+const MEMORY_HEAVY: &[Shape] = &[
+    shape("redis-cache", 500, 8192, 4, false),
+    shape("jvm-orders", 1000, 6144, 6, false),
+    shape("jvm-inventory", 2000, 12288, 4, false),
+    shape("elasticsearch", 2000, 16384, 3, true),
+    shape("spark-executor", 4000, 28672, 3, false),
+    shape("memcached", 250, 4096, 5, false),
+    shape("druid-historical", 4000, 32768, 2, true),
+    shape("kafka-streams", 1000, 8192, 4, false),
+    shape("pandas-batch", 2000, 16384, 3, false),
+    shape("graph-db", 4000, 65536, 1, true),
+];
+
+/// Builds a named workload with `pods` pods (the trace workload: at most `pods`). web-mix and memory-heavy
+/// use the NodePool of Karpenter's getting-started guide (c, m, r types of generation > 2, spot and
+/// on-demand); gpu adds a tainted GPU NodePool.
+pub fn build(name: &str, pods: usize) -> anyhow::Result<Problem> {
+    let catalog = Catalog::embedded("us-east-1", &CatalogOptions::default())?;
+    match name {
+        "web-mix" => Ok(from_shapes(WEB_MIX, pods, catalog)),
+        "memory-heavy" => Ok(from_shapes(MEMORY_HEAVY, pods, catalog)),
+        "gpu" => gpu(pods, catalog),
+        other => anyhow::bail!("unknown workload {other:?} (built in: {})", NAMES.join(", ")),
+    }
+}
+
+fn from_shapes(shapes: &[Shape], pods: usize, catalog: Catalog) -> Problem {
+    let total_weight: u32 = shapes.iter().map(|s| s.weight).sum();
+    let mut out = Vec::with_capacity(pods);
+    let mut assigned = 0usize;
+    for (i, s) in shapes.iter().enumerate() {
+        // The last Deployment takes the rounding remainder so the total is exact.
+        let replicas = if i + 1 == shapes.len() {
+            pods - assigned
+        } else {
+            pods * s.weight as usize / total_weight as usize
+        };
+        assigned += replicas;
+        let mut spec = PodSpec::new("", Resources::new().with_cpu_millis(s.cpu).with_memory_mib(s.mem_mib));
+        if s.on_demand {
+            spec = spec.with_requirement(single_in(labels::CAPACITY_TYPE, "on-demand"));
+        }
+        out.extend(
+            (0..replicas).map(|r| PodSpec { name: format!("default/{}-{r}", s.name), ..spec.clone() }),
+        );
+    }
+    Problem {
+        pods: out,
+        existing: vec![],
+        nodepools: vec![getting_started_nodepool()],
+        daemonsets: vec![],
+        catalog,
+    }
+}
+
+/// The NodePool of Karpenter's getting-started guide, with spot allowed: current c, m and r types.
+fn getting_started_nodepool() -> NodePoolTemplate {
+    let mut pool = NodePoolTemplate::new("default");
+    pool.requirements
+        .add(Requirement::new(aws::INSTANCE_CATEGORY, Operator::In, &["c", "m", "r"]).expect("values"));
+    pool.requirements.add(Requirement::new(aws::INSTANCE_GENERATION, Operator::Gt, &["2"]).expect("integer"));
+    pool.requirements
+        .add(Requirement::new(labels::CAPACITY_TYPE, Operator::In, &["spot", "on-demand"]).expect("values"));
+    pool
+}
+
+fn single_in(key: &str, value: &str) -> Requirement {
+    Requirement::new(key, Operator::In, &[value]).expect("one value")
+}
+
+/// The openb trace, all pods at once (or the first `pods`): GPU pods request whole GPUs (a fractional share
+/// needs one whole device without GPU sharing) and tolerate the GPU NodePool's taint; CPU pods go elsewhere.
+fn gpu(pods: usize, catalog: Catalog) -> anyhow::Result<Problem> {
+    let mut reader = csv::Reader::from_reader(OPENB_PODS.as_bytes());
+    let gpu_taint = Taint::new(NVIDIA_GPU, "true", TaintEffect::NoSchedule)?;
+    let mut out = Vec::new();
+    for (i, row) in reader.records().enumerate() {
+        if out.len() >= pods {
+            break;
+        }
+        let row = row?;
+        let field = |n: usize| row.get(n).unwrap_or_default();
+        let number = |n: usize| -> anyhow::Result<i64> {
+            field(n)
+                .parse()
+                .map_err(|_| anyhow::anyhow!("openb trace line {}: column {n} is not a number", i + 2))
+        };
+        let (cpu, mem, gpus) = (number(1)?, number(2)?, number(3)?);
+        let mut spec = PodSpec::new(
+            format!("openb/{}", field(0)),
+            Resources::new().with_cpu_millis(cpu).with_memory_mib(mem),
+        );
+        if gpus > 0 {
+            spec.requests = spec.requests.with(NVIDIA_GPU, gpus);
+            spec = spec.with_toleration(Toleration::exists(NVIDIA_GPU, None));
+        }
+        out.push(spec);
+    }
+    let mut gpu_pool = NodePoolTemplate::new("gpu");
+    gpu_pool.weight = 10;
+    gpu_pool.taints.push(gpu_taint);
+    gpu_pool.requirements.add(single_in(aws::INSTANCE_GPU_MANUFACTURER, "nvidia"));
+    Ok(Problem {
+        pods: out,
+        existing: vec![],
+        nodepools: vec![gpu_pool, NodePoolTemplate::new("default")],
+        daemonsets: vec![],
+        catalog,
+    })
+}
