@@ -149,18 +149,18 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
 }
 
 /// The offerings of the pool that hold `requests` under `requirements` within the limits, cheapest first.
-fn alternatives(
-    state: &State,
+pub(crate) fn launch_options(
+    index: &Index,
     p: usize,
     requirements: &Requirements,
     requests: &Resources,
+    limits: &Limits,
 ) -> Vec<(usize, LaunchOption)> {
-    let index = state.index;
     let mut out = Vec::new();
     for (pos, pt) in index.pools[p].types.iter().enumerate() {
         let t = index.instance_type(pt);
         if !requests.fits_in(&pt.usable)
-            || !state.limits[p].allows(&t.capacity)
+            || !limits.allows(&t.capacity)
             || t.requirements.intersects(requirements).is_err()
         {
             continue;
@@ -189,6 +189,15 @@ fn alternatives(
         ))
     });
     out
+}
+
+fn alternatives(
+    state: &State,
+    p: usize,
+    requirements: &Requirements,
+    requests: &Resources,
+) -> Vec<(usize, LaunchOption)> {
+    launch_options(state.index, p, requirements, requests, &state.limits[p])
 }
 
 /// Finds the best pattern for the seed class in the first NodePool (by weight) that can hold it.
@@ -328,12 +337,17 @@ pub(crate) fn node_labels(requirements: &Requirements, t: Option<&InstanceType>)
 
 /// Runs the greedy with the given per-class pod values (higher is placed first and weighs more).
 pub(crate) fn run(index: &Index, values: &[f64]) -> Decisions {
+    run_from(index, values, &vec![0; index.classes.len()])
+}
+
+/// [`run`] for the pods of each class from `start[c]` on (the earlier ones are placed elsewhere).
+pub(crate) fn run_from(index: &Index, values: &[f64], start: &[usize]) -> Decisions {
     let n = index.classes.len();
     let mut state = State {
         index,
         values,
-        remaining: index.classes.iter().map(|c| c.pods.len() as i64).collect(),
-        next_pod: vec![0; n],
+        remaining: index.classes.iter().zip(start).map(|(c, &s)| (c.pods.len() - s) as i64).collect(),
+        next_pod: start.to_vec(),
         limits: index.pools.iter().map(|p| p.template.remaining.clone()).collect(),
         blocked_by_limits: vec![vec![false; n]; index.pools.len()],
         out: Decisions { placed: vec![0; n], ..Decisions::default() },

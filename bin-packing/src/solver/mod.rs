@@ -19,6 +19,7 @@
 
 pub mod baselines;
 mod bound;
+mod columns;
 mod greedy;
 mod index;
 mod plan;
@@ -106,11 +107,10 @@ pub fn solve(problem: &Problem) -> Plan {
         Err(_) => vec![0.0; index.classes.len()],
     };
 
-    let decisions = greedy::run(&index, &values);
-    let cost = Price(decisions.new_nodes.iter().map(|n| n.launch.price.0).sum());
+    let mut decisions = greedy::run(&index, &values);
 
     // The bound covers exactly the pods the plan schedules.
-    let lower_bound = if decisions.new_nodes.is_empty() {
+    let mut lower_bound = if decisions.new_nodes.is_empty() {
         Some(LowerBound { price: Price(0), kind: BoundKind::Trivial })
     } else {
         let lp = if decisions.placed == placeable {
@@ -121,12 +121,98 @@ pub fn solve(problem: &Problem) -> Plan {
         lp.ok().map(|lp| LowerBound { price: lp.bound, kind: BoundKind::AggregateLp })
     };
 
+    // With no existing nodes, every placed pod is on a new node: the pattern formulation applies. It gives
+    // the tight bound, and its columns may combine into a cheaper plan than the greedy's. Without limits or
+    // minValues the greedy puts every class in its highest-weight NodePool, so the bound may assume that too
+    // (and the MILP must honour it); otherwise any admitting NodePool counts.
+    let constrained = index.pools.iter().any(|p| {
+        p.template.remaining != Limits::default()
+            || p.template.requirements.iter().any(|r| r.min_values().is_some())
+    });
+    if problem.existing.is_empty()
+        && !decisions.new_nodes.is_empty()
+        && let Ok(outcome) = columns::generate(&index, &decisions.placed, !constrained)
+    {
+        let kind = if outcome.converged { BoundKind::PatternLp } else { BoundKind::PatternFarley };
+        if lower_bound.is_none_or(|b| outcome.bound > b.price) {
+            lower_bound = Some(LowerBound { price: outcome.bound, kind });
+        }
+        if !constrained {
+            improve_with_columns(&index, &outcome, &values, &mut decisions);
+        }
+    }
+
+    let cost = Price(decisions.new_nodes.iter().map(|n| n.launch.price.0).sum());
     Plan {
         placements: decisions.placements,
         new_nodes: decisions.new_nodes,
         unschedulable: decisions.unschedulable,
         cost,
         lower_bound,
+    }
+}
+
+/// Residual rounding of the pattern LP: ⌊λ⌋ nodes of each column, then the greedy for the pods left. When
+/// that is cheaper than the greedy alone, its nodes replace the greedy's. Only for problems without limits or
+/// `minValues` and with no existing nodes (the master LP models neither).
+fn improve_with_columns(
+    index: &Index,
+    outcome: &columns::Outcome,
+    values: &[f64],
+    decisions: &mut greedy::Decisions,
+) {
+    let greedy_cost: u64 = decisions.new_nodes.iter().map(|n| n.launch.price.0).sum();
+    let mut start = vec![0usize; index.classes.len()];
+    let mut nodes = Vec::new();
+    for (column, &lambda) in outcome.columns.iter().zip(&outcome.lambda) {
+        let bin = &outcome.bins[column.bin];
+        let pool = &index.pools[bin.pool];
+        for _ in 0..(lambda + 1e-9).floor() as i64 {
+            let mut requirements = pool.node_requirements.clone();
+            let mut requests = Resources::new();
+            let mut pods = Vec::new();
+            for &(c, k) in &column.counts {
+                let class = &index.classes[c];
+                let Ok(cp) = &class.per_pool[bin.pool] else { return };
+                // Never more of a class than the greedy placed: the rest is unschedulable either way.
+                let take = (k as usize).min(decisions.placed[c] as usize - start[c]);
+                if take == 0 {
+                    continue;
+                }
+                if requirements.intersects(&cp.requirements).is_err() {
+                    return; // classes that cannot share a node: keep the greedy plan
+                }
+                requirements = requirements.intersection(&cp.requirements);
+                requests.add_assign(&class.requests.times(take as i64));
+                pods.extend(
+                    class.pods[start[c]..start[c] + take].iter().map(|&p| index.problem.pods[p].name.clone()),
+                );
+                start[c] += take;
+            }
+            if pods.is_empty() {
+                continue;
+            }
+            let options =
+                greedy::launch_options(index, bin.pool, &requirements, &requests, &Limits::default());
+            let Some((_, launch)) = options.first().cloned() else { return };
+            let mut alternatives: Vec<LaunchOption> = options.into_iter().map(|(_, o)| o).collect();
+            alternatives.truncate(MAX_ALTERNATIVES);
+            nodes.push(NewNode {
+                nodepool: pool.template.name.clone(),
+                labels: greedy::node_labels(&requirements, index.problem.catalog.get(&launch.instance_type)),
+                launch,
+                pods,
+                alternatives,
+            });
+        }
+    }
+    let residual = greedy::run_from(index, values, &start);
+    let placed: Vec<i64> = start.iter().zip(&residual.placed).map(|(&s, &r)| s as i64 + r).collect();
+    nodes.extend(residual.new_nodes);
+    let cost: u64 = nodes.iter().map(|n| n.launch.price.0).sum();
+    if cost < greedy_cost && placed == decisions.placed {
+        decisions.new_nodes = nodes;
+        decisions.unschedulable = residual.unschedulable;
     }
 }
 

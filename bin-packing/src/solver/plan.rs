@@ -52,6 +52,12 @@ pub enum BoundKind {
     /// The aggregate covering LP: capacity bought must cover demand per resource, overall and per pod class
     /// over the offerings that class may use.
     AggregateLp,
+    /// The LP relaxation of the pattern (Gilmore–Gomory) formulation, solved to optimality by column
+    /// generation: the tight bound.
+    PatternLp,
+    /// The Farley bound of an unfinished column generation (its iteration budget ran out): valid, a little
+    /// below the pattern LP.
+    PatternFarley,
     /// Nothing to launch: the bound is zero.
     Trivial,
 }
