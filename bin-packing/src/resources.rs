@@ -259,6 +259,15 @@ impl Resources {
         out
     }
 
+    /// Raises each dimension to at least `other`'s (the element-wise maximum, in place).
+    pub fn max_assign(&mut self, other: &Resources) {
+        for (name, v) in other.iter() {
+            if v > self.get(&name) {
+                self.set(&name, v);
+            }
+        }
+    }
+
     /// Each dimension clamped to at least zero.
     pub fn clamp_non_negative(&self) -> Resources {
         let mut out = Resources::new();
@@ -368,6 +377,9 @@ mod tests {
         assert_eq!(left.cpu_millis, 500);
         assert_eq!(left.get_extended(NVIDIA_GPU), 1);
         assert_eq!(left.plus(&pod.times(3)), node);
+        let mut max = pod.clone().with(NVIDIA_GPU, 2);
+        max.max_assign(&node);
+        assert_eq!((max.cpu_millis, max.get_extended(NVIDIA_GPU)), (2000, 2));
         let gone = node.minus(&Resources::new().with(NVIDIA_GPU, 1));
         assert_eq!(gone.get_extended(NVIDIA_GPU), 0);
         assert!(

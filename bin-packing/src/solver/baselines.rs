@@ -196,11 +196,7 @@ pub fn karpenter_greedy(problem: &Problem) -> Plan {
 fn max_capacity(index: &Index, p: usize, options: &[usize]) -> Resources {
     let mut max = Resources::new();
     for &pos in options {
-        for (dim, v) in index.instance_type(&index.pools[p].types[pos]).capacity.iter() {
-            if v > max.get(&dim) {
-                max.set(&dim, v);
-            }
-        }
+        max.max_assign(&index.instance_type(&index.pools[p].types[pos]).capacity);
     }
     max
 }

@@ -287,11 +287,7 @@ fn emit(state: &mut State, pattern: Pattern, mut alternatives: Vec<LaunchOption>
     let mut max_capacity = Resources::new();
     for alt in &alternatives {
         if let Some(t) = catalog.get(&alt.instance_type) {
-            for (dim, v) in t.capacity.iter() {
-                if v > max_capacity.get(&dim) {
-                    max_capacity.set(&dim, v);
-                }
-            }
+            max_capacity.max_assign(&t.capacity);
         }
     }
     let mut reps = pattern.counts.iter().map(|&(c, k)| state.remaining[c] / k).min().unwrap_or(0);

@@ -81,13 +81,7 @@ pub fn violations(problem: &Problem, plan: &Plan) -> Vec<String> {
         let mut max_capacity = Resources::new();
         for option in &node.alternatives {
             match check_option(problem, pool, node, option) {
-                Ok(capacity) => {
-                    for (dim, v) in capacity.iter() {
-                        if v > max_capacity.get(&dim) {
-                            max_capacity.set(&dim, v);
-                        }
-                    }
-                }
+                Ok(capacity) => max_capacity.max_assign(&capacity),
                 Err(why) => {
                     out.push(format!("new node {i} as {}/{}: {why}", option.instance_type, option.zone))
                 }
