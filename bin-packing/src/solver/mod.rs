@@ -27,6 +27,8 @@ mod problem;
 mod reasons;
 pub mod validate;
 
+use std::collections::BTreeMap;
+
 use crate::instance_type::Price;
 use crate::resources::Resources;
 
@@ -167,15 +169,19 @@ fn improve_with_columns(
     for (column, &lambda) in outcome.columns.iter().zip(&outcome.lambda) {
         let bin = &outcome.bins[column.bin];
         let pool = &index.pools[bin.pool];
+        // Copies of a column usually hold the same pods: launch options are computed once per content.
+        let mut last: Option<(Vec<usize>, Vec<LaunchOption>, BTreeMap<String, String>)> = None;
         for _ in 0..(lambda + 1e-9).floor() as i64 {
             let mut requirements = pool.node_requirements.clone();
             let mut requests = Resources::new();
             let mut pods = Vec::new();
+            let mut takes = Vec::with_capacity(column.counts.len());
             for &(c, k) in &column.counts {
                 let class = &index.classes[c];
                 let Ok(cp) = &class.per_pool[bin.pool] else { return };
                 // Never more of a class than the greedy placed: the rest is unschedulable either way.
                 let take = (k as usize).min(decisions.placed[c] as usize - start[c]);
+                takes.push(take);
                 if take == 0 {
                     continue;
                 }
@@ -192,17 +198,23 @@ fn improve_with_columns(
             if pods.is_empty() {
                 continue;
             }
-            let options =
-                greedy::launch_options(index, bin.pool, &requirements, &requests, &Limits::default());
-            let Some((_, launch)) = options.first().cloned() else { return };
-            let mut alternatives: Vec<LaunchOption> = options.into_iter().map(|(_, o)| o).collect();
-            alternatives.truncate(MAX_ALTERNATIVES);
+            if last.as_ref().is_none_or(|(t, _, _)| *t != takes) {
+                let options =
+                    greedy::launch_options(index, bin.pool, &requirements, &requests, &Limits::default());
+                let mut alternatives: Vec<LaunchOption> = options.into_iter().map(|(_, o)| o).collect();
+                alternatives.truncate(MAX_ALTERNATIVES);
+                let Some(launch) = alternatives.first() else { return };
+                let labels =
+                    greedy::node_labels(&requirements, index.problem.catalog.get(&launch.instance_type));
+                last = Some((takes, alternatives, labels));
+            }
+            let (_, alternatives, labels) = last.as_ref().expect("set above");
             nodes.push(NewNode {
                 nodepool: pool.template.name.clone(),
-                labels: greedy::node_labels(&requirements, index.problem.catalog.get(&launch.instance_type)),
-                launch,
+                labels: labels.clone(),
+                launch: alternatives[0].clone(),
                 pods,
-                alternatives,
+                alternatives: alternatives.clone(),
             });
         }
     }
