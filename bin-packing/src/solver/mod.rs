@@ -154,6 +154,13 @@ pub fn solve(problem: &Problem) -> Plan {
     }
 }
 
+/// Launch options computed for one content of a column (pods taken per class).
+struct CachedLaunch {
+    takes: Vec<usize>,
+    alternatives: Vec<LaunchOption>,
+    labels: BTreeMap<String, String>,
+}
+
 /// Residual rounding of the pattern LP: ⌊λ⌋ nodes of each column, then the greedy for the pods left. When
 /// that is cheaper than the greedy alone, its nodes replace the greedy's. Only for problems without limits or
 /// `minValues` and with no existing nodes (the master LP models neither).
@@ -170,7 +177,7 @@ fn improve_with_columns(
         let bin = &outcome.bins[column.bin];
         let pool = &index.pools[bin.pool];
         // Copies of a column usually hold the same pods: launch options are computed once per content.
-        let mut last: Option<(Vec<usize>, Vec<LaunchOption>, BTreeMap<String, String>)> = None;
+        let mut last: Option<CachedLaunch> = None;
         for _ in 0..(lambda + 1e-9).floor() as i64 {
             let mut requirements = pool.node_requirements.clone();
             let mut requests = Resources::new();
@@ -198,7 +205,7 @@ fn improve_with_columns(
             if pods.is_empty() {
                 continue;
             }
-            if last.as_ref().is_none_or(|(t, _, _)| *t != takes) {
+            if last.as_ref().is_none_or(|l| l.takes != takes) {
                 let options =
                     greedy::launch_options(index, bin.pool, &requirements, &requests, &Limits::default());
                 let mut alternatives: Vec<LaunchOption> = options.into_iter().map(|(_, o)| o).collect();
@@ -206,9 +213,9 @@ fn improve_with_columns(
                 let Some(launch) = alternatives.first() else { return };
                 let labels =
                     greedy::node_labels(&requirements, index.problem.catalog.get(&launch.instance_type));
-                last = Some((takes, alternatives, labels));
+                last = Some(CachedLaunch { takes, alternatives, labels });
             }
-            let (_, alternatives, labels) = last.as_ref().expect("set above");
+            let CachedLaunch { alternatives, labels, .. } = last.as_ref().expect("set above");
             nodes.push(NewNode {
                 nodepool: pool.template.name.clone(),
                 labels: labels.clone(),
