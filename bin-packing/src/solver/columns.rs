@@ -63,12 +63,9 @@ pub(crate) struct Outcome {
     pub lambda: Vec<f64>,
 }
 
-/// The bins of the problem: one per (pool, type, distinct admitted-class set), dominated ones removed.
-/// With `by_weight`, a class may only use the highest-weight NodePool that admits it (NodePool weight is a
-/// strict priority, as in Karpenter); without, any NodePool that admits it.
-pub(crate) fn bins(index: &Index, by_weight: bool) -> Vec<Bin> {
-    let first_pool: Vec<Option<usize>> =
-        index.classes.iter().map(|c| c.per_pool.iter().position(Result::is_ok)).collect();
+/// The bins of the problem: one per (pool, type, distinct admitted-class set), dominated ones removed. A class
+/// may use any NodePool that admits it (weight priority is for the plan, not the bound).
+pub(crate) fn bins(index: &Index) -> Vec<Bin> {
     let mut all = Vec::new();
     for (p, pool) in index.pools.iter().enumerate() {
         for (pos, pt) in pool.types.iter().enumerate() {
@@ -79,12 +76,10 @@ pub(crate) fn bins(index: &Index, by_weight: bool) -> Vec<Bin> {
                 let admits: Vec<bool> = index
                     .classes
                     .iter()
-                    .zip(&first_pool)
-                    .map(|(c, first)| {
-                        (!by_weight || *first == Some(p))
-                            && c.per_pool[p]
-                                .as_ref()
-                                .is_ok_and(|cp| cp.admits[pos] && offering.is_compatible(&cp.requirements))
+                    .map(|c| {
+                        c.per_pool[p]
+                            .as_ref()
+                            .is_ok_and(|cp| cp.admits[pos] && offering.is_compatible(&cp.requirements))
                     })
                     .collect();
                 if !admits.iter().any(|&a| a) {
@@ -116,9 +111,9 @@ pub(crate) fn bins(index: &Index, by_weight: bool) -> Vec<Bin> {
     kept
 }
 
-/// Runs column generation for `demand[i]` pods of each class on new nodes (see [`bins`] for `by_weight`).
-pub(crate) fn generate(index: &Index, demand: &[i64], by_weight: bool) -> Result<Outcome, String> {
-    let bins = bins(index, by_weight);
+/// Runs column generation for `demand[i]` pods of each class on new nodes.
+pub(crate) fn generate(index: &Index, demand: &[i64]) -> Result<Outcome, String> {
+    let bins = bins(index);
     let classes: Vec<usize> = (0..demand.len()).filter(|&i| demand[i] > 0).collect();
     // Start with one column per class: as many of its pods as fit its cheapest bin.
     let mut columns: Vec<Column> = Vec::new();

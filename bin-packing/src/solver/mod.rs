@@ -124,16 +124,17 @@ pub fn solve(problem: &Problem) -> Plan {
     };
 
     // With no existing nodes, every placed pod is on a new node: the pattern formulation applies. It gives
-    // the tight bound, and its columns may combine into a cheaper plan than the greedy's. Without limits or
-    // minValues the greedy puts every class in its highest-weight NodePool, so the bound may assume that too
-    // (and the MILP must honour it); otherwise any admitting NodePool counts.
+    // the tight bound, and its columns may combine into a cheaper plan than the greedy's. The bound lets a
+    // class use any NodePool that admits it (so it bounds plans that treat weight as a preference, as
+    // Karpenter's in-flight NodeClaims do); the rounding keeps only columns in each class's highest-weight
+    // NodePool, the priority Cartwright's plans honour.
     let constrained = index.pools.iter().any(|p| {
         p.template.remaining != Limits::default()
             || p.template.requirements.iter().any(|r| r.min_values().is_some())
     });
     if problem.existing.is_empty()
         && !decisions.new_nodes.is_empty()
-        && let Ok(outcome) = columns::generate(&index, &decisions.placed, !constrained)
+        && let Ok(outcome) = columns::generate(&index, &decisions.placed)
     {
         let kind = if outcome.converged { BoundKind::PatternLp } else { BoundKind::PatternFarley };
         if lower_bound.is_none_or(|b| outcome.bound > b.price) {
@@ -176,6 +177,13 @@ fn improve_with_columns(
     for (column, &lambda) in outcome.columns.iter().zip(&outcome.lambda) {
         let bin = &outcome.bins[column.bin];
         let pool = &index.pools[bin.pool];
+        let first_choice = column
+            .counts
+            .iter()
+            .all(|&(c, _)| index.classes[c].per_pool.iter().position(Result::is_ok) == Some(bin.pool));
+        if !first_choice {
+            continue; // these pods go to the greedy below, which honours NodePool weights
+        }
         // Copies of a column usually hold the same pods: launch options are computed once per content.
         let mut last: Option<CachedLaunch> = None;
         for _ in 0..(lambda + 1e-9).floor() as i64 {
