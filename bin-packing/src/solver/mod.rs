@@ -4,12 +4,14 @@
 //! Problem ──> Index (pod classes × NodePools × instance types, label and taint checks done once)
 //!         ──> aggregate LP (HiGHS): a lower bound, and a price for each pod class
 //!         ──> greedy: existing nodes first, then new nodes by value per dollar
+//!         ──> pattern LP by column generation (no existing nodes): the tight bound, and a rounding
+//!             that replaces the greedy's nodes when cheaper (no limits or minValues)
 //!         ──> Plan (placements, new nodes with ranked alternatives, unschedulable pods with reasons,
-//!                   cost, lower bound)
+//!                   cost, lower bound and which bound it is)
 //! ```
 //!
-//! "Does not fit" is data: a pod no NodePool can hold is listed with a reason, never an error. When the LP
-//! cannot be solved the greedy orders classes by size instead and the plan carries no bound.
+//! "Does not fit" is data: a pod no NodePool can hold is listed with a reason, never an error. When an LP
+//! cannot be solved the greedy plan stands: classes are then ordered by size and the plan may carry no bound.
 //!
 //! Constraints honoured so far: every resource dimension, node selectors and required node affinity
 //! (Karpenter operators, ORed terms), taints and tolerations (startup taints ignored for fit), NodePool
