@@ -31,6 +31,8 @@ struct Claim {
     /// Positions in the pool's type list that still hold every pod.
     options: Vec<usize>,
     pods: Vec<usize>,
+    /// The classes among its pods (for anti-affinity).
+    classes: Vec<usize>,
     /// Per class: this claim already refused it (claims only fill up, so it stays refused).
     refused: Vec<bool>,
 }
@@ -72,11 +74,16 @@ pub fn karpenter_greedy(problem: &Problem) -> Plan {
     let mut unschedulable_classes: Vec<Vec<usize>> = vec![Vec::new(); n_classes];
     let mut blocked = vec![vec![false; n_classes]; index.pools.len()];
 
+    let mut placed_here: Vec<Vec<usize>> = vec![Vec::new(); problem.existing.len()];
     'pods: for (c, pod) in queue {
         let class = &index.classes[c];
         for &n in &existing_order {
-            if existing_admits(class, &problem.existing[n]) && class.requests.fits_in(&free[n]) {
+            if existing_admits(class, &problem.existing[n])
+                && !placed_here[n].iter().any(|&o| index.conflicts[c][o])
+                && class.requests.fits_in(&free[n])
+            {
                 free[n].sub_assign(&class.requests);
+                placed_here[n].push(c);
                 placements.push(Placement {
                     pod: problem.pods[pod].name.clone(),
                     node: problem.existing[n].name.clone(),
@@ -96,7 +103,9 @@ pub fn karpenter_greedy(problem: &Problem) -> Plan {
                 claim.refused[c] = true;
                 continue;
             };
-            if claim.requirements.intersects(&cp.requirements).is_err() {
+            if claim.requirements.intersects(&cp.requirements).is_err()
+                || claim.classes.iter().any(|&o| index.conflicts[c][o])
+            {
                 claim.refused[c] = true;
                 continue;
             }
@@ -122,6 +131,9 @@ pub fn karpenter_greedy(problem: &Problem) -> Plan {
             claim.requests = requests;
             claim.options = options;
             claim.pods.push(pod);
+            if !claim.classes.contains(&c) {
+                claim.classes.push(c);
+            }
             continue 'pods;
         }
         // A new NodeClaim from the first NodePool (by weight) that admits the pod within its limits.
@@ -149,6 +161,7 @@ pub fn karpenter_greedy(problem: &Problem) -> Plan {
                 requests: class.requests.clone(),
                 options,
                 pods: vec![pod],
+                classes: vec![c],
                 refused: vec![false; n_classes],
             });
             continue 'pods;
@@ -233,12 +246,19 @@ pub fn ca_least_waste(problem: &Problem) -> Plan {
 
     // Existing nodes first, first fit (the scheduler's job before CA acts).
     let mut free: Vec<Resources> = problem.existing.iter().map(|n| n.free()).collect();
+    let mut placed_here: Vec<Vec<usize>> = vec![Vec::new(); problem.existing.len()];
     for (c, class) in index.classes.iter().enumerate() {
         for (n, node) in problem.existing.iter().enumerate() {
-            if remaining[c] == 0 || !existing_admits(class, node) {
+            if remaining[c] == 0
+                || !existing_admits(class, node)
+                || placed_here[n].iter().any(|&o| index.conflicts[c][o])
+            {
                 continue;
             }
-            let k = fit_count(&free[n], &class.requests).min(remaining[c]);
+            let k = fit_count(&free[n], &class.requests).min(remaining[c]).min(per_node(class));
+            if k > 0 {
+                placed_here[n].push(c);
+            }
             for _ in 0..k {
                 placements.push(Placement {
                     pod: problem.pods[class.pods[next_pod[c]]].name.clone(),
@@ -397,7 +417,10 @@ fn estimate(
             if left == 0 {
                 break;
             }
-            let k = fit_count(free, requests).min(left);
+            if content.iter().any(|&(o, _)| index.conflicts[c][o]) {
+                continue;
+            }
+            let k = fit_count(free, requests).min(left).min(per_node(&index.classes[c]));
             if k > 0 {
                 free.sub_assign(&requests.times(k));
                 content.push((c, k));
@@ -405,7 +428,7 @@ fn estimate(
             }
         }
         while left > 0 && (bins.len() as i64) < max_nodes {
-            let k = fit_count(usable, requests).min(left);
+            let k = fit_count(usable, requests).min(left).min(per_node(&index.classes[c]));
             if k == 0 {
                 break;
             }
@@ -414,6 +437,11 @@ fn estimate(
         }
     }
     bins.into_iter().map(|(_, content)| content).collect()
+}
+
+/// The most pods of a class one node may hold, by its anti-affinity.
+fn per_node(class: &super::index::Class) -> i64 {
+    if class.one_per_node { 1 } else { i64::MAX }
 }
 
 fn finish(

@@ -9,8 +9,9 @@
 //! spent. The Farley bound `z_master / max_bin(value / price)` is valid at every iteration.
 //!
 //! Budgets are counts (iterations, knapsack nodes), never time, so results are deterministic.
-//! The bound ignores NodePool limits and existing nodes (a relaxation, so still a bound); callers use it
-//! only when there are no existing nodes.
+//! The bound ignores NodePool limits, existing nodes and anti-affinity between different classes (a
+//! relaxation, so still a bound; one-per-node classes are modelled); callers use it only when there are no
+//! existing nodes.
 
 use good_lp::solvers::highs::highs;
 use good_lp::{
@@ -128,7 +129,8 @@ pub(crate) fn generate(index: &Index, demand: &[i64]) -> Result<Outcome, String>
                 },
             );
         let Some((k, bin)) = best else { return Err(format!("class {i} fits no bin")) };
-        columns.push(Column { bin: k, counts: vec![(i, fit_count(&bin.usable, w).min(demand[i]))] });
+        let per_node = if index.classes[i].one_per_node { 1 } else { fit_count(&bin.usable, w) };
+        columns.push(Column { bin: k, counts: vec![(i, per_node.min(demand[i]))] });
     }
 
     let mut bound = 0.0f64;
@@ -232,7 +234,11 @@ fn knapsack(
         if demand[i] == 0 || duals[i] <= 1e-12 || !bin.admits[i] {
             continue;
         }
-        let cap = fit_count(&bin.usable, &class.requests).min(demand[i]);
+        let cap = fit_count(&bin.usable, &class.requests).min(demand[i]).min(if class.one_per_node {
+            1
+        } else {
+            i64::MAX
+        });
         if cap == 0 {
             continue;
         }

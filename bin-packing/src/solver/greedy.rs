@@ -62,6 +62,8 @@ fn place_on_existing(state: &mut State, order: &[usize]) {
     let mut nodes: Vec<usize> = (0..problem.existing.len()).collect();
     nodes.sort_by_key(|&n| !problem.existing[n].initialized);
     let mut free: Vec<Resources> = problem.existing.iter().map(|n| n.free()).collect();
+    // Classes placed on each node in this pass, for anti-affinity between them.
+    let mut placed_here: Vec<Vec<usize>> = vec![Vec::new(); problem.existing.len()];
     for &c in order {
         let class = &state.index.classes[c];
         for &n in &nodes {
@@ -69,10 +71,16 @@ fn place_on_existing(state: &mut State, order: &[usize]) {
                 break;
             }
             let node = &problem.existing[n];
-            if !existing_admits(class, node) {
+            if !existing_admits(class, node) || placed_here[n].iter().any(|&o| state.index.conflicts[c][o]) {
                 continue;
             }
-            let k = fit_count(&free[n], &class.requests).min(state.remaining[c]);
+            let mut k = fit_count(&free[n], &class.requests).min(state.remaining[c]);
+            if class.one_per_node {
+                k = k.min(1);
+            }
+            if k > 0 {
+                placed_here[n].push(c);
+            }
             for _ in 0..k {
                 let pod = take_pod(state, c);
                 state.out.placements.push(Placement { pod, node: node.name.clone() });
@@ -82,10 +90,12 @@ fn place_on_existing(state: &mut State, order: &[usize]) {
     }
 }
 
-/// Whether a pod of the class may run on an existing node (labels and hard taints; not room).
+/// Whether a pod of the class may run on an existing node (labels, hard taints, and its anti-affinity
+/// against the pods already there; not room).
 pub(crate) fn existing_admits(class: &Class, node: &super::problem::ExistingNode) -> bool {
     first_untolerated(&class.spec.tolerations, &node.taints).is_none()
         && class.spec.affinity.matches_labels(&node.labels)
+        && !node.pod_labels.iter().any(|labels| class.spec.repels(labels))
 }
 
 fn take_pod(state: &mut State, c: usize) -> String {
@@ -126,7 +136,13 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
         {
             continue;
         }
-        let k = fit_count(&free, &class.requests).min(state.remaining[c]);
+        if counts.iter().any(|&(o, _): &(usize, i64)| index.conflicts[c][o]) {
+            continue;
+        }
+        let mut k = fit_count(&free, &class.requests).min(state.remaining[c]);
+        if class.one_per_node {
+            k = k.min(1);
+        }
         if k == 0 {
             continue;
         }

@@ -23,7 +23,18 @@ pub(crate) struct Class<'p> {
     pub pods: Vec<usize>,
     /// Per pool (same order as `Index::pools`): how this class may use it, or why it cannot.
     pub per_pool: Vec<Result<ClassPool, PoolRejection>>,
+    /// Its hostname anti-affinity matches its own labels: at most one pod of the class per node.
+    pub one_per_node: bool,
 }
+
+/// What makes pods identical for the solver.
+type ClassKey<'p> = (
+    &'p Resources,
+    &'p crate::requirements::NodeAffinity,
+    &'p Vec<crate::taints::Toleration>,
+    &'p std::collections::BTreeMap<String, String>,
+    &'p Vec<std::collections::BTreeMap<String, String>>,
+);
 
 /// How a class may use one NodePool.
 #[derive(Debug)]
@@ -73,6 +84,9 @@ pub(crate) struct Index<'p> {
     pub pools: Vec<PoolInfo<'p>>,
     /// The resource dimensions any pod requests, in a fixed order.
     pub dims: Vec<ResourceName>,
+    /// `conflicts[a][b]`: pods of classes a and b may not share a node (either's hostname anti-affinity
+    /// matches the other's labels); the diagonal is `one_per_node`.
+    pub conflicts: Vec<Vec<bool>>,
 }
 
 impl<'p> Index<'p> {
@@ -84,11 +98,11 @@ impl<'p> Index<'p> {
             b.template.weight.cmp(&a.template.weight).then(a.template.name.cmp(&b.template.name))
         });
 
-        let mut by_key: HashMap<(&Resources, &crate::requirements::NodeAffinity, &Vec<_>), usize> =
-            HashMap::new();
+        let mut by_key: HashMap<ClassKey, usize> = HashMap::new();
         let mut grouped: Vec<(&PodSpec, Vec<usize>)> = Vec::new();
         for (i, pod) in problem.pods.iter().enumerate() {
-            let key = (&pod.requests, &pod.affinity, &pod.tolerations);
+            let key =
+                (&pod.requests, &pod.affinity, &pod.tolerations, &pod.labels, &pod.hostname_anti_affinity);
             match by_key.get(&key) {
                 Some(&c) => grouped[c].1.push(i),
                 None => {
@@ -97,14 +111,14 @@ impl<'p> Index<'p> {
                 }
             }
         }
-        let classes = grouped
+        let classes: Vec<Class> = grouped
             .into_iter()
             .map(|(spec, pods)| {
                 let mut requests = spec.requests.clone();
                 requests.pods = requests.pods.max(1);
                 let per_pool =
                     pools.iter().map(|pool| class_pool(spec, &requests, pool, catalog_types)).collect();
-                Class { spec, requests, pods, per_pool }
+                Class { spec, requests, pods, per_pool, one_per_node: spec.repels(&spec.labels) }
             })
             .collect();
 
@@ -119,7 +133,21 @@ impl<'p> Index<'p> {
         extended.sort();
         extended.dedup();
         dims.extend(extended);
-        Index { problem, classes, pools, dims }
+        let conflicts = classes
+            .iter()
+            .map(|a| {
+                classes
+                    .iter()
+                    .map(|b| a.spec.repels(&b.spec.labels) || b.spec.repels(&a.spec.labels))
+                    .collect()
+            })
+            .collect();
+        Index { problem, classes, pools, dims, conflicts }
+    }
+
+    /// Whether pods of two different classes repel each other (anti-affinity the pattern LP does not model).
+    pub fn has_cross_class_conflicts(&self) -> bool {
+        self.conflicts.iter().enumerate().any(|(a, row)| row.iter().enumerate().any(|(b, &c)| c && a != b))
     }
 
     pub fn instance_type(&self, pool_type: &PoolType) -> &'p InstanceType {

@@ -16,8 +16,9 @@
 //! Constraints honoured so far: every resource dimension, node selectors and required node affinity
 //! (Karpenter operators, ORed terms), taints and tolerations (startup taints ignored for fit), NodePool
 //! weights (higher first) and limits (charged at the largest alternative, so never exceeded), daemonset
-//! overhead per node, `minValues`, unavailable offerings, and free room on existing nodes. Topology spread,
-//! pod (anti-)affinity, host ports, volume zones and preferences are not yet modelled.
+//! overhead per node, `minValues`, unavailable offerings, free room on existing nodes, and required pod
+//! anti-affinity on `kubernetes.io/hostname` (matchLabels). Topology spread, pod affinity, zone-keyed
+//! anti-affinity, host ports, volume zones and preferences are not yet modelled.
 
 pub mod baselines;
 mod bound;
@@ -142,7 +143,8 @@ pub fn solve(problem: &Problem) -> Plan {
         if lower_bound.is_none_or(|b| outcome.bound > b.price) {
             lower_bound = Some(LowerBound { price: outcome.bound, kind });
         }
-        if !constrained {
+        // The columns may pair classes that repel each other, so rounding is for conflict-free problems.
+        if !constrained && !index.has_cross_class_conflicts() {
             improve_with_columns(&index, &outcome, &values, &mut decisions);
         }
     }

@@ -18,6 +18,11 @@ pub struct PodSpec {
     /// Node selector and required node affinity.
     pub affinity: NodeAffinity,
     pub tolerations: Vec<Toleration>,
+    /// The pod's own labels (what other pods' anti-affinity selectors see).
+    pub labels: BTreeMap<String, String>,
+    /// Required pod anti-affinity on `kubernetes.io/hostname`: one `matchLabels` selector per term. No pod
+    /// matching a selector may share the node (a selector matching the pod's own labels means one per node).
+    pub hostname_anti_affinity: Vec<BTreeMap<String, String>>,
 }
 
 impl PodSpec {
@@ -28,7 +33,27 @@ impl PodSpec {
             requests: with_pod_slot(requests),
             affinity: NodeAffinity::any(),
             tolerations: vec![],
+            labels: BTreeMap::new(),
+            hostname_anti_affinity: vec![],
         }
+    }
+
+    /// Builder: a label.
+    pub fn with_label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Builder: a required anti-affinity term on `kubernetes.io/hostname` with these `matchLabels`.
+    pub fn with_hostname_anti_affinity(mut self, selector: &[(&str, &str)]) -> Self {
+        self.hostname_anti_affinity
+            .push(selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        self
+    }
+
+    /// Whether this pod's anti-affinity forbids sharing a node with a pod labelled `labels`.
+    pub fn repels(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.hostname_anti_affinity.iter().any(|selector| selector_matches(selector, labels))
     }
 
     /// Builder: the node affinity.
@@ -50,6 +75,11 @@ impl PodSpec {
         self.tolerations.push(toleration);
         self
     }
+}
+
+/// `matchLabels` semantics: every pair of the selector is among the labels (an empty selector matches all).
+pub fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// Every pod takes one pod slot, whether or not its spec says so.
@@ -82,6 +112,8 @@ pub struct ExistingNode {
     pub nodepool: Option<String>,
     /// False for nodes still launching (in flight); initialized nodes are preferred.
     pub initialized: bool,
+    /// The labels of the pods already on it (what new pods' anti-affinity selectors see).
+    pub pod_labels: Vec<BTreeMap<String, String>>,
 }
 
 impl ExistingNode {

@@ -52,6 +52,14 @@ impl Pods {
         self.spec.tolerations.push(t);
         self
     }
+    fn label(mut self, key: &str, value: &str) -> Self {
+        self.spec = self.spec.with_label(key, value);
+        self
+    }
+    fn avoid(mut self, key: &str, value: &str) -> Self {
+        self.spec = self.spec.with_hostname_anti_affinity(&[(key, value)]);
+        self
+    }
     fn build(self) -> Vec<PodSpec> {
         (0..self.count)
             .map(|i| PodSpec { name: format!("{}-{i}", self.prefix), ..self.spec.clone() })
@@ -143,6 +151,7 @@ fn existing_node_room_is_used_first() {
         requested: Resources::new().with_cpu_millis(500).with_memory_mib(512).with_pods(2),
         nodepool: Some("default".into()),
         initialized: true,
+        pod_labels: vec![],
     });
     let plan = expect_valid_plan(&p);
     assert_eq!(plan.placements.len(), 2, "1430m free holds two 500m pods");
@@ -323,7 +332,7 @@ fn arb_pods() -> impl Strategy<Value = Vec<PodSpec>> {
         prop::sample::select(vec![100i64, 250, 500, 1000, 2000, 4000]),
         prop::sample::select(vec![128i64, 512, 1024, 4096, 16384]),
         1usize..40,
-        0usize..6,
+        0usize..8,
     );
     prop::collection::vec(shape, 1..6).prop_map(|shapes| {
         let mut out = Vec::new();
@@ -335,7 +344,9 @@ fn arb_pods() -> impl Strategy<Value = Vec<PodSpec>> {
                 2 => builder.require(req(labels::ZONE, Operator::NotIn, &["us-east-1a", "us-east-1b"])),
                 3 => builder.require(req(aws::INSTANCE_CATEGORY, Operator::In, &["r"])),
                 4 => builder.tolerate(Toleration::exists("dedicated", None)),
-                _ => builder,
+                5 => builder.label("app", &format!("d{i}")).avoid("app", &format!("d{i}")),
+                6 => builder.label("app", &format!("d{i}")).avoid("app", "d0"),
+                _ => builder.label("app", &format!("d{i}")),
             };
             out.extend(builder.build());
         }
@@ -415,4 +426,42 @@ fn baselines_reproduce_their_peers_rules() {
         ca.cost
     );
     assert_eq!(Algorithm::from_name("ca-least-waste"), Some(Algorithm::CaLeastWaste));
+}
+
+#[test]
+fn hostname_anti_affinity_puts_one_replica_per_node() {
+    let mut p = problem(
+        vec![
+            pods("db", 5).cpu(500).mem(1024).label("app", "db").avoid("app", "db").build(),
+            pods("web", 10).cpu(250).mem(512).label("app", "web").build(),
+            pods("cache", 3).cpu(250).mem(512).label("app", "cache").avoid("app", "db").build(),
+        ],
+        vec![pool("default")],
+    );
+    p.existing.push(ExistingNode {
+        name: "node-a".into(),
+        labels: BTreeMap::new(),
+        taints: vec![],
+        allocatable: Resources::new().with_cpu_millis(8000).with_memory_mib(16000).with_pods(50),
+        requested: Resources::new(),
+        nodepool: None,
+        initialized: true,
+        pod_labels: vec![BTreeMap::from([("app".to_owned(), "db".to_owned())])],
+    });
+    for algorithm in Algorithm::ALL {
+        let plan = algorithm.solve(&p);
+        let violations = validate::violations(&p, &plan);
+        assert!(violations.is_empty(), "{}: {}", algorithm.name(), violations.join("\n"));
+        let db_nodes: Vec<usize> =
+            plan.new_nodes.iter().map(|n| n.pods.iter().filter(|x| x.starts_with("db")).count()).collect();
+        assert!(db_nodes.iter().all(|&k| k <= 1), "{}: {db_nodes:?}", algorithm.name());
+        assert_eq!(
+            db_nodes.iter().sum::<usize>(),
+            5,
+            "{}: no db pod on node-a, which already runs one",
+            algorithm.name()
+        );
+        assert!(plan.placements.iter().all(|pl| !pl.pod.starts_with("db") && !pl.pod.starts_with("cache")));
+        assert!(plan.placements.iter().any(|pl| pl.pod.starts_with("web")), "web may use node-a");
+    }
 }

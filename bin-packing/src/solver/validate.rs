@@ -56,6 +56,18 @@ pub fn violations(problem: &Problem, plan: &Plan) -> Vec<String> {
         }
         load.entry(node.name.as_str()).or_insert_with(|| node.requested.clone()).add_assign(&pod.requests);
     }
+    let mut on_node: BTreeMap<&str, Vec<&super::problem::PodSpec>> = BTreeMap::new();
+    for placement in &plan.placements {
+        if let Some(pod) = pods.get(placement.pod.as_str()) {
+            on_node.entry(placement.node.as_str()).or_default().push(pod);
+        }
+    }
+    for (name, placed) in &on_node {
+        let Some(node) = problem.existing.iter().find(|n| n.name == *name) else { continue };
+        if let Some(why) = anti_affinity_violation(placed, &node.pod_labels) {
+            out.push(format!("node {name}: {why}"));
+        }
+    }
     for (name, used) in &load {
         let node = problem.existing.iter().find(|n| n.name == *name).expect("checked above");
         if !used.fits_in(&node.allocatable) {
@@ -171,6 +183,7 @@ fn check_option(
         }
     }
     let mut names = BTreeSet::new();
+    let mut placed = Vec::new();
     for name in &node.pods {
         let pod =
             problem.pods.iter().find(|p| &p.name == name).ok_or_else(|| format!("unknown pod {name}"))?;
@@ -184,9 +197,38 @@ fn check_option(
         let mut requests = pod.requests.clone();
         requests.pods = requests.pods.max(1);
         used.add_assign(&requests);
+        placed.push(pod);
+    }
+    if let Some(why) = anti_affinity_violation(&placed, &[]) {
+        return Err(why);
     }
     if !used.fits_in(&t.allocatable()) {
         return Err(format!("overcommitted: {used} requested (daemonsets included) of {}", t.allocatable()));
     }
     Ok(t.capacity.clone())
+}
+
+/// The first pair of pods on one node that hostname anti-affinity forbids, with the node's existing pods'
+/// labels counted as neighbours too.
+fn anti_affinity_violation(
+    placed: &[&super::problem::PodSpec],
+    existing: &[BTreeMap<String, String>],
+) -> Option<String> {
+    for (i, pod) in placed.iter().enumerate() {
+        if existing.iter().any(|labels| pod.repels(labels)) {
+            return Some(format!(
+                "pod {} shares the node with an existing pod its anti-affinity forbids",
+                pod.name
+            ));
+        }
+        for other in &placed[i + 1..] {
+            if pod.repels(&other.labels) || other.repels(&pod.labels) {
+                return Some(format!(
+                    "pods {} and {} share the node against their anti-affinity",
+                    pod.name, other.name
+                ));
+            }
+        }
+    }
+    None
 }
