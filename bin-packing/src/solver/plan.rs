@@ -62,6 +62,18 @@ pub enum BoundKind {
     Trivial,
 }
 
+impl BoundKind {
+    /// The name used in reports (`pattern-lp`, `pattern-farley`, `aggregate-lp`, `trivial`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BoundKind::AggregateLp => "aggregate-lp",
+            BoundKind::PatternLp => "pattern-lp",
+            BoundKind::PatternFarley => "pattern-farley",
+            BoundKind::Trivial => "trivial",
+        }
+    }
+}
+
 /// A lower bound on the hourly cost of any plan that schedules the same pods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct LowerBound {

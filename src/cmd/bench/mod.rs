@@ -9,7 +9,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use cartwright_binpack::solver::{Algorithm, Plan, Problem, validate};
+use cartwright_binpack::solver::{Algorithm, BoundKind, LowerBound, Plan, Problem, validate};
 use clap::ValueEnum;
 use serde::Serialize;
 
@@ -44,6 +44,8 @@ struct Report {
     workload: String,
     pods: usize,
     lower_bound_per_hour: Option<f64>,
+    /// Which bound: `pattern-lp` (proven), `pattern-farley`, `aggregate-lp` or `trivial`.
+    lower_bound_kind: Option<BoundKind>,
     results: Vec<SolverResult>,
 }
 
@@ -71,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let problem = workloads::build(&args.workload, args.pods).context("--workload")?;
 
     let mut results = Vec::new();
-    let mut bound = None;
+    let mut bound: Option<LowerBound> = None;
     for algorithm in algorithms {
         let mut times = Vec::with_capacity(args.runs);
         let mut plan = None;
@@ -83,23 +85,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let plan = plan.expect("runs >= 1");
         if algorithm == Algorithm::Cartwright {
-            bound = plan.lower_bound.map(|b| b.price);
+            bound = plan.lower_bound;
         }
         times.sort_by(f64::total_cmp);
         results.push((algorithm, times[times.len() / 2], plan));
     }
     // Without Cartwright in the run, compute its bound once (untimed) so ratios stay comparable.
     if bound.is_none() && !results.iter().any(|(a, _, _)| *a == Algorithm::Cartwright) {
-        bound = Algorithm::Cartwright.solve(&problem).lower_bound.map(|b| b.price);
+        bound = Algorithm::Cartwright.solve(&problem).lower_bound;
     }
 
     let report = Report {
         workload: args.workload.clone(),
         pods: problem.pods.len(),
-        lower_bound_per_hour: bound.map(|b| b.usd()),
+        lower_bound_per_hour: bound.map(|b| b.price.usd()),
+        lower_bound_kind: bound.map(|b| b.kind),
         results: results
             .iter()
-            .map(|(algorithm, ms, plan)| summarize(&problem, *algorithm, *ms, plan, bound))
+            .map(|(algorithm, ms, plan)| summarize(&problem, *algorithm, *ms, plan, bound.map(|b| b.price)))
             .collect(),
     };
     let mut stdout = std::io::stdout().lock();
@@ -153,10 +156,13 @@ fn summarize(
 fn print_table(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
     writeln!(
         out,
-        "workload {} ({} pods); lower bound {}",
+        "workload {} ({} pods); lower bound {} ({})",
         report.workload,
         report.pods,
-        report.lower_bound_per_hour.map_or("n/a".to_owned(), |b| format!("${b:.4}/h"))
+        report.lower_bound_per_hour.map_or("n/a".to_owned(), |b| format!("${b:.4}/h")),
+        report.lower_bound_kind.map_or("none".to_owned(), |k| serde_json::to_value(k)
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default())
     )?;
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::NOTHING).set_header([
