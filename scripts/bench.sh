@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs the solver benchmarks reported in docs/benchmarks.md: Cartwright's solver and the re-implemented
-# peers on each built-in workload, in one release build. Usage: scripts/bench.sh [RUNS]
+# peers on each built-in workload, release build. Usage: scripts/bench.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-5}"
-cargo build --release --quiet
+bench() { cargo run --release --quiet -- bench "$@"; }
 for workload in web-mix memory-heavy; do
-  ./target/release/cartwright bench --workload "$workload" --pods 10000 --runs "$runs"
+  bench --workload "$workload" --pods 10000 --runs "$runs"
   echo
 done
-./target/release/cartwright bench --workload gpu --pods 8152 --runs "$runs"
+bench --workload gpu --pods 8152 --runs "$runs"

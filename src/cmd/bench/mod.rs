@@ -160,9 +160,7 @@ fn print_table(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
         report.workload,
         report.pods,
         report.lower_bound_per_hour.map_or("n/a".to_owned(), |b| format!("${b:.4}/h")),
-        report.lower_bound_kind.map_or("none".to_owned(), |k| serde_json::to_value(k)
-            .map(|v| v.as_str().unwrap_or_default().to_owned())
-            .unwrap_or_default())
+        report.lower_bound_kind.map_or("none", |k| k.as_str())
     )?;
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::NOTHING).set_header([
