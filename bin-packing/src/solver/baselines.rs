@@ -9,7 +9,7 @@
 //!   type that holds its pods and launches the cheapest; creating one charges the NodePool's limits with the
 //!   largest option (Karpenter's `subtractMax`).
 //! - **`ca-least-waste`** (kubernetes/autoscaler `expander/waste`, `estimator/binpacking`): one fixed node
-//!   group per (NodePool, instance type, capacity type), in that capacity type's cheapest zone. Each round,
+//!   group per (NodePool, instance type, capacity type), spanning the zones (cheapest allowed zone per node). Each round,
 //!   every group estimates how many nodes the pending pods it can hold need (first-fit decreasing by
 //!   cpu/allocatable + memory/allocatable); the group with the least wasted cpu fraction + memory fraction
 //!   scales up. Price plays no part, as in the real expander.
@@ -17,7 +17,7 @@
 use crate::instance_type::{InstanceType, Price};
 use crate::resources::Resources;
 
-use super::greedy::{MAX_ALTERNATIVES, existing_admits};
+use super::greedy::{MAX_ALTERNATIVES, existing_admits, existing_cap};
 use super::index::{Index, fit_count};
 use super::plan::{LaunchOption, NewNode, Placement, Plan, Unschedulable};
 use super::problem::{Limits, Problem};
@@ -33,6 +33,8 @@ struct Claim {
     pods: Vec<usize>,
     /// The classes among its pods (for anti-affinity).
     classes: Vec<usize>,
+    /// Pods per class (for per-node caps).
+    per_class: Vec<i64>,
     /// Per class: this claim already refused it (claims only fill up, so it stays refused).
     refused: Vec<bool>,
 }
@@ -80,6 +82,8 @@ pub fn karpenter_greedy(problem: &Problem) -> Plan {
         for &n in &existing_order {
             if existing_admits(class, &problem.existing[n])
                 && !placed_here[n].iter().any(|&o| index.conflicts[c][o])
+                && (placed_here[n].iter().filter(|&&o| o == c).count() as i64)
+                    < existing_cap(class, &problem.existing[n])
                 && class.requests.fits_in(&free[n])
             {
                 free[n].sub_assign(&class.requests);
@@ -105,6 +109,7 @@ pub fn karpenter_greedy(problem: &Problem) -> Plan {
             };
             if claim.requirements.intersects(&cp.requirements).is_err()
                 || claim.classes.iter().any(|&o| index.conflicts[c][o])
+                || claim.per_class[c] >= class.per_node_cap
             {
                 claim.refused[c] = true;
                 continue;
@@ -131,6 +136,7 @@ pub fn karpenter_greedy(problem: &Problem) -> Plan {
             claim.requests = requests;
             claim.options = options;
             claim.pods.push(pod);
+            claim.per_class[c] += 1;
             if !claim.classes.contains(&c) {
                 claim.classes.push(c);
             }
@@ -162,6 +168,11 @@ pub fn karpenter_greedy(problem: &Problem) -> Plan {
                 options,
                 pods: vec![pod],
                 classes: vec![c],
+                per_class: {
+                    let mut v = vec![0; n_classes];
+                    v[c] = 1;
+                    v
+                },
                 refused: vec![false; n_classes],
             });
             continue 'pods;
@@ -228,11 +239,15 @@ fn sort_options(options: &mut [LaunchOption]) {
 /// What one estimated node holds: (class, count) pairs.
 type Bin = Vec<(usize, i64)>;
 
+/// An estimate: per node, the zones its pods allow and what it holds.
+type Estimate = Vec<(Vec<bool>, Bin)>;
+
 /// One CA node group: a (pool, instance type, capacity type) at its cheapest zone.
 struct Group {
     pool: usize,
     pos: usize,
-    launch: LaunchOption,
+    /// The group's offerings, one per zone, cheapest first.
+    zones: Vec<LaunchOption>,
     requirements: crate::requirements::Requirements,
 }
 
@@ -255,7 +270,7 @@ pub fn ca_least_waste(problem: &Problem) -> Plan {
             {
                 continue;
             }
-            let k = fit_count(&free[n], &class.requests).min(remaining[c]).min(per_node(class));
+            let k = fit_count(&free[n], &class.requests).min(remaining[c]).min(existing_cap(class, node));
             if k > 0 {
                 placed_here[n].push(c);
             }
@@ -271,8 +286,8 @@ pub fn ca_least_waste(problem: &Problem) -> Plan {
         }
     }
 
-    // One group per (pool, type, capacity type), in that capacity type's cheapest zone, as a user would
-    // configure separate spot and on-demand node groups.
+    // One group per (pool, type, capacity type) spanning the zones, as a multi-AZ node group a user would
+    // configure separately for spot and on-demand; each new node goes to the cheapest zone its pods allow.
     let mut groups = Vec::new();
     for (p, pool) in index.pools.iter().enumerate() {
         for (pos, pt) in pool.types.iter().enumerate() {
@@ -280,58 +295,54 @@ pub fn ca_least_waste(problem: &Problem) -> Plan {
             let capacity_types: std::collections::BTreeSet<_> =
                 pt.offerings.iter().map(|&o| t.offerings[o].capacity_type).collect();
             for ct in capacity_types {
-                let Some(o) = pt
+                let mut zones: Vec<LaunchOption> = pt
                     .offerings
                     .iter()
                     .map(|&o| &t.offerings[o])
                     .filter(|o| o.capacity_type == ct)
-                    .min_by_key(|o| o.price)
-                else {
-                    continue;
-                };
-                let requirements = pool
-                    .node_requirements
-                    .intersection(&t.requirements)
-                    .with(crate::requirements::Requirement::single(crate::labels::ZONE, o.zone.clone()))
-                    .with(crate::requirements::Requirement::single(
-                        crate::labels::CAPACITY_TYPE,
-                        o.capacity_type.as_str(),
-                    ));
-                groups.push(Group {
-                    pool: p,
-                    pos,
-                    launch: LaunchOption {
+                    .map(|o| LaunchOption {
                         instance_type: t.name.clone(),
                         zone: o.zone.clone(),
-                        capacity_type: o.capacity_type,
+                        capacity_type: ct,
                         price: o.price,
-                    },
-                    requirements,
-                });
+                    })
+                    .collect();
+                sort_options(&mut zones);
+                let requirements = pool.node_requirements.intersection(&t.requirements).with(
+                    crate::requirements::Requirement::single(crate::labels::CAPACITY_TYPE, ct.as_str()),
+                );
+                groups.push(Group { pool: p, pos, zones, requirements });
             }
         }
     }
-    // Which classes each group can hold: the class admits the type and the group's fixed offering.
-    let admits: Vec<Vec<bool>> = groups
+    // Per group and class: the group's zones the class may use (none: the group cannot hold it).
+    let zone_masks: Vec<Vec<Vec<bool>>> = groups
         .iter()
         .map(|g| {
             index
                 .classes
                 .iter()
-                .map(|class| {
-                    class.per_pool[g.pool].as_ref().is_ok_and(|cp| {
-                        cp.admits[g.pos] && g.requirements.intersects(&cp.requirements).is_ok()
-                    })
+                .map(|class| match &class.per_pool[g.pool] {
+                    Ok(cp) if cp.admits[g.pos] && g.requirements.intersects(&cp.requirements).is_ok() => g
+                        .zones
+                        .iter()
+                        .map(|z| {
+                            cp.requirements.get(crate::labels::ZONE).is_none_or(|r| r.matches(Some(&z.zone)))
+                        })
+                        .collect(),
+                    _ => vec![false; g.zones.len()],
                 })
                 .collect()
         })
         .collect();
+    let admits: Vec<Vec<bool>> =
+        zone_masks.iter().map(|per_class| per_class.iter().map(|m| m.iter().any(|&z| z)).collect()).collect();
 
     let mut limits: Vec<Limits> = index.pools.iter().map(|p| p.template.remaining.clone()).collect();
     let mut new_nodes = Vec::new();
     let mut blocked = vec![vec![false; n_classes]; index.pools.len()];
     loop {
-        let mut best: Option<(f64, usize, Vec<Bin>)> = None;
+        let mut best: Option<(f64, usize, Estimate)> = None;
         for (g, group) in groups.iter().enumerate() {
             let pt = &index.pools[group.pool].types[group.pos];
             let t = index.instance_type(pt);
@@ -344,14 +355,14 @@ pub fn ca_least_waste(problem: &Problem) -> Plan {
                 }
                 continue;
             }
-            let bins = estimate(&index, &remaining, &admits[g], &pt.usable, allowed);
+            let bins = estimate(&index, &remaining, &zone_masks[g], &pt.usable, allowed);
             if bins.is_empty() {
                 continue;
             }
             let alloc = t.allocatable();
             let n = bins.len() as f64;
             let (mut cpu, mut mem) = (0i64, 0i64);
-            for bin in &bins {
+            for (_, bin) in &bins {
                 for &(c, k) in bin {
                     cpu += index.classes[c].requests.cpu_millis * k;
                     mem += index.classes[c].requests.memory_bytes * k;
@@ -369,7 +380,15 @@ pub fn ca_least_waste(problem: &Problem) -> Plan {
         let group = &groups[g];
         let t = index.instance_type(&index.pools[group.pool].types[group.pos]);
         limits[group.pool].consume(&t.capacity, bins.len() as i64);
-        for bin in bins {
+        for (mask, bin) in bins {
+            // The cheapest zone every pod of the node allows (zones are sorted by price).
+            let launch = group
+                .zones
+                .iter()
+                .zip(&mask)
+                .find(|(_, ok)| **ok)
+                .map(|(z, _)| z.clone())
+                .expect("non-empty");
             let mut pods = Vec::new();
             for (c, k) in bin {
                 for _ in 0..k {
@@ -380,10 +399,10 @@ pub fn ca_least_waste(problem: &Problem) -> Plan {
             }
             new_nodes.push(NewNode {
                 nodepool: index.pools[group.pool].template.name.clone(),
-                launch: group.launch.clone(),
                 labels: super::greedy::node_labels(&group.requirements, Some(t)),
                 pods,
-                alternatives: vec![group.launch.clone()],
+                alternatives: vec![launch.clone()],
+                launch,
             });
         }
     }
@@ -393,15 +412,17 @@ pub fn ca_least_waste(problem: &Problem) -> Plan {
 }
 
 /// CA's binpacking estimator: first-fit decreasing (by cpu/alloc + memory/alloc) of the pending pods the
-/// group can hold into at most `max_nodes` identical nodes. Returns per node the (class, count) it holds.
+/// group can hold into at most `max_nodes` identical nodes, a node's pods sharing at least one zone. Returns
+/// per node the zones left open and the (class, count) it holds.
 fn estimate(
     index: &Index,
     remaining: &[i64],
-    admits: &[bool],
+    zone_masks: &[Vec<bool>],
     usable: &Resources,
     max_nodes: i64,
-) -> Vec<Vec<(usize, i64)>> {
-    let mut order: Vec<usize> = (0..remaining.len()).filter(|&c| remaining[c] > 0 && admits[c]).collect();
+) -> Estimate {
+    let mut order: Vec<usize> =
+        (0..remaining.len()).filter(|&c| remaining[c] > 0 && zone_masks[c].iter().any(|&z| z)).collect();
     let size = |c: usize| {
         let r = &index.classes[c].requests;
         r.cpu_millis as f64 / usable.cpu_millis.max(1) as f64
@@ -409,39 +430,45 @@ fn estimate(
     };
     order
         .sort_by(|&a, &b| size(b).partial_cmp(&size(a)).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
-    let mut bins: Vec<(Resources, Vec<(usize, i64)>)> = Vec::new();
+    let mut bins: Vec<(Resources, Vec<bool>, Bin)> = Vec::new();
     for c in order {
         let requests = &index.classes[c].requests;
+        let cap = per_node(&index.classes[c]);
         let mut left = remaining[c];
-        for (free, content) in bins.iter_mut() {
+        for (free, mask, content) in bins.iter_mut() {
             if left == 0 {
                 break;
             }
-            if content.iter().any(|&(o, _)| index.conflicts[c][o]) {
+            if content.iter().any(|&(o, _)| index.conflicts[c][o])
+                || !mask.iter().zip(&zone_masks[c]).any(|(&a, &b)| a && b)
+            {
                 continue;
             }
-            let k = fit_count(free, requests).min(left).min(per_node(&index.classes[c]));
+            let k = fit_count(free, requests).min(left).min(cap);
             if k > 0 {
                 free.sub_assign(&requests.times(k));
                 content.push((c, k));
+                for (m, &z) in mask.iter_mut().zip(&zone_masks[c]) {
+                    *m = *m && z;
+                }
                 left -= k;
             }
         }
         while left > 0 && (bins.len() as i64) < max_nodes {
-            let k = fit_count(usable, requests).min(left).min(per_node(&index.classes[c]));
+            let k = fit_count(usable, requests).min(left).min(cap);
             if k == 0 {
                 break;
             }
-            bins.push((usable.minus(&requests.times(k)), vec![(c, k)]));
+            bins.push((usable.minus(&requests.times(k)), zone_masks[c].clone(), vec![(c, k)]));
             left -= k;
         }
     }
-    bins.into_iter().map(|(_, content)| content).collect()
+    bins.into_iter().map(|(_, mask, content)| (mask, content)).collect()
 }
 
 /// The most pods of a class one node may hold, by its anti-affinity.
 fn per_node(class: &super::index::Class) -> i64 {
-    if class.one_per_node { 1 } else { i64::MAX }
+    class.per_node_cap
 }
 
 fn finish(

@@ -10,7 +10,7 @@
 //!
 //! Budgets are counts (iterations, knapsack nodes), never time, so results are deterministic.
 //! The bound ignores NodePool limits, existing nodes and anti-affinity between different classes (a
-//! relaxation, so still a bound; one-per-node classes are modelled); callers use it only when there are no
+//! relaxation, so still a bound; per-node caps of a class are modelled); callers use it only when there are no
 //! existing nodes.
 
 use good_lp::solvers::highs::highs;
@@ -129,7 +129,7 @@ pub(crate) fn generate(index: &Index, demand: &[i64]) -> Result<Outcome, String>
                 },
             );
         let Some((k, bin)) = best else { return Err(format!("class {i} fits no bin")) };
-        let per_node = if index.classes[i].one_per_node { 1 } else { fit_count(&bin.usable, w) };
+        let per_node = fit_count(&bin.usable, w).min(index.classes[i].per_node_cap);
         columns.push(Column { bin: k, counts: vec![(i, per_node.min(demand[i]))] });
     }
 
@@ -234,11 +234,7 @@ fn knapsack(
         if demand[i] == 0 || duals[i] <= 1e-12 || !bin.admits[i] {
             continue;
         }
-        let cap = fit_count(&bin.usable, &class.requests).min(demand[i]).min(if class.one_per_node {
-            1
-        } else {
-            i64::MAX
-        });
+        let cap = fit_count(&bin.usable, &class.requests).min(demand[i]).min(class.per_node_cap);
         if cap == 0 {
             continue;
         }

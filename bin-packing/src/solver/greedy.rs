@@ -75,9 +75,7 @@ fn place_on_existing(state: &mut State, order: &[usize]) {
                 continue;
             }
             let mut k = fit_count(&free[n], &class.requests).min(state.remaining[c]);
-            if class.one_per_node {
-                k = k.min(1);
-            }
+            k = k.min(existing_cap(class, node));
             if k > 0 {
                 placed_here[n].push(c);
             }
@@ -88,6 +86,23 @@ fn place_on_existing(state: &mut State, order: &[usize]) {
             free[n].sub_assign(&class.requests.times(k));
         }
     }
+}
+
+/// How many pods of the class an existing node may still take by the class's per-node cap (hostname spread
+/// counts the matching pods already there).
+pub(crate) fn existing_cap(class: &Class, node: &super::problem::ExistingNode) -> i64 {
+    let mut cap = class.per_node_cap;
+    for spread in &class.spec.topology_spread {
+        if spread.topology_key == labels::HOSTNAME && spread.enforced_for(&class.spec.labels) {
+            let there = node
+                .pod_labels
+                .iter()
+                .filter(|l| super::problem::selector_matches(&spread.selector, l))
+                .count();
+            cap = cap.min(spread.max_skew - there as i64);
+        }
+    }
+    cap.max(0)
 }
 
 /// Whether a pod of the class may run on an existing node (labels, hard taints, and its anti-affinity
@@ -140,9 +155,7 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
             continue;
         }
         let mut k = fit_count(&free, &class.requests).min(state.remaining[c]);
-        if class.one_per_node {
-            k = k.min(1);
-        }
+        k = k.min(class.per_node_cap);
         if k == 0 {
             continue;
         }

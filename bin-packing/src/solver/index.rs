@@ -23,8 +23,8 @@ pub(crate) struct Class<'p> {
     pub pods: Vec<usize>,
     /// Per pool (same order as `Index::pools`): how this class may use it, or why it cannot.
     pub per_pool: Vec<Result<ClassPool, PoolRejection>>,
-    /// Its hostname anti-affinity matches its own labels: at most one pod of the class per node.
-    pub one_per_node: bool,
+    /// The most pods of the class one node may hold (self anti-affinity, hostname spread).
+    pub per_node_cap: i64,
 }
 
 /// What makes pods identical for the solver.
@@ -34,6 +34,7 @@ type ClassKey<'p> = (
     &'p Vec<crate::taints::Toleration>,
     &'p std::collections::BTreeMap<String, String>,
     &'p Vec<std::collections::BTreeMap<String, String>>,
+    &'p Vec<super::problem::TopologySpread>,
 );
 
 /// How a class may use one NodePool.
@@ -85,7 +86,7 @@ pub(crate) struct Index<'p> {
     /// The resource dimensions any pod requests, in a fixed order.
     pub dims: Vec<ResourceName>,
     /// `conflicts[a][b]`: pods of classes a and b may not share a node (either's hostname anti-affinity
-    /// matches the other's labels); the diagonal is `one_per_node`.
+    /// matches the other's labels); the diagonal says whether a class repels itself.
     pub conflicts: Vec<Vec<bool>>,
 }
 
@@ -101,8 +102,14 @@ impl<'p> Index<'p> {
         let mut by_key: HashMap<ClassKey, usize> = HashMap::new();
         let mut grouped: Vec<(&PodSpec, Vec<usize>)> = Vec::new();
         for (i, pod) in problem.pods.iter().enumerate() {
-            let key =
-                (&pod.requests, &pod.affinity, &pod.tolerations, &pod.labels, &pod.hostname_anti_affinity);
+            let key = (
+                &pod.requests,
+                &pod.affinity,
+                &pod.tolerations,
+                &pod.labels,
+                &pod.hostname_anti_affinity,
+                &pod.topology_spread,
+            );
             match by_key.get(&key) {
                 Some(&c) => grouped[c].1.push(i),
                 None => {
@@ -118,7 +125,7 @@ impl<'p> Index<'p> {
                 requests.pods = requests.pods.max(1);
                 let per_pool =
                     pools.iter().map(|pool| class_pool(spec, &requests, pool, catalog_types)).collect();
-                Class { spec, requests, pods, per_pool, one_per_node: spec.repels(&spec.labels) }
+                Class { spec, requests, pods, per_pool, per_node_cap: spec.per_node_cap() }
             })
             .collect();
 

@@ -17,8 +17,9 @@
 //! (Karpenter operators, ORed terms), taints and tolerations (startup taints ignored for fit), NodePool
 //! weights (higher first) and limits (charged at the largest alternative, so never exceeded), daemonset
 //! overhead per node, `minValues`, unavailable offerings, free room on existing nodes, and required pod
-//! anti-affinity on `kubernetes.io/hostname` (matchLabels). Topology spread, pod affinity, zone-keyed
-//! anti-affinity, host ports, volume zones and preferences are not yet modelled.
+//! anti-affinity on `kubernetes.io/hostname` (matchLabels), and hard topology spread on zone and hostname
+//! for pods the selector matches. Pod affinity, zone-keyed anti-affinity, capacity-type spread, minDomains,
+//! host ports, volume zones and preferences are not yet modelled.
 
 pub mod baselines;
 mod bound;
@@ -28,6 +29,7 @@ mod index;
 mod plan;
 mod problem;
 mod reasons;
+mod spread;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -37,7 +39,10 @@ use crate::resources::Resources;
 
 pub use self::greedy::MAX_ALTERNATIVES;
 pub use self::plan::{BoundKind, LaunchOption, LowerBound, NewNode, Placement, Plan, Unschedulable};
-pub use self::problem::{DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem};
+pub use self::problem::{
+    DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem, TopologySpread,
+};
+pub use self::spread::eligible_zones;
 
 use self::index::Index;
 
@@ -71,18 +76,32 @@ impl Algorithm {
         Self::ALL.into_iter().find(|a| a.name() == name)
     }
 
-    /// Runs the algorithm.
+    /// Runs the algorithm. Zonal topology spread is applied the same way around every algorithm (see
+    /// `spread`).
     pub fn solve(&self, problem: &Problem) -> Plan {
-        match self {
-            Algorithm::Cartwright => solve(problem),
-            Algorithm::KarpenterGreedy => baselines::karpenter_greedy(problem),
-            Algorithm::CaLeastWaste => baselines::ca_least_waste(problem),
+        let run = |p: &Problem| match self {
+            Algorithm::Cartwright => solve_pinned(p),
+            Algorithm::KarpenterGreedy => baselines::karpenter_greedy(p),
+            Algorithm::CaLeastWaste => baselines::ca_least_waste(p),
+        };
+        let Some(pinned) = spread::pin_zones(problem) else { return run(problem) };
+        let mut plan = run(&pinned);
+        if spread::enforce(problem, &mut plan) {
+            plan.cost = Price(plan.new_nodes.iter().map(|n| n.launch.price.0).sum());
+            // The bound was for the pods placed before the spread removed some; it no longer applies.
+            plan.lower_bound = None;
         }
+        plan
     }
 }
 
 /// Solves a problem with Cartwright's algorithm.
 pub fn solve(problem: &Problem) -> Plan {
+    Algorithm::Cartwright.solve(problem)
+}
+
+/// Cartwright's algorithm on a problem whose zone spreads are already pinned.
+fn solve_pinned(problem: &Problem) -> Plan {
     let index = Index::build(problem);
 
     // Room on existing nodes, per class and overall: free supply in the LP.

@@ -23,6 +23,30 @@ pub struct PodSpec {
     /// Required pod anti-affinity on `kubernetes.io/hostname`: one `matchLabels` selector per term. No pod
     /// matching a selector may share the node (a selector matching the pod's own labels means one per node).
     pub hostname_anti_affinity: Vec<BTreeMap<String, String>>,
+    /// Topology spread constraints.
+    pub topology_spread: Vec<TopologySpread>,
+}
+
+/// A topology spread constraint (`whenUnsatisfiable: DoNotSchedule` when `hard`). Honoured so far on
+/// `topology.kubernetes.io/zone` and `kubernetes.io/hostname` when the selector matches the pod's own labels
+/// (the usual Deployment case); soft (`ScheduleAnyway`) constraints are preferences the solver may ignore.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TopologySpread {
+    pub topology_key: String,
+    pub max_skew: i64,
+    pub hard: bool,
+    /// `labelSelector.matchLabels`.
+    pub selector: BTreeMap<String, String>,
+}
+
+impl TopologySpread {
+    /// Whether the constraint is one the solver enforces for a pod with these labels.
+    pub fn enforced_for(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.hard
+            && self.max_skew >= 1
+            && (self.topology_key == labels::ZONE || self.topology_key == labels::HOSTNAME)
+            && selector_matches(&self.selector, labels)
+    }
 }
 
 impl PodSpec {
@@ -35,7 +59,31 @@ impl PodSpec {
             tolerations: vec![],
             labels: BTreeMap::new(),
             hostname_anti_affinity: vec![],
+            topology_spread: vec![],
         }
+    }
+
+    /// Builder: a hard topology spread constraint on `key` (zone or hostname) with these `matchLabels`.
+    pub fn with_spread(mut self, key: &str, max_skew: i64, selector: &[(&str, &str)]) -> Self {
+        self.topology_spread.push(TopologySpread {
+            topology_key: key.to_owned(),
+            max_skew,
+            hard: true,
+            selector: selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        });
+        self
+    }
+
+    /// The most pods of its own kind this pod allows on one node: 1 under self anti-affinity, `maxSkew`
+    /// under a hostname spread (a new node starts the domain count at 0), otherwise unlimited.
+    pub fn per_node_cap(&self) -> i64 {
+        let mut cap = if self.repels(&self.labels) { 1 } else { i64::MAX };
+        for spread in &self.topology_spread {
+            if spread.topology_key == labels::HOSTNAME && spread.enforced_for(&self.labels) {
+                cap = cap.min(spread.max_skew);
+            }
+        }
+        cap
     }
 
     /// Builder: a label.

@@ -56,6 +56,12 @@ impl Pods {
         self.spec = self.spec.with_label(key, value);
         self
     }
+    /// A hard spread on `key` over this Deployment's own pods (selector = its `app` label).
+    fn spread(mut self, key: &str, max_skew: i64) -> Self {
+        let app = self.spec.labels.get("app").cloned().unwrap_or_default();
+        self.spec = self.spec.with_spread(key, max_skew, &[("app", app.as_str())]);
+        self
+    }
     fn avoid(mut self, key: &str, value: &str) -> Self {
         self.spec = self.spec.with_hostname_anti_affinity(&[(key, value)]);
         self
@@ -332,7 +338,7 @@ fn arb_pods() -> impl Strategy<Value = Vec<PodSpec>> {
         prop::sample::select(vec![100i64, 250, 500, 1000, 2000, 4000]),
         prop::sample::select(vec![128i64, 512, 1024, 4096, 16384]),
         1usize..40,
-        0usize..8,
+        0usize..10,
     );
     prop::collection::vec(shape, 1..6).prop_map(|shapes| {
         let mut out = Vec::new();
@@ -346,6 +352,8 @@ fn arb_pods() -> impl Strategy<Value = Vec<PodSpec>> {
                 4 => builder.tolerate(Toleration::exists("dedicated", None)),
                 5 => builder.label("app", &format!("d{i}")).avoid("app", &format!("d{i}")),
                 6 => builder.label("app", &format!("d{i}")).avoid("app", "d0"),
+                7 => builder.label("app", &format!("d{i}")).spread(labels::ZONE, 1),
+                8 => builder.label("app", &format!("d{i}")).spread(labels::HOSTNAME, 2),
                 _ => builder.label("app", &format!("d{i}")),
             };
             out.extend(builder.build());
@@ -463,5 +471,65 @@ fn hostname_anti_affinity_puts_one_replica_per_node() {
         );
         assert!(plan.placements.iter().all(|pl| !pl.pod.starts_with("db") && !pl.pod.starts_with("cache")));
         assert!(plan.placements.iter().any(|pl| pl.pod.starts_with("web")), "web may use node-a");
+    }
+}
+
+#[test]
+fn zone_spread_balances_across_zones_counting_existing_pods() {
+    let mut three_zones = pool("default");
+    three_zones.requirements.add(req(
+        labels::ZONE,
+        Operator::In,
+        &["us-east-1a", "us-east-1b", "us-east-1c"],
+    ));
+    let mut p = problem(
+        vec![pods("web", 9).cpu(500).mem(1024).label("app", "web").spread(labels::ZONE, 1).build()],
+        vec![three_zones],
+    );
+    for algorithm in Algorithm::ALL {
+        let plan = algorithm.solve(&p);
+        let violations = validate::violations(&p, &plan);
+        assert!(violations.is_empty(), "{}: {}", algorithm.name(), violations.join("\n"));
+        let mut per_zone: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in &plan.new_nodes {
+            *per_zone.entry(n.launch.zone.as_str()).or_default() += n.pods.len();
+        }
+        assert_eq!(
+            per_zone.values().copied().collect::<Vec<_>>(),
+            vec![3, 3, 3],
+            "{}: {per_zone:?}",
+            algorithm.name()
+        );
+    }
+    // Three matching pods already run in us-east-1a: the new ones fill b and c first, then one per zone.
+    p.existing.push(ExistingNode {
+        name: "node-a".into(),
+        labels: BTreeMap::from([(labels::ZONE.to_owned(), "us-east-1a".to_owned())]),
+        taints: vec![Taint::new("full", "", TaintEffect::NoSchedule).unwrap()],
+        allocatable: Resources::new().with_cpu_millis(4000).with_memory_mib(8000).with_pods(20),
+        requested: Resources::new(),
+        nodepool: None,
+        initialized: true,
+        pod_labels: vec![BTreeMap::from([("app".to_owned(), "web".to_owned())]); 3],
+    });
+    let plan = expect_valid_plan(&p);
+    let mut per_zone: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in &plan.new_nodes {
+        *per_zone.entry(n.launch.zone.as_str()).or_default() += n.pods.len();
+    }
+    assert_eq!(per_zone, BTreeMap::from([("us-east-1a", 1), ("us-east-1b", 4), ("us-east-1c", 4)]));
+}
+
+#[test]
+fn hostname_spread_caps_pods_per_node() {
+    let p = problem(
+        vec![pods("web", 7).cpu(250).mem(256).label("app", "web").spread(labels::HOSTNAME, 2).build()],
+        vec![pool("default")],
+    );
+    for algorithm in Algorithm::ALL {
+        let plan = algorithm.solve(&p);
+        assert!(validate::violations(&p, &plan).is_empty(), "{}", algorithm.name());
+        assert!(plan.new_nodes.iter().all(|n| n.pods.len() <= 2), "{}", algorithm.name());
+        assert_eq!(node_pods(&plan).len(), 7);
     }
 }

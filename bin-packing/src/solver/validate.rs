@@ -121,6 +121,58 @@ pub fn violations(problem: &Problem, plan: &Plan) -> Vec<String> {
         }
     }
 
+    // Topology spread: zones within maxSkew; per node at most maxSkew pods of a hostname-spread group.
+    for (selector, skew, max) in super::spread::skews(problem, plan) {
+        if skew > max {
+            out.push(format!("zone spread of pods matching {selector}: skew {skew} exceeds maxSkew {max}"));
+        }
+    }
+    let node_groups = plan
+        .new_nodes
+        .iter()
+        .map(|n| {
+            (
+                format!("new node for {}", n.pods.first().map_or("", String::as_str)),
+                n.pods.clone(),
+                Vec::new(),
+            )
+        })
+        .chain(on_node.iter().map(|(name, pods)| {
+            let existing = problem
+                .existing
+                .iter()
+                .find(|n| n.name == *name)
+                .map(|n| n.pod_labels.clone())
+                .unwrap_or_default();
+            (format!("node {name}"), pods.iter().map(|p| p.name.clone()).collect(), existing)
+        }));
+    for (node, names, existing) in node_groups {
+        let here: Vec<&super::problem::PodSpec> =
+            names.iter().filter_map(|n| pods.get(n.as_str()).copied()).collect();
+        for pod in &here {
+            for spread in pod
+                .topology_spread
+                .iter()
+                .filter(|s| s.topology_key == labels::HOSTNAME && s.enforced_for(&pod.labels))
+            {
+                let n = here
+                    .iter()
+                    .filter(|p| super::problem::selector_matches(&spread.selector, &p.labels))
+                    .count()
+                    + existing
+                        .iter()
+                        .filter(|l| super::problem::selector_matches(&spread.selector, l))
+                        .count();
+                if n as i64 > spread.max_skew {
+                    out.push(format!(
+                        "{node}: {n} pods matching {:?} exceed hostname maxSkew {}",
+                        spread.selector, spread.max_skew
+                    ));
+                }
+            }
+        }
+    }
+
     if plan.cost.0 != cost {
         out.push(format!("plan cost {} is not the sum of its launches {cost}", plan.cost.0));
     }
