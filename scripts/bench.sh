@@ -10,3 +10,5 @@ for workload in web-mix memory-heavy; do
   echo
 done
 bench --workload gpu --pods 8152 --runs "$runs"
+echo
+bench --workload constrained --pods 3000 --runs "$runs"

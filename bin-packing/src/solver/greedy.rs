@@ -312,6 +312,24 @@ fn emit(state: &mut State, pattern: Pattern, mut alternatives: Vec<LaunchOption>
     let index = state.index;
     let pool = &index.pools[pattern.pool];
     let catalog = &index.problem.catalog;
+    // Under resource limits, keep only alternatives no larger than the cheapest in the limited dimensions
+    // (unless that loses minValues): charging a limit for a 192-vCPU alternative of a 4-vCPU node would
+    // exhaust it after a few nodes.
+    let limited: Vec<&crate::resources::ResourceName> = state.limits[pattern.pool].resources.keys().collect();
+    if !limited.is_empty()
+        && let Some(first) = catalog.get(&alternatives[0].instance_type)
+    {
+        let no_larger = |a: &LaunchOption| {
+            catalog
+                .get(&a.instance_type)
+                .is_some_and(|t| limited.iter().all(|d| t.capacity.get(d) <= first.capacity.get(d)))
+        };
+        let kept: Vec<LaunchOption> = alternatives.iter().filter(|a| no_larger(a)).cloned().collect();
+        let types: Vec<&InstanceType> = kept.iter().filter_map(|a| catalog.get(&a.instance_type)).collect();
+        if check_min_values(&pool.template.requirements, types.iter().copied()).is_ok() {
+            alternatives = kept;
+        }
+    }
     // Limits are charged at the largest alternative, so whichever one launches stays within them.
     let mut max_capacity = Resources::new();
     for alt in &alternatives {

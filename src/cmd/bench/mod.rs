@@ -16,7 +16,7 @@ use serde::Serialize;
 /// Arguments of `cartwright bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Built-in workload (web-mix, memory-heavy, gpu).
+    /// Built-in workload (web-mix, memory-heavy, gpu, constrained).
     #[arg(long, default_value = "web-mix")]
     pub workload: String,
     /// Number of pods.

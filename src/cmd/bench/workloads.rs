@@ -12,7 +12,7 @@ use cartwright_binpack::{
 const OPENB_PODS: &str = include_str!("../../../data/traces/openb_pod_list_default.csv");
 
 /// The names `--workload` accepts.
-pub const NAMES: &[&str] = &["web-mix", "memory-heavy", "gpu"];
+pub const NAMES: &[&str] = &["web-mix", "memory-heavy", "gpu", "constrained"];
 
 /// A Deployment's shape: name, cpu millicores, memory MiB, share of the pods, and what it requires.
 struct Shape {
@@ -65,15 +65,16 @@ const MEMORY_HEAVY: &[Shape] = &[
     shape("graph-db", 4000, 65536, 1, true),
 ];
 
-/// Builds a named workload with `pods` pods (the trace workload: at most `pods`). web-mix and memory-heavy
-/// use the NodePool of Karpenter's getting-started guide (c, m, r types of generation > 2, spot and
-/// on-demand); gpu adds a tainted GPU NodePool.
+/// Builds a named workload with `pods` pods (the trace workload: at most `pods`; constrained: about
+/// `pods` × 0.7). web-mix and memory-heavy use the NodePool of Karpenter's getting-started guide (c, m, r
+/// types of generation > 2, spot and on-demand); gpu adds a tainted GPU NodePool; constrained uses three.
 pub fn build(name: &str, pods: usize) -> anyhow::Result<Problem> {
     let catalog = Catalog::embedded("us-east-1", &CatalogOptions::default())?;
     match name {
         "web-mix" => Ok(from_shapes(WEB_MIX, pods, catalog)),
         "memory-heavy" => Ok(from_shapes(MEMORY_HEAVY, pods, catalog)),
         "gpu" => gpu(pods, catalog),
+        "constrained" => Ok(constrained(pods, catalog)),
         other => anyhow::bail!("unknown workload {other:?} (built in: {})", NAMES.join(", ")),
     }
 }
@@ -161,4 +162,46 @@ fn gpu(pods: usize, catalog: Catalog) -> anyhow::Result<Problem> {
         daemonsets: vec![],
         catalog,
     })
+}
+
+/// Thirty Deployments with the constraints users combine, over three NodePools with limits: every Deployment
+/// spreads across zones (maxSkew 1); every third is one pod per node (hostname anti-affinity) with a tenth of
+/// the replicas; five need arm64; five run only on a tainted on-demand `batch` NodePool.
+fn constrained(pods: usize, catalog: Catalog) -> Problem {
+    let per_deployment = (pods / 30).max(1);
+    let mut out = Vec::new();
+    for i in 0..30 {
+        let s = &WEB_MIX[i % WEB_MIX.len()];
+        let app = format!("{}-{i}", s.name);
+        let mut spec = PodSpec::new("", Resources::new().with_cpu_millis(s.cpu).with_memory_mib(s.mem_mib))
+            .with_label("app", &app)
+            .with_spread(labels::ZONE, 1, &[("app", app.as_str())]);
+        let mut replicas = per_deployment;
+        if i % 3 == 0 {
+            spec = spec.with_hostname_anti_affinity(&[("app", app.as_str())]);
+            replicas = (per_deployment / 10).max(1);
+        }
+        if (10..15).contains(&i) {
+            spec = spec.with_requirement(single_in(labels::ARCH, "arm64"));
+        }
+        if (20..25).contains(&i) {
+            spec = spec
+                .with_requirement(single_in(labels::NODEPOOL, "batch"))
+                .with_toleration(Toleration::equal("dedicated", "batch", None));
+        }
+        out.extend((0..replicas).map(|r| PodSpec { name: format!("default/{app}-{r}"), ..spec.clone() }));
+    }
+    let mut general = getting_started_nodepool();
+    general.name = "general".into();
+    general.weight = 10;
+    general.remaining.resources.insert(cartwright_binpack::ResourceName::Cpu, 2_000_000);
+    let mut arm = NodePoolTemplate::new("arm");
+    arm.weight = 5;
+    arm.requirements.add(single_in(labels::ARCH, "arm64"));
+    arm.remaining.resources.insert(cartwright_binpack::ResourceName::Cpu, 1_000_000);
+    let mut batch = NodePoolTemplate::new("batch");
+    batch.requirements.add(single_in(labels::CAPACITY_TYPE, "on-demand"));
+    batch.taints.push(Taint::new("dedicated", "batch", TaintEffect::NoSchedule).expect("key"));
+    batch.remaining.nodes = Some(200);
+    Problem { pods: out, existing: vec![], nodepools: vec![general, arm, batch], daemonsets: vec![], catalog }
 }
