@@ -200,7 +200,7 @@ pub fn karpenter_greedy(problem: &Problem) -> Plan {
                     price: o.price,
                 })
                 .collect();
-            sort_options(&mut alternatives);
+            alternatives.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
             alternatives.truncate(MAX_ALTERNATIVES);
             NewNode {
                 nodepool: pool.template.name.clone(),
@@ -223,17 +223,6 @@ fn max_capacity(index: &Index, p: usize, options: &[usize]) -> Resources {
         max.max_assign(&index.instance_type(&index.pools[p].types[pos]).capacity);
     }
     max
-}
-
-fn sort_options(options: &mut [LaunchOption]) {
-    options.sort_by(|a, b| {
-        (a.price, &a.instance_type, &a.zone, a.capacity_type).cmp(&(
-            b.price,
-            &b.instance_type,
-            &b.zone,
-            b.capacity_type,
-        ))
-    });
 }
 
 /// What one estimated node holds: (class, count) pairs.
@@ -307,7 +296,7 @@ pub fn ca_least_waste(problem: &Problem) -> Plan {
                         price: o.price,
                     })
                     .collect();
-                sort_options(&mut zones);
+                zones.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
                 let requirements = pool.node_requirements.intersection(&t.requirements).with(
                     crate::requirements::Requirement::single(crate::labels::CAPACITY_TYPE, ct.as_str()),
                 );

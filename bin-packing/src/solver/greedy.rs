@@ -209,14 +209,7 @@ pub(crate) fn launch_options(
             }
         }
     }
-    out.sort_by(|a, b| {
-        (a.1.price, &a.1.instance_type, &a.1.zone, a.1.capacity_type).cmp(&(
-            b.1.price,
-            &b.1.instance_type,
-            &b.1.zone,
-            b.1.capacity_type,
-        ))
-    });
+    out.sort_by(|a, b| a.1.order_key().cmp(&b.1.order_key()));
     out
 }
 

@@ -199,9 +199,9 @@ pub(crate) fn daemonset_overhead(
     t: &InstanceType,
 ) -> Resources {
     let node = node_requirements.intersection(&t.requirements);
+    let taints: Vec<_> = template.taints.iter().chain(&template.startup_taints).cloned().collect();
     let mut total = Resources::new();
     for ds in &problem.daemonsets {
-        let taints: Vec<_> = template.taints.iter().chain(&template.startup_taints).cloned().collect();
         if first_untolerated(&ds.tolerations, &taints).is_none() && ds.affinity.compatible(&node).is_ok() {
             total.add_assign(&ds.requests);
         }

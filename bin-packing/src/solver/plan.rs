@@ -15,6 +15,14 @@ pub struct LaunchOption {
     pub price: Price,
 }
 
+impl LaunchOption {
+    /// The order alternatives are listed in: cheapest first, then by instance type, zone and capacity type,
+    /// so plans are deterministic.
+    pub fn order_key(&self) -> (Price, &str, &str, CapacityType) {
+        (self.price, &self.instance_type, &self.zone, self.capacity_type)
+    }
+}
+
 /// A node to launch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NewNode {

@@ -98,31 +98,52 @@ fn zones_of(problem: &Problem, plan: &Plan) -> BTreeMap<String, String> {
     out
 }
 
-/// Takes pods off the plan until every zone spread group is within its `maxSkew`; returns whether any
-/// pod was removed (the caller then drops empty nodes and re-costs).
-pub(crate) fn enforce(problem: &Problem, plan: &mut Plan) -> bool {
-    let mut removed: BTreeSet<String> = BTreeSet::new();
-    let mut reasons: BTreeMap<String, String> = BTreeMap::new();
-    let zone_of = zones_of(problem, plan);
+/// The zone spread groups: per selector, the constraint and the pending pods it governs.
+fn groups(problem: &Problem) -> BTreeMap<&BTreeMap<String, String>, (&TopologySpread, Vec<&PodSpec>)> {
     let mut groups: BTreeMap<&BTreeMap<String, String>, (&TopologySpread, Vec<&PodSpec>)> = BTreeMap::new();
     for pod in &problem.pods {
         if let Some(spread) = zone_constraint(pod) {
             groups.entry(&spread.selector).or_insert((spread, Vec::new())).1.push(pod);
         }
     }
-    for (selector, (spread, members)) in groups {
-        let zones: BTreeSet<String> = members.iter().flat_map(|p| eligible_zones(problem, p)).collect();
-        let mut counts: BTreeMap<String, i64> = zones.iter().map(|z| (z.clone(), 0)).collect();
-        for (zone, n) in existing_counts(problem, selector) {
-            if let Some(c) = counts.get_mut(&zone) {
-                *c += n;
-            }
+    groups
+}
+
+/// A group's matching pods per zone after the plan: every zone its members may use (zero if empty), pods
+/// on existing nodes, and the members the plan placed.
+fn group_counts(
+    problem: &Problem,
+    zone_of: &BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+    members: &[&PodSpec],
+) -> BTreeMap<String, i64> {
+    let zones: BTreeSet<String> = members.iter().flat_map(|p| eligible_zones(problem, p)).collect();
+    let mut counts: BTreeMap<String, i64> = zones.into_iter().map(|z| (z, 0)).collect();
+    for (zone, n) in existing_counts(problem, selector) {
+        if let Some(c) = counts.get_mut(&zone) {
+            *c += n;
         }
+    }
+    for pod in members {
+        if let Some(zone) = zone_of.get(&pod.name) {
+            *counts.entry(zone.clone()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Takes pods off the plan until every zone spread group is within its `maxSkew`; returns whether any
+/// pod was removed (the caller then drops empty nodes and re-costs).
+pub(crate) fn enforce(problem: &Problem, plan: &mut Plan) -> bool {
+    let mut removed: BTreeSet<String> = BTreeSet::new();
+    let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+    let zone_of = zones_of(problem, plan);
+    for (selector, (spread, members)) in groups(problem) {
+        let mut counts = group_counts(problem, &zone_of, selector, &members);
         // Placed members by zone, latest last, so the last placed go first.
         let mut placed: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         for pod in &members {
             if let Some(zone) = zone_of.get(&pod.name) {
-                *counts.entry(zone.clone()).or_default() += 1;
                 placed.entry(zone.clone()).or_default().push(&pod.name);
             }
         }
@@ -168,35 +189,16 @@ pub(crate) fn enforce(problem: &Problem, plan: &mut Plan) -> bool {
     true
 }
 
-/// Every zone spread group's skew, for the validator: (selector, max - min over eligible zones, maxSkew).
+/// Every zone spread group's skew, for the validator: (selector, max - min over its zones, maxSkew).
 pub(crate) fn skews(problem: &Problem, plan: &Plan) -> Vec<(String, i64, i64)> {
     let zone_of = zones_of(problem, plan);
-    let mut out = Vec::new();
-    let mut seen = BTreeSet::new();
-    for pod in &problem.pods {
-        let Some(spread) = zone_constraint(pod) else { continue };
-        if !seen.insert(&spread.selector) {
-            continue;
-        }
-        let members: Vec<&PodSpec> =
-            problem.pods.iter().filter(|p| zone_constraint(p) == Some(spread)).collect();
-        let zones: BTreeSet<String> = members.iter().flat_map(|p| eligible_zones(problem, p)).collect();
-        let mut counts: BTreeMap<String, i64> = zones.iter().map(|z| (z.clone(), 0)).collect();
-        for (zone, n) in existing_counts(problem, &spread.selector) {
-            if let Some(c) = counts.get_mut(&zone) {
-                *c += n;
-            }
-        }
-        for p in &members {
-            if let Some(zone) = zone_of.get(&p.name)
-                && let Some(c) = counts.get_mut(zone)
-            {
-                *c += 1;
-            }
-        }
-        let (min, max) =
-            (counts.values().min().copied().unwrap_or(0), counts.values().max().copied().unwrap_or(0));
-        out.push((format!("{:?}", spread.selector), max - min, spread.max_skew));
-    }
-    out
+    groups(problem)
+        .into_iter()
+        .map(|(selector, (spread, members))| {
+            let counts = group_counts(problem, &zone_of, selector, &members);
+            let (min, max) =
+                (counts.values().min().copied().unwrap_or(0), counts.values().max().copied().unwrap_or(0));
+            (format!("{selector:?}"), max - min, spread.max_skew)
+        })
+        .collect()
 }
