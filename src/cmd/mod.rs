@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod plan;
 pub mod simulate;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -39,6 +40,8 @@ pub enum Command {
     Catalog(catalog::Args),
     /// Run Cartwright's solver and the re-implemented peers on a built-in workload and compare them.
     Bench(bench::Args),
+    /// Plan nodes for Kubernetes manifests (pods, workloads, nodes, NodePools) and print the plan.
+    Plan(plan::Args),
     /// Run the simulator (with no arguments: the embedded default scenario).
     Simulate(simulate::Args),
 }
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Catalog(args) => catalog::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::Simulate(args) => simulate::run(args),
     }
 }

@@ -1,0 +1,675 @@
+//! Ordinary Kubernetes YAML in, a solver [`Problem`] out.
+//!
+//! A manifest set is any number of multi-document YAML files holding Pods, Deployments, StatefulSets, Jobs,
+//! DaemonSets, Nodes and NodePools (`cartwright.sh/v1`, or `karpenter.sh/v1` unchanged). Pods bound to a
+//! node (`spec.nodeName`) count as that node's load; the others, and the replicas of the workloads, are the
+//! pending pods. Other kinds (Services, ConfigMaps, EC2NodeClasses, ...) are skipped and listed in
+//! [`Manifests::skipped`]. Errors name the document, the object and the field.
+
+use std::collections::BTreeMap;
+
+use cartwright_binpack::labels;
+use cartwright_binpack::requirements::SelectorRequirement;
+use cartwright_binpack::solver::{DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem};
+use cartwright_binpack::{Catalog, NodeAffinity, ResourceName, Resources, Taint, TaintEffect, Toleration};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec as K8sPodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::de::DeserializeOwned;
+
+use crate::nodepool::{self, NodePoolSpec};
+
+/// A manifest that cannot be used, with where it is and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: document {document}{object}: {message}")]
+pub struct ManifestError {
+    /// The file (or other source) name.
+    pub source_name: String,
+    /// 1-based document index within the source.
+    pub document: usize,
+    /// ` (Kind name)` when known.
+    pub object: String,
+    pub message: String,
+}
+
+/// Everything read from a set of manifests.
+#[derive(Clone, Debug, Default)]
+pub struct Manifests {
+    /// Pods waiting for a node: unbound Pods and the replicas of Deployments, StatefulSets and Jobs.
+    pub pending: Vec<PodSpec>,
+    /// Pods bound to a node: (node name, pod).
+    pub bound: Vec<(String, PodSpec)>,
+    pub nodes: Vec<NodeManifest>,
+    pub nodepools: Vec<NamedNodePool>,
+    pub daemonsets: Vec<DaemonSetSpec>,
+    /// Objects read but not used (`Kind name`).
+    pub skipped: Vec<String>,
+    /// Constraints in the manifests the solver does not model yet, so the plan ignores them.
+    pub warnings: Vec<String>,
+}
+
+/// A Node as read: its scheduling view and its capacity (for NodePool limits).
+#[derive(Clone, Debug)]
+pub struct NodeManifest {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub allocatable: Resources,
+    pub capacity: Resources,
+    /// True unless the node is cordoned.
+    pub schedulable: bool,
+}
+
+/// A NodePool with its name, and its template as the solver sees it (full limits, nothing charged).
+#[derive(Clone, Debug)]
+pub struct NamedNodePool {
+    pub name: String,
+    pub spec: NodePoolSpec,
+    pub template: NodePoolTemplate,
+}
+
+impl Manifests {
+    /// Reads every YAML document of `text` (named `source_name` in errors) into the set.
+    pub fn add_yaml(&mut self, source_name: &str, text: &str) -> Result<(), ManifestError> {
+        for (i, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
+            let at = |object: String, message: String| ManifestError {
+                source_name: source_name.to_owned(),
+                document: i + 1,
+                object,
+                message,
+            };
+            let value: serde_json::Value = serde::Deserialize::deserialize(document)
+                .map_err(|e| at(String::new(), format!("not valid YAML: {e}")))?;
+            if value.is_null() {
+                continue;
+            }
+            let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let name =
+                value.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let object = format!(" ({kind} {name})");
+            if kind.is_empty() {
+                return Err(at(String::new(), "missing field `kind`".into()));
+            }
+            self.add_object(&api_version, &kind, &name, value).map_err(|message| at(object, message))?;
+        }
+        Ok(())
+    }
+
+    fn add_object(
+        &mut self,
+        api_version: &str,
+        kind: &str,
+        name: &str,
+        value: serde_json::Value,
+    ) -> Result<(), String> {
+        match kind {
+            "NodePool" => {
+                let group = api_version.split('/').next().unwrap_or_default();
+                if group != nodepool::GROUP && group != nodepool::KARPENTER_GROUP {
+                    self.skipped.push(format!("{kind} {name} ({api_version})"));
+                    return Ok(());
+                }
+                if !api_version.ends_with("/v1") {
+                    return Err(format!(
+                        "apiVersion {api_version} is not supported: use {}/v1 or {}/v1",
+                        nodepool::GROUP,
+                        nodepool::KARPENTER_GROUP
+                    ));
+                }
+                let spec: NodePoolSpec = typed(value.get("spec").cloned().unwrap_or_default(), "spec.")?;
+                let template = nodepool_template(name, &spec)?;
+                self.nodepools.push(NamedNodePool { name: name.to_owned(), spec, template });
+            }
+            "Pod" => {
+                let pod: Pod = typed(value, "")?;
+                let spec = pod.spec.as_ref().ok_or("missing field `spec`")?;
+                let namespace = namespace_of(&pod.metadata.namespace);
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                let pod_spec = self.pod(&format!("{namespace}/{name}"), spec, labels)?;
+                match &spec.node_name {
+                    Some(node) => self.bound.push((node.clone(), pod_spec)),
+                    None => self.pending.push(pod_spec),
+                }
+            }
+            "Deployment" => {
+                let d: Deployment = typed(value, "")?;
+                let spec = d.spec;
+                self.replicas(&d.metadata.namespace, name, &spec.template, spec.replicas.unwrap_or(1))?;
+            }
+            "StatefulSet" => {
+                let s: StatefulSet = typed(value, "")?;
+                let spec = s.spec;
+                self.replicas(&s.metadata.namespace, name, &spec.template, spec.replicas.unwrap_or(1))?;
+            }
+            "Job" => {
+                let j: Job = typed(value, "")?;
+                let spec = j.spec.ok_or("missing field `spec`")?;
+                let parallelism = spec.parallelism.unwrap_or(1);
+                let running = spec.completions.map_or(parallelism, |c| c.min(parallelism));
+                self.replicas(&j.metadata.namespace, name, &spec.template, running)?;
+            }
+            "DaemonSet" => {
+                let ds: DaemonSet = typed(value, "")?;
+                let spec = ds.spec;
+                let pod_spec = spec.template.spec.as_ref().ok_or("missing field `spec.template.spec`")?;
+                let namespace = namespace_of(&ds.metadata.namespace);
+                let pod = self.pod(&format!("{namespace}/{name}"), pod_spec, BTreeMap::new())?;
+                self.daemonsets.push(DaemonSetSpec {
+                    name: pod.name,
+                    requests: pod.requests,
+                    affinity: pod.affinity,
+                    tolerations: pod.tolerations,
+                });
+            }
+            "Node" => {
+                let node: Node = typed(value, "")?;
+                self.nodes.push(node_manifest(name, &node)?);
+            }
+            _ => self.skipped.push(format!("{kind} {name}")),
+        }
+        Ok(())
+    }
+
+    fn replicas(
+        &mut self,
+        namespace: &Option<String>,
+        name: &str,
+        template: &PodTemplateSpec,
+        replicas: i32,
+    ) -> Result<(), String> {
+        if replicas < 0 {
+            return Err(format!("spec.replicas: {replicas} is negative"));
+        }
+        let spec = template.spec.as_ref().ok_or("missing field `spec.template.spec`")?;
+        let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+        let namespace = namespace_of(namespace);
+        let first = self.pod(&format!("{namespace}/{name}-0"), spec, labels)?;
+        for i in 0..replicas {
+            let mut pod = first.clone();
+            pod.name = format!("{namespace}/{name}-{i}");
+            self.pending.push(pod);
+        }
+        Ok(())
+    }
+
+    /// Converts a pod spec, noting the constraints the solver does not model yet.
+    fn pod(
+        &mut self,
+        name: &str,
+        spec: &K8sPodSpec,
+        labels: BTreeMap<String, String>,
+    ) -> Result<PodSpec, String> {
+        let (pod, notes) = pod_spec(name, spec, labels)?;
+        for note in notes {
+            let warning = format!("{name}: {note} is not modelled yet and is ignored");
+            if !self.warnings.contains(&warning) {
+                self.warnings.push(warning);
+            }
+        }
+        Ok(pod)
+    }
+
+    /// The solver's view: pending pods, nodes (with the requests of their bound pods and daemonsets),
+    /// NodePool templates with limits left after their existing nodes, daemonsets, over `catalog`.
+    pub fn to_problem(&self, catalog: Catalog) -> Problem {
+        let mut existing = Vec::new();
+        let mut used_by_pool: BTreeMap<String, (Resources, i64)> = BTreeMap::new();
+        for node in &self.nodes {
+            let on_node: Vec<&PodSpec> =
+                self.bound.iter().filter(|(n, _)| *n == node.name).map(|(_, p)| p).collect();
+            let mut requested = Resources::new();
+            for pod in &on_node {
+                requested.add_assign(&pod.requests);
+            }
+            let pool = node.labels.get(labels::NODEPOOL).cloned();
+            if let Some(pool) = &pool {
+                let used = used_by_pool.entry(pool.clone()).or_insert((Resources::new(), 0));
+                used.0.add_assign(&node.capacity);
+                used.1 += 1;
+            }
+            if !node.schedulable {
+                continue;
+            }
+            existing.push(ExistingNode {
+                name: node.name.clone(),
+                labels: node.labels.clone(),
+                taints: node.taints.clone(),
+                allocatable: node.allocatable.clone(),
+                requested,
+                nodepool: pool,
+                initialized: true,
+                pod_labels: on_node.iter().map(|p| p.labels.clone()).collect(),
+            });
+        }
+        let mut nodepools = Vec::new();
+        for pool in &self.nodepools {
+            let mut template = pool.template.clone();
+            if let Some((resources, count)) = used_by_pool.get(&pool.name) {
+                charge(&mut template.remaining, resources, *count);
+            }
+            nodepools.push(template);
+        }
+        Problem {
+            pods: self.pending.clone(),
+            existing,
+            nodepools,
+            daemonsets: self.daemonsets.clone(),
+            catalog,
+        }
+    }
+}
+
+fn charge(limits: &mut Limits, capacity: &Resources, count: i64) {
+    if let Some(n) = &mut limits.nodes {
+        *n -= count;
+    }
+    for (dim, left) in &mut limits.resources {
+        *left -= capacity.get(dim);
+    }
+}
+
+fn namespace_of(namespace: &Option<String>) -> &str {
+    namespace.as_deref().unwrap_or("default")
+}
+
+/// Deserialises with the failing field's path in the message.
+fn typed<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            format!("{}", e.inner())
+        } else {
+            format!("{prefix}{path}: {}", e.inner())
+        }
+    })
+}
+
+fn quantities(list: &BTreeMap<String, Quantity>, field: &str) -> Result<Resources, String> {
+    Resources::parse(list.iter().map(|(k, v)| (k.as_str(), v.0.as_str())))
+        .map_err(|e| format!("{field}: {e}"))
+}
+
+/// A container's requests, with Kubernetes' defaulting of missing requests to the limits.
+fn container_requests(
+    requests: Option<&BTreeMap<String, Quantity>>,
+    limits: Option<&BTreeMap<String, Quantity>>,
+    field: &str,
+) -> Result<Resources, String> {
+    let mut merged: BTreeMap<String, Quantity> = limits.cloned().unwrap_or_default();
+    for (k, v) in requests.into_iter().flatten() {
+        merged.insert(k.clone(), v.clone());
+    }
+    quantities(&merged, field)
+}
+
+/// A Kubernetes pod spec as the solver sees it, plus the constraints it carries that are not modelled yet.
+pub fn pod_spec(
+    name: &str,
+    spec: &K8sPodSpec,
+    labels: BTreeMap<String, String>,
+) -> Result<(PodSpec, Vec<String>), String> {
+    let mut notes = Vec::new();
+    let mut requests = Resources::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let r = c.resources.as_ref();
+        requests.add_assign(&container_requests(
+            r.and_then(|r| r.requests.as_ref()),
+            r.and_then(|r| r.limits.as_ref()),
+            &format!("spec.containers[{i}].resources"),
+        )?);
+        if c.ports.iter().flatten().any(|p| p.host_port.is_some()) {
+            notes.push(format!("containers[{i}] hostPort"));
+        }
+    }
+    // Init containers run one at a time before the others (sidecars, restartPolicy Always, keep running).
+    let mut sidecars = Resources::new();
+    let mut init_peak = Resources::new();
+    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+        let r = c.resources.as_ref();
+        let req = container_requests(
+            r.and_then(|r| r.requests.as_ref()),
+            r.and_then(|r| r.limits.as_ref()),
+            &format!("spec.initContainers[{i}].resources"),
+        )?;
+        init_peak.max_assign(&sidecars.plus(&req));
+        if c.restart_policy.as_deref() == Some("Always") {
+            sidecars.add_assign(&req);
+        }
+    }
+    requests.add_assign(&sidecars);
+    requests.max_assign(&init_peak);
+    if let Some(overhead) = &spec.overhead {
+        requests.add_assign(&quantities(overhead, "spec.overhead")?);
+    }
+    let mut pod = PodSpec::new(name, requests);
+    pod.labels = labels;
+
+    let selector = spec.node_selector.clone().unwrap_or_default();
+    let node_affinity = spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref());
+    let terms: Option<Vec<Vec<SelectorRequirement>>> = node_affinity
+        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref())
+        .map(|sel| {
+            sel.node_selector_terms
+                .iter()
+                .map(|t| {
+                    if t.match_fields.as_ref().is_some_and(|f| !f.is_empty()) {
+                        notes.push("nodeAffinity matchFields".to_owned());
+                    }
+                    t.match_expressions
+                        .iter()
+                        .flatten()
+                        .map(|e| SelectorRequirement {
+                            key: e.key.clone(),
+                            operator: e.operator.clone(),
+                            values: e.values.clone().unwrap_or_default(),
+                            min_values: None,
+                        })
+                        .collect()
+                })
+                .collect()
+        });
+    pod.affinity =
+        NodeAffinity::from_pod_spec(selector.iter().map(|(k, v)| (k.as_str(), v.as_str())), terms.as_deref())
+            .map_err(|e| format!("spec.affinity.nodeAffinity: {e}"))?;
+    if node_affinity.is_some_and(|na| na.preferred_during_scheduling_ignored_during_execution.is_some()) {
+        notes.push("preferred node affinity".to_owned());
+    }
+
+    for (i, t) in spec.tolerations.iter().flatten().enumerate() {
+        let toleration = Toleration::new(
+            t.key.as_deref().unwrap_or_default(),
+            t.operator.as_deref().unwrap_or_default(),
+            t.value.as_deref().unwrap_or_default(),
+            t.effect.as_deref(),
+        )
+        .map_err(|e| format!("spec.tolerations[{i}]: {e}"))?;
+        pod.tolerations.push(toleration);
+    }
+
+    if let Some(affinity) = spec.affinity.as_ref() {
+        if affinity.pod_affinity.is_some() {
+            notes.push("pod affinity".to_owned());
+        }
+        if let Some(anti) = &affinity.pod_anti_affinity {
+            for term in anti.required_during_scheduling_ignored_during_execution.iter().flatten() {
+                let selector = term.label_selector.as_ref();
+                let simple =
+                    selector.is_some_and(|s| s.match_expressions.as_ref().is_none_or(|e| e.is_empty()));
+                if term.topology_key == labels::HOSTNAME && simple {
+                    let match_labels = selector.and_then(|s| s.match_labels.clone()).unwrap_or_default();
+                    pod.hostname_anti_affinity.push(match_labels);
+                } else {
+                    notes.push(format!(
+                        "pod anti-affinity on {} with matchExpressions or other keys",
+                        term.topology_key
+                    ));
+                }
+            }
+            if anti.preferred_during_scheduling_ignored_during_execution.is_some() {
+                notes.push("preferred pod anti-affinity".to_owned());
+            }
+        }
+    }
+
+    for c in spec.topology_spread_constraints.iter().flatten() {
+        let selector = c.label_selector.as_ref();
+        if selector.is_some_and(|s| s.match_expressions.as_ref().is_some_and(|e| !e.is_empty())) {
+            notes.push("topology spread with matchExpressions".to_owned());
+            continue;
+        }
+        if c.min_domains.is_some() {
+            notes.push("topology spread minDomains".to_owned());
+        }
+        if c.max_skew < 1 {
+            return Err(format!("spec.topologySpreadConstraints: maxSkew {} must be at least 1", c.max_skew));
+        }
+        let hard = c.when_unsatisfiable != "ScheduleAnyway";
+        let key = labels::normalize_key(&c.topology_key);
+        if hard && key != labels::ZONE && key != labels::HOSTNAME {
+            notes.push(format!("topology spread on {key}"));
+        }
+        pod.topology_spread.push(cartwright_binpack::solver::TopologySpread {
+            topology_key: key.to_owned(),
+            max_skew: i64::from(c.max_skew),
+            hard,
+            selector: selector.and_then(|s| s.match_labels.clone()).unwrap_or_default(),
+        });
+    }
+    if spec.volumes.iter().flatten().any(|v| v.persistent_volume_claim.is_some()) {
+        notes.push("volume zone constraints".to_owned());
+    }
+    Ok((pod, notes))
+}
+
+fn node_manifest(name: &str, node: &Node) -> Result<NodeManifest, String> {
+    let status = node.status.as_ref();
+    let allocatable =
+        status.and_then(|s| s.allocatable.as_ref()).ok_or("missing field `status.allocatable`")?;
+    let allocatable = quantities(allocatable, "status.allocatable")?;
+    let capacity = match status.and_then(|s| s.capacity.as_ref()) {
+        Some(c) => quantities(c, "status.capacity")?,
+        None => allocatable.clone(),
+    };
+    let spec = node.spec.as_ref();
+    let mut taints = Vec::new();
+    for (i, t) in spec.and_then(|s| s.taints.as_ref()).into_iter().flatten().enumerate() {
+        let effect: TaintEffect = t.effect.parse().map_err(|e| format!("spec.taints[{i}].effect: {e}"))?;
+        let taint = Taint::new(&t.key, t.value.as_deref().unwrap_or_default(), effect)
+            .map_err(|e| format!("spec.taints[{i}]: {e}"))?;
+        taints.push(taint);
+    }
+    let mut labels: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in node.metadata.labels.iter().flatten() {
+        labels.insert(labels::normalize_key(k).to_owned(), v.clone());
+    }
+    labels.entry(labels::HOSTNAME.to_owned()).or_insert_with(|| name.to_owned());
+    Ok(NodeManifest {
+        name: name.to_owned(),
+        labels,
+        taints,
+        allocatable,
+        capacity,
+        schedulable: !spec.and_then(|s| s.unschedulable).unwrap_or(false),
+    })
+}
+
+fn api_taints(list: &[nodepool::Taint], field: &str) -> Result<Vec<Taint>, String> {
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let effect: TaintEffect = t.effect.parse().map_err(|e| format!("{field}[{i}].effect: {e}"))?;
+            Taint::new(&t.key, t.value.as_deref().unwrap_or_default(), effect)
+                .map_err(|e| format!("{field}[{i}]: {e}"))
+        })
+        .collect()
+}
+
+/// A NodePool's template as the solver sees it, with its full limits (nothing charged yet).
+pub fn nodepool_template(name: &str, spec: &NodePoolSpec) -> Result<NodePoolTemplate, String> {
+    let mut template = NodePoolTemplate::new(name);
+    template.weight = spec.weight.unwrap_or(0);
+    if !(0..=100).contains(&template.weight) {
+        return Err(format!("spec.weight: {} is outside 1..100", template.weight));
+    }
+    let t = &spec.template;
+    for (i, r) in t.spec.requirements.iter().enumerate() {
+        let requirement = SelectorRequirement {
+            key: r.key.clone(),
+            operator: r.operator.clone(),
+            values: r.values.clone(),
+            min_values: r.min_values,
+        }
+        .to_requirement()
+        .map_err(|e| format!("spec.template.spec.requirements[{i}]: {e}"))?;
+        template.requirements.add(requirement);
+    }
+    if let Some(metadata) = &t.metadata {
+        template.labels = metadata.labels.clone();
+    }
+    template.taints = api_taints(&t.spec.taints, "spec.template.spec.taints")?;
+    template.startup_taints = api_taints(&t.spec.startup_taints, "spec.template.spec.startupTaints")?;
+    let mut limits = Limits::default();
+    for (key, value) in &spec.limits {
+        let value = &value.0;
+        if key == "nodes" {
+            let n = cartwright_binpack::quantity::parse_units(value)
+                .map_err(|e| format!("spec.limits.nodes: {e}"))?;
+            limits.nodes = Some(n);
+        } else {
+            let parsed = Resources::parse([(key.as_str(), value.as_str())])
+                .map_err(|e| format!("spec.limits.{key}: {e}"))?;
+            let dim = ResourceName::from(key.as_str());
+            limits.resources.insert(dim.clone(), parsed.get(&dim));
+        }
+    }
+    template.remaining = limits;
+    Ok(template)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Manifests {
+        let mut m = Manifests::default();
+        m.add_yaml("test.yaml", text).unwrap();
+        m
+    }
+
+    #[test]
+    fn requests_default_to_limits_and_init_containers_take_their_peak() {
+        let m = read(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  initContainers:
+    - {name: migrate, image: x, resources: {requests: {cpu: "2", memory: 1Gi}}}
+    - {name: proxy, image: x, restartPolicy: Always, resources: {requests: {cpu: 100m, memory: 64Mi}}}
+  containers:
+    - {name: a, image: x, resources: {limits: {cpu: 500m, memory: 256Mi}}}
+    - {name: b, image: x, resources: {requests: {cpu: 250m}, limits: {cpu: "1", memory: 128Mi}}}
+"#,
+        );
+        let pod = &m.pending[0];
+        assert_eq!(pod.name, "default/p");
+        // containers: 500m + 250m (request wins over limit) + sidecar 100m = 850m; init peak 2000m wins.
+        assert_eq!(pod.requests.get(&ResourceName::Cpu), 2000);
+        // memory: 256Mi + 128Mi + 64Mi = 448Mi against init peak 1Gi.
+        assert_eq!(pod.requests.get(&ResourceName::Memory), 1 << 30);
+        assert_eq!(pod.requests.pods, 1);
+    }
+
+    #[test]
+    fn workloads_expand_to_replicas_with_their_template_labels() {
+        let m = read(
+            r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: data}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: db}}
+  serviceName: db
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - topologyKey: kubernetes.io/hostname
+              labelSelector: {matchLabels: {app: db}}
+      containers: [{name: c, image: x, resources: {requests: {cpu: "1"}}}]
+"#,
+        );
+        let names: Vec<&str> = m.pending.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["data/db-0", "data/db-1", "data/db-2"]);
+        assert!(m.pending.iter().all(|p| p.per_node_cap() == 1), "self anti-affinity: one per node");
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    }
+
+    #[test]
+    fn unmodelled_constraints_are_warned_about_once_per_pod() {
+        let m = read(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  affinity:
+    podAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        - {topologyKey: topology.kubernetes.io/zone, labelSelector: {matchLabels: {app: cache}}}
+  containers: [{name: c, image: x, ports: [{containerPort: 80, hostPort: 80}]}]
+"#,
+        );
+        assert_eq!(m.warnings.len(), 2, "{:?}", m.warnings);
+        assert!(m.warnings.iter().any(|w| w.contains("hostPort")));
+        assert!(m.warnings.iter().any(|w| w.contains("pod affinity")));
+    }
+
+    #[test]
+    fn existing_nodes_carry_their_pods_and_charge_their_nodepool_limits() {
+        let m = read(
+            r#"
+apiVersion: karpenter.sh/v1
+kind: NodePool
+metadata: {name: pool}
+spec:
+  limits: {cpu: 10, nodes: "3"}
+  template: {spec: {requirements: []}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n1, labels: {karpenter.sh/nodepool: pool}}
+spec: {taints: [{key: dedicated, value: db, effect: NoSchedule}]}
+status:
+  capacity: {cpu: "4", memory: 16Gi, pods: "58"}
+  allocatable: {cpu: 3920m, memory: 15Gi, pods: "58"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bound, labels: {app: x}}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: x, resources: {requests: {cpu: "1"}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc}
+"#,
+        );
+        assert_eq!(m.skipped, ["Service svc"]);
+        let catalog = Catalog::new("test", vec![], vec![]);
+        let problem = m.to_problem(catalog);
+        let node = &problem.existing[0];
+        assert_eq!(node.requested.get(&ResourceName::Cpu), 1000);
+        assert_eq!(node.taints.len(), 1);
+        assert_eq!(node.nodepool.as_deref(), Some("pool"));
+        assert_eq!(node.pod_labels[0].get("app").map(String::as_str), Some("x"));
+        assert_eq!(node.labels.get(labels::HOSTNAME).map(String::as_str), Some("n1"));
+        let pool = &problem.nodepools[0];
+        assert_eq!(pool.remaining.resources[&ResourceName::Cpu], 6000, "10 cpu minus the node's capacity 4");
+        assert_eq!(pool.remaining.nodes, Some(2));
+    }
+
+    #[test]
+    fn errors_name_the_source_document_object_and_field() {
+        let mut m = Manifests::default();
+        let err = m
+            .add_yaml(
+                "pods.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: ok}\nspec: {containers: []}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: bad}\nspec:\n  tolerations: [{key: k, operator: Maybe}]\n  containers: []\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("pods.yaml: document 2 (Pod bad): spec.tolerations[0]"), "{err}");
+        let err =
+            m.add_yaml("x.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: 5}\n");
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("containers"), "{err}");
+    }
+}

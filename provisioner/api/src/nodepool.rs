@@ -1,0 +1,204 @@
+//! `NodePool` (`cartwright.sh/v1`): a template for the nodes Cartwright may launch, field-compatible with
+//! Karpenter's `karpenter.sh/v1` NodePool so its manifests work after changing `apiVersion`.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The group of Cartwright's core resources.
+pub const GROUP: &str = "cartwright.sh";
+/// Karpenter's group, accepted on input unchanged.
+pub const KARPENTER_GROUP: &str = "karpenter.sh";
+
+/// What nodes a NodePool launches, how they are disrupted, and how many it may own.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "cartwright.sh",
+    version = "v1",
+    kind = "NodePool",
+    plural = "nodepools",
+    shortname = "np",
+    status = "NodePoolStatus",
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".spec.weight"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.resources.nodes"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodePoolSpec {
+    /// The NodeClaim template: labels, requirements, taints of every node this pool launches.
+    pub template: NodeClaimTemplate,
+    /// How nodes of this pool may be disrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<Disruption>,
+    /// Resource totals (cpu, memory, nodes, any resource) the pool's nodes may never exceed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, IntOrQuantity>,
+    /// Priority among NodePools (1..100): higher is tried first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: Option<i32>,
+}
+
+/// `spec.template`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeClaimTemplate {
+    /// Labels and annotations copied onto every NodeClaim and Node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+    pub spec: NodeClaimTemplateSpec,
+}
+
+/// `spec.template.metadata`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `spec.template.spec`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeClaimTemplateSpec {
+    /// Node selector requirements every node of the pool satisfies (Karpenter operators, `minValues`).
+    #[serde(default)]
+    pub requirements: Vec<NodeSelectorRequirementWithMinValues>,
+    /// Taints put on every node; pods must tolerate them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+    /// Taints a daemon removes once the node is ready; pods need not tolerate them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub startup_taints: Vec<Taint>,
+    /// Node lifetime before it is replaced (`720h` by default, or `Never`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<String>,
+    /// Longest a drain may take before pods are deleted regardless of PDBs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period: Option<String>,
+    /// The cloud-specific node class (an `EC2NodeClass`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_class_ref: Option<NodeClassRef>,
+}
+
+/// A node selector requirement with Karpenter's `minValues`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSelectorRequirementWithMinValues {
+    pub key: String,
+    /// In, NotIn, Exists, DoesNotExist, Gt, Lt, Gte, Lte.
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// At least this many distinct values of the key must remain among a node's launch options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_values: Option<u32>,
+}
+
+/// A node taint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// NoSchedule, PreferNoSchedule or NoExecute.
+    pub effect: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_added: Option<String>,
+}
+
+/// `spec.template.spec.nodeClassRef`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeClassRef {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// `spec.disruption`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Disruption {
+    /// `WhenEmpty` or `WhenEmptyOrUnderutilized` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consolidation_policy: Option<String>,
+    /// How long a node must be consolidatable before it is acted on (a duration or `Never`; `0s` default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consolidate_after: Option<String>,
+    /// How many nodes may be disrupted at once (the most restrictive active budget wins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<Budget>,
+}
+
+/// A disruption budget.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Budget {
+    /// A count or a percentage of the pool's nodes.
+    pub nodes: String,
+    /// Cron schedule at which the budget becomes active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// How long it stays active after each scheduled start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// Which disruption reasons it limits (Empty, Underutilized, Drifted); all when absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+}
+
+/// `status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePoolStatus {
+    /// Resources of the pool's nodes, `nodes` included.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, String>,
+}
+
+/// A resource quantity written as a string (`"1000"`, `"4Gi"`) or a bare number (`1000`), as
+/// Kubernetes accepts in resource lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct IntOrQuantity(pub String);
+
+impl<'de> Deserialize<'de> for IntOrQuantity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Float(f64),
+            Text(String),
+        }
+        Ok(IntOrQuantity(
+            match Raw::deserialize(deserializer).map_err(|_| {
+                serde::de::Error::custom("expected a quantity: a number or a string such as \"4Gi\"")
+            })? {
+                Raw::Int(i) => i.to_string(),
+                Raw::Float(f) => f.to_string(),
+                Raw::Text(s) => s,
+            },
+        ))
+    }
+}
+
+impl JsonSchema for IntOrQuantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IntOrQuantity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$",
+            "x-kubernetes-int-or-string": true
+        })
+    }
+}
