@@ -2,8 +2,11 @@
 //! provisioning, node lifecycle, disruption, HPA headroom), written against the `CloudProvider`,
 //! `ClusterApi` and `Clock` traits.
 //!
-//! Nothing is here yet: the crate exists so the dependency direction (binpack <- core <- adapters) is fixed
-//! and checked from the start. It re-exports the domain model it builds on.
+//! So far: the HorizontalPodAutoscaler algorithm ([`hpa`]) and the provisioning batch window ([`batcher`]),
+//! both pure and driven by the caller's clock, shared by the simulator and (next) the controller.
 #![forbid(unsafe_code)]
+
+pub mod batcher;
+pub mod hpa;
 
 pub use cartwright_binpack as binpack;
