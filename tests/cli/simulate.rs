@@ -1,8 +1,77 @@
-use super::expect_success;
+//! `cartwright simulate`: the README's main job.
+
+use serde_json::Value;
+
+use super::{expect_failure, expect_success};
 
 #[test]
-fn simulate_says_plainly_that_it_is_not_built_yet() {
-    let out = expect_success(&["simulate"]);
-    assert!(out.contains("not built yet"), "{out}");
-    assert!(out.contains("embedded default scenario"), "{out}");
+fn default_scenario_runs_prints_a_summary_and_writes_the_report() {
+    let dir = std::env::temp_dir().join(format!("cartwright-sim-{}", std::process::id()));
+    let out = expect_success(&["simulate", "--output-dir", dir.to_str().unwrap()]);
+    for line in
+        ["scenario default", "cost total ($)", "pending p50 / p95 / p99 / max (s)", "report written to"]
+    {
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let summary = &report["summary"];
+    for key in [
+        "cost_total",
+        "cost_per_hour",
+        "cpu_utilization",
+        "memory_utilization",
+        "nodes_launched",
+        "nodes_terminated",
+        "interruptions",
+        "unschedulable",
+    ] {
+        assert!(!summary[key].is_null(), "summary.{key} missing");
+    }
+    for key in ["p50", "p95", "p99", "max"] {
+        assert!(summary["pending_seconds"][key].as_f64().is_some(), "pending_seconds.{key}");
+    }
+    assert!(summary["cost_total"].as_f64().unwrap() > 0.0);
+    assert!(
+        summary["interruptions"].as_u64().unwrap() >= 2,
+        "the default scenario interrupts spot nodes at 9h and 15h30m"
+    );
+    assert_eq!(report["variants"][0]["name"], "cartwright");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn compare_runs_each_solver_policy_on_the_same_workload() {
+    let dir = std::env::temp_dir().join(format!("cartwright-sim-cmp-{}", std::process::id()));
+    let scenario = format!("{}/examples/scenarios/small.yaml", env!("CARGO_MANIFEST_DIR"));
+    let out = expect_success(&[
+        "simulate",
+        &scenario,
+        "--compare",
+        "cartwright,karpenter-greedy",
+        "--output-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.contains("karpenter-greedy"), "{out}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let variants = report["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2);
+    let cost = |i: usize| variants[i]["summary"]["cost_total"].as_f64().unwrap();
+    assert!(cost(0) > 0.0 && cost(1) > 0.0);
+    for v in variants {
+        // Same workload: every variant ends with the pods running and nothing left pending.
+        assert_eq!(v["summary"]["still_pending"], 0, "{}", v["name"]);
+        assert!(v["summary"]["pending_seconds"]["pods"].as_u64().unwrap() >= 3);
+    }
+    assert_eq!(variants[1]["name"], "karpenter-greedy");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_scenarios_and_variants_are_clear_errors() {
+    let err = expect_failure(&["simulate", "/nonexistent/scenario.yaml"]);
+    assert!(err.contains("reading /nonexistent/scenario.yaml"), "{err}");
+    let err = expect_failure(&["simulate", "--compare", "fastest", "--output-dir", "/tmp/cartwright-never"]);
+    assert!(err.contains("unknown variant `fastest`"), "{err}");
 }

@@ -1,0 +1,1057 @@
+//! The discrete-event engine: a virtual clock, a simulated kube-scheduler, ReplicaSets driven by HPAs and
+//! rollouts, a simulated cloud whose nodes take a log-normal time to become ready, and the provisioning
+//! decision (batch window, then the solver) from the same code the controller runs.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+
+use cartwright_api::Manifests;
+use cartwright_binpack::solver::{Algorithm, ExistingNode, NodePoolTemplate, PodSpec, Problem};
+use cartwright_binpack::{CapacityType, Catalog, ResourceName, Resources, Taint, labels, taints};
+use cartwright_core::batcher::{BatchWindow, Batcher};
+use cartwright_core::hpa::{HpaSpec, HpaState, MetricSample, Millis};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::report::{Collector, Report};
+use crate::scenario::{Load, Scenario, Strategy, Timing};
+
+type PodId = usize;
+type NodeId = usize;
+
+#[derive(Clone, Debug)]
+struct SimPod {
+    workload: usize,
+    revision: usize,
+    spec: Arc<PodSpec>,
+    created: Millis,
+    node: Option<NodeId>,
+    nominated: Option<NodeId>,
+    ready_at: Option<Millis>,
+    deleted: bool,
+}
+
+#[derive(Clone, Debug)]
+struct SimNode {
+    name: String,
+    nodepool: Option<String>,
+    instance_type: String,
+    capacity_type: CapacityType,
+    price_per_ms: f64,
+    price_per_hour: f64,
+    labels: BTreeMap<String, String>,
+    taints: Vec<Taint>,
+    allocatable: Resources,
+    /// What counts against NodePool limits.
+    capacity: Resources,
+    requested: Resources,
+    pods: Vec<PodId>,
+    launched: Millis,
+    ready: Option<Millis>,
+    terminated: Option<Millis>,
+    cordoned: bool,
+    /// Fixed fleet nodes (from the scenario's Node manifests) are never launched or removed.
+    fixed: bool,
+    empty_since: Option<Millis>,
+}
+
+impl SimNode {
+    fn alive(&self) -> bool {
+        self.terminated.is_none()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ReplicaSet {
+    revision: usize,
+    replicas: i32,
+    pods: Vec<PodId>,
+}
+
+#[derive(Clone, Debug)]
+enum RolloutPhase {
+    Idle,
+    Rolling { max_surge: String, max_unavailable: String },
+    BlueGreenWaiting { promote_after: Millis, scale_down_delay: Millis, green_ready_since: Option<Millis> },
+    BlueGreenPromoted { old_until: Millis },
+    Canary { steps: Vec<crate::scenario::CanaryStep>, step: usize, weight: u32, paused_until: Option<Millis> },
+}
+
+#[derive(Clone, Debug)]
+struct SimWorkload {
+    name: String,
+    template: Arc<PodSpec>,
+    desired: i32,
+    hpa: Option<(HpaSpec, HpaState)>,
+    load: Option<Load>,
+    pod_capacity: f64,
+    sets: Vec<ReplicaSet>,
+    phase: RolloutPhase,
+    next_revision: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    HpaSync(usize),
+    BatchClose,
+    NodeReady(NodeId),
+    PodReady(PodId),
+    Consolidate,
+    Sample,
+    RolloutStart(usize),
+    RolloutTick(usize),
+    SpotNotice(Option<NodeId>),
+    SpotTerminate(NodeId),
+    SpotDraw,
+}
+
+/// The simulator's settings beyond the scenario.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub algorithm: Algorithm,
+}
+
+/// One run of a scenario.
+pub struct Engine {
+    now: Millis,
+    end: Millis,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Millis, u64, Event)>>,
+    rng: StdRng,
+    timing: Timing,
+    algorithm: Algorithm,
+    catalog: Catalog,
+    nodepools: Vec<NodePoolTemplate>,
+    consolidate_after: BTreeMap<String, Option<Millis>>,
+    daemonsets: Vec<cartwright_binpack::solver::DaemonSetSpec>,
+    pods: Vec<SimPod>,
+    nodes: Vec<SimNode>,
+    workloads: Vec<SimWorkload>,
+    rollouts: Vec<crate::scenario::Rollout>,
+    batcher: Batcher,
+    batch_scheduled: Option<Millis>,
+    spot_rate_per_ms: f64,
+    pub(crate) collector: Collector,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("now", &self.now).field("nodes", &self.nodes.len()).finish()
+    }
+}
+
+impl Engine {
+    /// Builds the initial state: catalog, NodePools, fixed nodes, workloads at their initial replicas.
+    pub fn new(
+        scenario: &Scenario,
+        manifests: &Manifests,
+        catalog: Catalog,
+        options: Options,
+    ) -> Result<Engine, String> {
+        let problem = manifests.to_problem(catalog.clone());
+        let mut consolidate_after = BTreeMap::new();
+        for pool in &manifests.nodepools {
+            let after = pool.spec.disruption.as_ref().and_then(|d| d.consolidate_after.clone());
+            let after = match after.as_deref() {
+                None => Some(0),
+                Some("Never") => None,
+                Some(text) => Some(
+                    humantime::parse_duration(text)
+                        .map_err(|e| {
+                            format!("NodePool {}: spec.disruption.consolidateAfter: {e}", pool.name)
+                        })?
+                        .as_millis() as Millis,
+                ),
+            };
+            consolidate_after.insert(pool.name.clone(), after);
+        }
+        let timing = scenario.timing.clone();
+        let mut engine = Engine {
+            now: 0,
+            end: scenario.duration.millis(),
+            seq: 0,
+            queue: BinaryHeap::new(),
+            rng: StdRng::seed_from_u64(scenario.seed),
+            batcher: Batcher::new(BatchWindow {
+                idle_ms: timing.batch_idle.millis(),
+                max_ms: timing.batch_max.millis(),
+            }),
+            timing,
+            algorithm: options.algorithm,
+            catalog,
+            nodepools: problem.nodepools,
+            consolidate_after,
+            daemonsets: problem.daemonsets,
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            workloads: Vec::new(),
+            rollouts: scenario.rollouts.clone(),
+            batch_scheduled: None,
+            spot_rate_per_ms: scenario.events.spot_interruptions.per_node_day / 86_400_000.0,
+            collector: Collector::default(),
+        };
+        for node in &manifests.nodes {
+            let instance_type = node.labels.get(labels::INSTANCE_TYPE).cloned().unwrap_or_default();
+            let capacity_type = match node.labels.get(labels::CAPACITY_TYPE).map(String::as_str) {
+                Some("spot") => CapacityType::Spot,
+                _ => CapacityType::OnDemand,
+            };
+            let zone = node.labels.get(labels::ZONE).cloned().unwrap_or_default();
+            let price = engine
+                .catalog
+                .get(&instance_type)
+                .and_then(|t| t.offerings.iter().find(|o| o.capacity_type == capacity_type && o.zone == zone))
+                .or_else(|| {
+                    engine
+                        .catalog
+                        .get(&instance_type)
+                        .and_then(|t| t.offerings.iter().find(|o| o.capacity_type == capacity_type))
+                })
+                .map(|o| o.price.usd())
+                .unwrap_or(0.0);
+            let id = engine.nodes.len();
+            engine.nodes.push(SimNode {
+                name: node.name.clone(),
+                nodepool: None,
+                instance_type,
+                capacity_type,
+                price_per_ms: price / 3_600_000.0,
+                price_per_hour: price,
+                labels: node.labels.clone(),
+                taints: node.taints.clone(),
+                allocatable: node.allocatable.clone(),
+                capacity: node.capacity.clone(),
+                requested: Resources::new(),
+                pods: vec![],
+                launched: 0,
+                ready: Some(0),
+                terminated: None,
+                cordoned: !node.schedulable,
+                fixed: true,
+                empty_since: None,
+            });
+            engine.add_daemonset_load(id);
+        }
+        for (i, w) in scenario.workloads.iter().enumerate() {
+            let deployment = crate::scenario::deployment(i, &w.deployment)?;
+            let name = deployment.metadata.name.clone().unwrap_or_else(|| format!("workload-{i}"));
+            let namespace = deployment.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let spec = deployment.spec;
+            let pod_spec = spec
+                .template
+                .spec
+                .as_ref()
+                .ok_or(format!("workloads[{i}].deployment.spec.template.spec: missing"))?;
+            let pod_labels =
+                spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+            let (template, notes) =
+                cartwright_api::manifests::pod_spec(&format!("{namespace}/{name}"), pod_spec, pod_labels)
+                    .map_err(|e| format!("workloads[{i}].deployment: {e}"))?;
+            for note in notes {
+                tracing::warn!("workload {name}: {note} is not modelled yet and is ignored");
+            }
+            let hpa = w.hpa.as_ref().map(|h| crate::scenario::hpa(i, h)).transpose()?;
+            let mut desired = spec.replicas.unwrap_or(1);
+            if let Some(h) = &hpa {
+                desired = desired.clamp(h.min_replicas, h.max_replicas);
+            }
+            engine.workloads.push(SimWorkload {
+                name,
+                template: Arc::new(template),
+                desired,
+                hpa: hpa.map(|h| (h, HpaState::default())),
+                load: w.load.clone(),
+                pod_capacity: w.pod_capacity.unwrap_or(1.0),
+                sets: vec![ReplicaSet { revision: 0, replicas: desired, pods: vec![] }],
+                phase: RolloutPhase::Idle,
+                next_revision: 1,
+            });
+        }
+        for (r, rollout) in scenario.rollouts.iter().enumerate() {
+            if !engine.workloads.iter().any(|w| w.name == rollout.workload) {
+                return Err(format!("rollouts[{r}].workload: no workload named `{}`", rollout.workload));
+            }
+            engine.push(rollout.at.millis(), Event::RolloutStart(r));
+        }
+        for t in &scenario.events.spot_interruptions.at {
+            engine.push(t.millis(), Event::SpotNotice(None));
+        }
+        if engine.spot_rate_per_ms > 0.0 {
+            engine.push(60_000, Event::SpotDraw);
+        }
+        for w in 0..engine.workloads.len() {
+            if engine.workloads[w].hpa.is_some() {
+                engine.push(engine.timing.hpa_sync.millis(), Event::HpaSync(w));
+            }
+        }
+        engine.push(0, Event::Sample);
+        engine.push(engine.timing.consolidation_interval.millis(), Event::Consolidate);
+        for w in 0..engine.workloads.len() {
+            engine.reconcile(w);
+        }
+        Ok(engine)
+    }
+
+    fn push(&mut self, at: Millis, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, event)));
+    }
+
+    /// Runs to the end of the scenario and returns the report; `progress` is told the fraction done.
+    pub fn run(mut self, mut progress: impl FnMut(f64)) -> Report {
+        let mut last_progress = 0;
+        while let Some(Reverse((at, _, event))) = self.queue.pop() {
+            if at > self.end {
+                break;
+            }
+            self.now = at;
+            self.handle(event);
+            if self.now / 60_000 != last_progress {
+                last_progress = self.now / 60_000;
+                progress(self.now as f64 / self.end as f64);
+            }
+        }
+        self.now = self.end;
+        self.sample();
+        let end = self.end;
+        let mut cost_by_capacity: BTreeMap<&'static str, f64> = BTreeMap::new();
+        let mut node_hours: BTreeMap<String, f64> = BTreeMap::new();
+        for n in &self.nodes {
+            let until = n.terminated.unwrap_or(end).min(end);
+            let ms = until.saturating_sub(n.launched) as f64;
+            *cost_by_capacity.entry(n.capacity_type.as_str()).or_default() += ms * n.price_per_ms;
+            let family = n.instance_type.split('.').next().unwrap_or_default().to_owned();
+            *node_hours.entry(family).or_default() += ms / 3_600_000.0;
+        }
+        for p in &self.pods {
+            if p.node.is_none() && !p.deleted {
+                self.collector.still_pending(end.saturating_sub(p.created));
+            }
+        }
+        self.collector.finish(end, cost_by_capacity, node_hours)
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::HpaSync(w) => {
+                self.hpa_sync(w);
+                self.push(self.now + self.timing.hpa_sync.millis(), Event::HpaSync(w));
+            }
+            Event::BatchClose => {
+                self.batch_scheduled = None;
+                if self.batcher.close_if_due(self.now) {
+                    self.provision();
+                } else if let Some(deadline) = self.batcher.deadline() {
+                    self.schedule_batch(deadline);
+                }
+            }
+            Event::NodeReady(n) => {
+                if self.nodes[n].alive() {
+                    self.nodes[n].ready = Some(self.now);
+                    self.schedule_pending();
+                }
+            }
+            Event::PodReady(p) => {
+                if !self.pods[p].deleted && self.pods[p].node.is_some() {
+                    self.pods[p].ready_at = Some(self.now);
+                    let w = self.pods[p].workload;
+                    if !matches!(self.workloads[w].phase, RolloutPhase::Idle) {
+                        self.rollout_progress(w);
+                    }
+                }
+            }
+            Event::Consolidate => {
+                self.consolidate_empty();
+                self.push(self.now + self.timing.consolidation_interval.millis(), Event::Consolidate);
+            }
+            Event::Sample => {
+                self.sample();
+                self.push(self.now + self.timing.sample_interval.millis(), Event::Sample);
+            }
+            Event::RolloutStart(r) => self.start_rollout(r),
+            Event::RolloutTick(w) => self.rollout_progress(w),
+            Event::SpotNotice(node) => self.spot_notice(node),
+            Event::SpotTerminate(n) => self.terminate(n),
+            Event::SpotDraw => {
+                // Thinning: each spot node is interrupted with probability rate × minute in this minute.
+                let minute = 60_000.0;
+                let spot: Vec<NodeId> = (0..self.nodes.len())
+                    .filter(|&n| {
+                        let node = &self.nodes[n];
+                        node.alive() && !node.cordoned && node.capacity_type == CapacityType::Spot
+                    })
+                    .collect();
+                for n in spot {
+                    if self.rng.random::<f64>() < self.spot_rate_per_ms * minute {
+                        self.spot_notice(Some(n));
+                    }
+                }
+                self.push(self.now + 60_000, Event::SpotDraw);
+            }
+        }
+    }
+
+    // ---- workloads -------------------------------------------------------------------------------
+
+    fn ready_pods(&self, w: usize) -> (i32, i32) {
+        let mut ready = 0;
+        let mut unready = 0;
+        for set in &self.workloads[w].sets {
+            for &p in &set.pods {
+                if self.pods[p].ready_at.is_some() {
+                    ready += 1;
+                } else {
+                    unready += 1;
+                }
+            }
+        }
+        (ready, unready)
+    }
+
+    fn hpa_sync(&mut self, w: usize) {
+        let (ready, unready) = self.ready_pods(w);
+        let workload = &self.workloads[w];
+        let load = workload.load.as_ref().map_or(0.0, |l| l.at(self.now));
+        let utilization =
+            if ready > 0 { load / (f64::from(ready) * workload.pod_capacity) * 100.0 } else { 0.0 };
+        let current = workload.desired;
+        let now = self.now;
+        let workload = &mut self.workloads[w];
+        let Some((spec, state)) = workload.hpa.as_mut() else { return };
+        let decision = spec.sync(state, now, current, MetricSample { ready, utilization, unready });
+        self.collector.hpa(now, &workload.name, load, decision.replicas, ready);
+        if decision.replicas != current {
+            workload.desired = decision.replicas;
+            self.apply_desired(w);
+        }
+    }
+
+    /// Spreads the workload's desired count over its ReplicaSets as its rollout phase dictates.
+    fn apply_desired(&mut self, w: usize) {
+        let workload = &mut self.workloads[w];
+        let d = workload.desired;
+        match &workload.phase {
+            RolloutPhase::Idle => {
+                if let Some(set) = workload.sets.last_mut() {
+                    set.replicas = d;
+                }
+            }
+            RolloutPhase::BlueGreenWaiting { .. } => {
+                for set in &mut workload.sets {
+                    set.replicas = d;
+                }
+            }
+            RolloutPhase::BlueGreenPromoted { .. } => {
+                if let Some(set) = workload.sets.last_mut() {
+                    set.replicas = d;
+                }
+            }
+            RolloutPhase::Canary { weight, .. } => {
+                let canary = (f64::from(d) * f64::from(*weight) / 100.0).ceil() as i32;
+                let stable = d - (f64::from(d) * f64::from(*weight) / 100.0).floor() as i32;
+                let n = workload.sets.len();
+                workload.sets[n - 1].replicas = canary;
+                workload.sets[n - 2].replicas = stable;
+            }
+            RolloutPhase::Rolling { .. } => {}
+        }
+        self.reconcile(w);
+        if matches!(self.workloads[w].phase, RolloutPhase::Rolling { .. }) {
+            self.rollout_progress(w);
+        }
+    }
+
+    /// Creates or deletes pods so each ReplicaSet has its replica count.
+    fn reconcile(&mut self, w: usize) {
+        for s in 0..self.workloads[w].sets.len() {
+            let want = self.workloads[w].sets[s].replicas.max(0) as usize;
+            let have = self.workloads[w].sets[s].pods.len();
+            if have < want {
+                let revision = self.workloads[w].sets[s].revision;
+                for _ in have..want {
+                    let id = self.pods.len();
+                    let mut spec = (*self.workloads[w].template).clone();
+                    spec.name = format!("{}-r{revision}-{id}", spec.name);
+                    self.pods.push(SimPod {
+                        workload: w,
+                        revision,
+                        spec: Arc::new(spec),
+                        created: self.now,
+                        node: None,
+                        nominated: None,
+                        ready_at: None,
+                        deleted: false,
+                    });
+                    self.workloads[w].sets[s].pods.push(id);
+                    self.schedule_pod(id);
+                }
+            } else if have > want {
+                // ReplicaSet downscale order: unscheduled first, then not ready, then pods on the
+                // least-loaded nodes, newest first.
+                let mut victims = self.workloads[w].sets[s].pods.clone();
+                victims.sort_by_key(|&p| {
+                    let pod = &self.pods[p];
+                    let node_pods = pod.node.map_or(0, |n| self.nodes[n].pods.len());
+                    (pod.node.is_some(), pod.ready_at.is_some(), node_pods, Reverse(pod.created), Reverse(p))
+                });
+                victims.truncate(have - want);
+                for p in victims {
+                    self.delete_pod(p);
+                }
+            }
+        }
+        // Old ReplicaSets scaled to zero with no pods left go away; the newest always stays.
+        let last = self.workloads[w].sets.len().saturating_sub(1);
+        let mut i = 0;
+        self.workloads[w].sets.retain(|s| {
+            let keep = i == last || s.replicas > 0 || !s.pods.is_empty();
+            i += 1;
+            keep
+        });
+    }
+
+    fn delete_pod(&mut self, p: PodId) {
+        let pod = &mut self.pods[p];
+        pod.deleted = true;
+        let w = pod.workload;
+        let revision = pod.revision;
+        if let Some(n) = pod.node.take() {
+            let requests = pod.spec.requests.clone();
+            let node = &mut self.nodes[n];
+            node.requested.sub_assign(&requests);
+            node.pods.retain(|&q| q != p);
+            if node.pods.is_empty() {
+                node.empty_since = Some(self.now);
+            }
+        }
+        if let Some(set) = self.workloads[w].sets.iter_mut().find(|s| s.revision == revision) {
+            set.pods.retain(|&q| q != p);
+        }
+    }
+
+    // ---- scheduling ------------------------------------------------------------------------------
+
+    fn fits(&self, pod: &PodSpec, n: NodeId) -> bool {
+        let node = &self.nodes[n];
+        if !node.alive() || node.cordoned || node.ready.is_none() {
+            return false;
+        }
+        if !pod.requests.fits_in(&node.allocatable.minus(&node.requested)) {
+            return false;
+        }
+        if !pod.affinity.matches_labels(&node.labels) {
+            return false;
+        }
+        let hard: Vec<Taint> = node.taints.iter().filter(|t| t.is_hard()).cloned().collect();
+        if !taints::tolerates_all(&pod.tolerations, &hard) {
+            return false;
+        }
+        let cap = pod.per_node_cap();
+        if cap < i64::MAX {
+            let same = node.pods.iter().filter(|&&q| self.pods[q].spec.labels == pod.labels).count() as i64;
+            if same >= cap {
+                return false;
+            }
+        }
+        node.pods
+            .iter()
+            .all(|&q| !pod.repels(&self.pods[q].spec.labels) && !self.pods[q].spec.repels(&pod.labels))
+    }
+
+    /// kube-scheduler stand-in: the feasible node with the most cpu already requested (bin-packing
+    /// scoring, `MostAllocated`), preferring the node the pod was nominated to.
+    fn schedule_pod(&mut self, p: PodId) -> bool {
+        let spec = self.pods[p].spec.clone();
+        // A nomination stands while its node is still launching; a ready node that cannot take the pod
+        // (its room went to others) releases it for the next planning round.
+        if let Some(n) = self.pods[p].nominated {
+            let node = &self.nodes[n];
+            if !node.alive() || (node.ready.is_some() && !self.fits(&spec, n)) {
+                self.pods[p].nominated = None;
+            }
+        }
+        let nominated = self.pods[p].nominated.filter(|&n| self.fits(&spec, n));
+        let choice = nominated.or_else(|| {
+            (0..self.nodes.len()).filter(|&n| self.fits(&spec, n)).max_by_key(|&n| {
+                let node = &self.nodes[n];
+                let cpu = node.allocatable.get(&ResourceName::Cpu).max(1);
+                (node.requested.get(&ResourceName::Cpu) * 1000 / cpu, Reverse(n))
+            })
+        });
+        match choice {
+            Some(n) => {
+                self.bind(p, n);
+                true
+            }
+            None => {
+                if self.pods[p].nominated.is_none() {
+                    let deadline = self.batcher.observe(self.now);
+                    self.schedule_batch(deadline);
+                }
+                false
+            }
+        }
+    }
+
+    fn schedule_batch(&mut self, deadline: Millis) {
+        if self.batch_scheduled != Some(deadline) {
+            self.batch_scheduled = Some(deadline);
+            self.push(deadline, Event::BatchClose);
+        }
+    }
+
+    fn bind(&mut self, p: PodId, n: NodeId) {
+        let pod = &mut self.pods[p];
+        pod.node = Some(n);
+        pod.nominated = None;
+        let waited = self.now.saturating_sub(pod.created);
+        let requests = pod.spec.requests.clone();
+        let node = &mut self.nodes[n];
+        node.requested.add_assign(&requests);
+        node.pods.push(p);
+        node.empty_since = None;
+        self.collector.pod_bound(waited);
+        self.push(self.now + self.timing.pod_startup.millis(), Event::PodReady(p));
+    }
+
+    fn pending(&self) -> Vec<PodId> {
+        (0..self.pods.len()).filter(|&p| !self.pods[p].deleted && self.pods[p].node.is_none()).collect()
+    }
+
+    fn schedule_pending(&mut self) {
+        let mut pending = self.pending();
+        // Nominated pods first (the scheduler's nominated-node fast path), then by creation.
+        pending.sort_by_key(|&p| (self.pods[p].nominated.is_none(), self.pods[p].created, p));
+        for p in pending {
+            self.schedule_pod(p);
+        }
+    }
+
+    // ---- provisioning ----------------------------------------------------------------------------
+
+    fn add_daemonset_load(&mut self, n: NodeId) {
+        for ds in &self.daemonsets {
+            let node = &self.nodes[n];
+            let hard: Vec<Taint> = node.taints.iter().filter(|t| t.is_hard()).cloned().collect();
+            if ds.affinity.matches_labels(&node.labels) && taints::tolerates_all(&ds.tolerations, &hard) {
+                let requests = ds.requests.clone();
+                self.nodes[n].requested.add_assign(&requests);
+            }
+        }
+    }
+
+    /// The batch closed: plan the pods that no node (ready or launching) will take.
+    fn provision(&mut self) {
+        // First give ready nodes a chance (room may have freed up since the pods arrived).
+        self.schedule_pending();
+        let pending: Vec<PodId> =
+            self.pending().into_iter().filter(|&p| self.pods[p].nominated.is_none()).collect();
+        if pending.is_empty() {
+            return;
+        }
+        let mut existing = Vec::new();
+        let mut existing_ids = Vec::new();
+        let mut used: BTreeMap<String, (Resources, i64)> = BTreeMap::new();
+        for (n, node) in self.nodes.iter().enumerate() {
+            if !node.alive() {
+                continue;
+            }
+            if let Some(pool) = &node.nodepool {
+                let u = used.entry(pool.clone()).or_insert((Resources::new(), 0));
+                u.0.add_assign(&node.capacity);
+                u.1 += 1;
+            }
+            if node.cordoned {
+                continue;
+            }
+            // Launching nodes count with the pods nominated to them.
+            let mut requested = node.requested.clone();
+            let mut pod_labels: Vec<BTreeMap<String, String>> =
+                node.pods.iter().map(|&q| self.pods[q].spec.labels.clone()).collect();
+            for (q, pod) in self.pods.iter().enumerate() {
+                if pod.nominated == Some(n) && !pod.deleted && pod.node.is_none() {
+                    requested.add_assign(&self.pods[q].spec.requests);
+                    pod_labels.push(pod.spec.labels.clone());
+                }
+            }
+            existing.push(ExistingNode {
+                name: node.name.clone(),
+                labels: node.labels.clone(),
+                taints: node.taints.clone(),
+                allocatable: node.allocatable.clone(),
+                requested,
+                nodepool: node.nodepool.clone(),
+                initialized: node.ready.is_some(),
+                pod_labels,
+            });
+            existing_ids.push(n);
+        }
+        let mut nodepools = self.nodepools.clone();
+        for pool in &mut nodepools {
+            if let Some((res, count)) = used.get(&pool.name) {
+                if let Some(nodes) = &mut pool.remaining.nodes {
+                    *nodes -= count;
+                }
+                for (dim, left) in &mut pool.remaining.resources {
+                    *left -= res.get(dim);
+                }
+            }
+        }
+        let by_name: BTreeMap<String, PodId> =
+            pending.iter().map(|&p| (self.pods[p].spec.name.clone(), p)).collect();
+        let problem = Problem {
+            pods: pending.iter().map(|&p| (*self.pods[p].spec).clone()).collect(),
+            existing,
+            nodepools,
+            daemonsets: self.daemonsets.clone(),
+            catalog: self.catalog.clone(),
+        };
+        let plan = self.algorithm.solve(&problem);
+        let node_by_name: BTreeMap<String, NodeId> =
+            existing_ids.iter().map(|&n| (self.nodes[n].name.clone(), n)).collect();
+        for placement in &plan.placements {
+            if let (Some(&p), Some(&n)) = (by_name.get(&placement.pod), node_by_name.get(&placement.node)) {
+                self.pods[p].nominated = Some(n);
+            }
+        }
+        for new in &plan.new_nodes {
+            let Some(instance_type) = self.catalog.get(&new.launch.instance_type) else { continue };
+            let allocatable = instance_type.allocatable();
+            let capacity = instance_type.capacity.clone();
+            let mut node_labels = instance_type.requirements.single_valued_labels();
+            node_labels.extend(new.labels.clone());
+            node_labels.insert(labels::ZONE.to_owned(), new.launch.zone.clone());
+            node_labels
+                .insert(labels::CAPACITY_TYPE.to_owned(), new.launch.capacity_type.as_str().to_owned());
+            let id = self.nodes.len();
+            let name = format!("{}-{id}", new.nodepool);
+            node_labels.insert(labels::HOSTNAME.to_owned(), name.clone());
+            let taints = self
+                .nodepools
+                .iter()
+                .find(|p| p.name == new.nodepool)
+                .map(|p| p.taints.clone())
+                .unwrap_or_default();
+            let price = new.launch.price.usd();
+            self.nodes.push(SimNode {
+                name,
+                nodepool: Some(new.nodepool.clone()),
+                instance_type: new.launch.instance_type.clone(),
+                capacity_type: new.launch.capacity_type,
+                price_per_ms: price / 3_600_000.0,
+                price_per_hour: price,
+                labels: node_labels,
+                taints,
+                allocatable,
+                capacity,
+                requested: Resources::new(),
+                pods: vec![],
+                launched: self.now,
+                ready: None,
+                terminated: None,
+                cordoned: false,
+                fixed: false,
+                empty_since: None,
+            });
+            self.add_daemonset_load(id);
+            self.collector.node_launched(&new.launch.instance_type, new.launch.capacity_type);
+            for pod in &new.pods {
+                if let Some(&p) = by_name.get(pod) {
+                    self.pods[p].nominated = Some(id);
+                }
+            }
+            let latency = self.launch_latency();
+            self.push(self.now + latency, Event::NodeReady(id));
+        }
+        for u in &plan.unschedulable {
+            self.collector.unschedulable(&u.reason);
+        }
+    }
+
+    /// A log-normal launch-to-ready latency with the configured median and 99th percentile.
+    fn launch_latency(&mut self) -> Millis {
+        let median = self.timing.launch_median.millis() as f64;
+        let p99 = self.timing.launch_p99.millis() as f64;
+        let sigma = if median > 0.0 { (p99 / median).ln() / 2.326_347_874 } else { 0.0 };
+        // Box–Muller from two uniforms in (0, 1].
+        let u1: f64 = 1.0 - self.rng.random::<f64>();
+        let u2: f64 = self.rng.random::<f64>();
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        (median * (sigma * z).exp()).round() as Millis
+    }
+
+    // ---- disruption ------------------------------------------------------------------------------
+
+    /// Emptiness: nodes with no workload pods for their NodePool's `consolidateAfter` are removed.
+    fn consolidate_empty(&mut self) {
+        for n in 0..self.nodes.len() {
+            let node = &self.nodes[n];
+            if node.fixed || !node.alive() || node.ready.is_none() || !node.pods.is_empty() {
+                continue;
+            }
+            if self.pods.iter().any(|p| p.nominated == Some(n) && !p.deleted && p.node.is_none()) {
+                continue;
+            }
+            let after = node.nodepool.as_ref().and_then(|p| self.consolidate_after.get(p).copied().flatten());
+            let Some(after) = after else { continue };
+            let since = node.empty_since.or(node.ready).unwrap_or(self.now);
+            if self.now.saturating_sub(since) >= after {
+                self.terminate(n);
+                self.collector.node_terminated("empty");
+            }
+        }
+    }
+
+    fn terminate(&mut self, n: NodeId) {
+        if !self.nodes[n].alive() {
+            return;
+        }
+        self.nodes[n].terminated = Some(self.now);
+        for p in 0..self.pods.len() {
+            if self.pods[p].nominated == Some(n) {
+                self.pods[p].nominated = None;
+            }
+        }
+        let pods = std::mem::take(&mut self.nodes[n].pods);
+        for p in pods {
+            self.evict(p);
+        }
+        self.nodes[n].requested = Resources::new();
+        self.schedule_pending();
+    }
+
+    /// The pod goes away and its ReplicaSet replaces it with a new pending pod.
+    fn evict(&mut self, p: PodId) {
+        let w = self.pods[p].workload;
+        self.pods[p].node = None;
+        self.delete_pod(p);
+        self.reconcile(w);
+    }
+
+    fn spot_notice(&mut self, node: Option<NodeId>) {
+        let n = match node {
+            Some(n) => n,
+            None => {
+                let spot: Vec<NodeId> = (0..self.nodes.len())
+                    .filter(|&n| {
+                        let node = &self.nodes[n];
+                        node.alive()
+                            && !node.cordoned
+                            && node.ready.is_some()
+                            && node.capacity_type == CapacityType::Spot
+                    })
+                    .collect();
+                if spot.is_empty() {
+                    return;
+                }
+                spot[self.rng.random_range(0..spot.len())]
+            }
+        };
+        self.collector.interruption();
+        // Karpenter cordons and drains on the notice and provisions replacements at once.
+        self.nodes[n].cordoned = true;
+        let pods = std::mem::take(&mut self.nodes[n].pods);
+        for p in pods {
+            self.evict(p);
+        }
+        self.nodes[n].requested = Resources::new();
+        self.push(self.now + 120_000, Event::SpotTerminate(n));
+        self.collector.node_terminated("spot-interruption");
+    }
+
+    // ---- rollouts --------------------------------------------------------------------------------
+
+    fn start_rollout(&mut self, r: usize) {
+        let rollout = self.rollouts[r].clone();
+        let Some(w) = self.workloads.iter().position(|x| x.name == rollout.workload) else { return };
+        let workload = &mut self.workloads[w];
+        if !matches!(workload.phase, RolloutPhase::Idle) {
+            tracing::warn!(
+                "rollout of {} at {} ms skipped: one is already in progress",
+                workload.name,
+                self.now
+            );
+            return;
+        }
+        let revision = workload.next_revision;
+        workload.next_revision += 1;
+        let d = workload.desired;
+        match rollout.strategy {
+            Strategy::RollingUpdate { max_surge, max_unavailable } => {
+                workload.sets.push(ReplicaSet { revision, replicas: 0, pods: vec![] });
+                workload.phase = RolloutPhase::Rolling { max_surge, max_unavailable };
+            }
+            Strategy::BlueGreen { promote_after, scale_down_delay } => {
+                workload.sets.push(ReplicaSet { revision, replicas: d, pods: vec![] });
+                workload.phase = RolloutPhase::BlueGreenWaiting {
+                    promote_after: promote_after.millis(),
+                    scale_down_delay: scale_down_delay.millis(),
+                    green_ready_since: None,
+                };
+            }
+            Strategy::Canary { steps } => {
+                workload.sets.push(ReplicaSet { revision, replicas: 0, pods: vec![] });
+                workload.phase = RolloutPhase::Canary { steps, step: 0, weight: 0, paused_until: None };
+            }
+        }
+        self.collector.rollout(self.now, &self.workloads[w].name);
+        self.reconcile(w);
+        self.rollout_progress(w);
+    }
+
+    fn rollout_progress(&mut self, w: usize) {
+        let now = self.now;
+        let d = self.workloads[w].desired;
+        let ready_of = |engine: &Engine, set: &ReplicaSet| {
+            set.pods.iter().filter(|&&p| engine.pods[p].ready_at.is_some()).count() as i32
+        };
+        let phase = self.workloads[w].phase.clone();
+        match phase {
+            RolloutPhase::Idle => {}
+            RolloutPhase::Rolling { max_surge, max_unavailable } => {
+                let surge = percent_or_count(&max_surge, d, true);
+                let unavailable = percent_or_count(&max_unavailable, d, false);
+                let (surge, unavailable) =
+                    if surge == 0 && unavailable == 0 { (1, 0) } else { (surge, unavailable) };
+                let n = self.workloads[w].sets.len();
+                let old_total: i32 = self.workloads[w].sets[..n - 1].iter().map(|s| s.replicas).sum();
+                let new = &self.workloads[w].sets[n - 1];
+                let new_target = (d + surge - old_total).clamp(new.replicas, d);
+                self.workloads[w].sets[n - 1].replicas = new_target;
+                let ready: i32 = self.workloads[w].sets.iter().map(|s| ready_of(self, s)).sum();
+                let mut removable = (ready - (d - unavailable)).max(0);
+                for s in 0..n - 1 {
+                    let take = removable.min(self.workloads[w].sets[s].replicas);
+                    self.workloads[w].sets[s].replicas -= take;
+                    removable -= take;
+                }
+                self.reconcile(w);
+                let n = self.workloads[w].sets.len();
+                let done = n == 1 && ready_of(self, &self.workloads[w].sets[0]) >= d;
+                if done {
+                    self.workloads[w].phase = RolloutPhase::Idle;
+                } else {
+                    self.push(now + 5_000, Event::RolloutTick(w));
+                }
+            }
+            RolloutPhase::BlueGreenWaiting { promote_after, scale_down_delay, green_ready_since } => {
+                let n = self.workloads[w].sets.len();
+                let green_ready = ready_of(self, &self.workloads[w].sets[n - 1]) >= d;
+                let since = match (green_ready_since, green_ready) {
+                    (Some(s), _) => Some(s),
+                    (None, true) => Some(now),
+                    (None, false) => None,
+                };
+                if let Some(s) = since {
+                    if now >= s + promote_after {
+                        self.workloads[w].phase =
+                            RolloutPhase::BlueGreenPromoted { old_until: now + scale_down_delay };
+                        self.push(now + scale_down_delay, Event::RolloutTick(w));
+                        return;
+                    }
+                    self.push(s + promote_after, Event::RolloutTick(w));
+                }
+                self.workloads[w].phase = RolloutPhase::BlueGreenWaiting {
+                    promote_after,
+                    scale_down_delay,
+                    green_ready_since: since,
+                };
+            }
+            RolloutPhase::BlueGreenPromoted { old_until } => {
+                if now >= old_until {
+                    let n = self.workloads[w].sets.len();
+                    for s in 0..n - 1 {
+                        self.workloads[w].sets[s].replicas = 0;
+                    }
+                    self.workloads[w].phase = RolloutPhase::Idle;
+                    self.reconcile(w);
+                }
+            }
+            RolloutPhase::Canary { steps, mut step, weight, paused_until } => {
+                if paused_until.is_some_and(|u| now < u) {
+                    return;
+                }
+                let n = self.workloads[w].sets.len();
+                // A weight step completes when the canary's pods are all ready; poll until then.
+                let canary = &self.workloads[w].sets[n - 1];
+                if ready_of(self, canary) < canary.replicas {
+                    self.push(now + 5_000, Event::RolloutTick(w));
+                    return;
+                }
+                let Some(next) = steps.get(step).cloned() else {
+                    // Every step done: the canary becomes the stable copy.
+                    for s in 0..n - 1 {
+                        self.workloads[w].sets[s].replicas = 0;
+                    }
+                    self.workloads[w].sets[n - 1].replicas = d;
+                    self.workloads[w].phase = RolloutPhase::Idle;
+                    self.reconcile(w);
+                    return;
+                };
+                step += 1;
+                if let Some(weight) = next.set_weight {
+                    self.workloads[w].phase =
+                        RolloutPhase::Canary { steps, step, weight, paused_until: None };
+                    self.apply_desired(w);
+                    self.push(now + 5_000, Event::RolloutTick(w));
+                } else {
+                    let until = now + next.pause.map_or(0, |p| p.millis());
+                    self.workloads[w].phase =
+                        RolloutPhase::Canary { steps, step, weight, paused_until: Some(until) };
+                    self.push(until, Event::RolloutTick(w));
+                }
+            }
+        }
+    }
+
+    // ---- sampling --------------------------------------------------------------------------------
+
+    fn sample(&mut self) {
+        let mut cost_per_hour = 0.0;
+        let mut by_capacity: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut requested = Resources::new();
+        let mut allocatable = Resources::new();
+        for node in self.nodes.iter().filter(|n| n.alive()) {
+            cost_per_hour += node.price_per_hour;
+            *by_capacity.entry(node.capacity_type.as_str()).or_default() += 1;
+            if node.ready.is_some() {
+                requested.add_assign(&node.requested);
+                allocatable.add_assign(&node.allocatable);
+            }
+        }
+        let pending = self.pods.iter().filter(|p| !p.deleted && p.node.is_none()).count();
+        let running = self.pods.iter().filter(|p| !p.deleted && p.node.is_some()).count();
+        let ratio = |dim: ResourceName| {
+            let a = allocatable.get(&dim);
+            if a > 0 { requested.get(&dim) as f64 / a as f64 } else { 0.0 }
+        };
+        self.collector.sample(crate::report::Sample {
+            t_seconds: self.now / 1000,
+            nodes_spot: by_capacity.get("spot").copied().unwrap_or(0),
+            nodes_on_demand: by_capacity.get("on-demand").copied().unwrap_or(0),
+            cost_per_hour,
+            pending_pods: pending,
+            running_pods: running,
+            cpu_utilization: ratio(ResourceName::Cpu),
+            memory_utilization: ratio(ResourceName::Memory),
+            workload_pods: self
+                .workloads
+                .iter()
+                .map(|w| (w.name.clone(), w.sets.iter().map(|s| s.pods.len()).sum()))
+                .collect(),
+        });
+    }
+}
+
+/// `maxSurge` / `maxUnavailable`: a count, or a percentage of `of` rounded up (surge) or down (unavailable).
+fn percent_or_count(text: &str, of: i32, round_up: bool) -> i32 {
+    match text.strip_suffix('%') {
+        Some(p) => {
+            let p: f64 = p.trim().parse().unwrap_or(0.0);
+            let v = f64::from(of) * p / 100.0;
+            if round_up { v.ceil() as i32 } else { v.floor() as i32 }
+        }
+        None => text.trim().parse().unwrap_or(0),
+    }
+}

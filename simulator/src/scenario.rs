@@ -1,0 +1,454 @@
+//! The scenario file: a versioned YAML document naming the cluster (region, NodePools, DaemonSets as ordinary
+//! manifests), the workloads (real Deployments, optional real HPAs, load curves), rollouts, events and timing.
+//! Unknown versions and fields are rejected with a message naming them. Format: `docs/scenarios.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cartwright_core::hpa::{Behavior, HpaSpec, Policy, ScalingRules, SelectPolicy};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler};
+use serde::Deserialize;
+
+/// The only scenario version so far.
+pub const VERSION: &str = "cartwright.sh/scenario/v1";
+
+/// A scenario that cannot be used, with the field and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct ScenarioError {
+    pub source_name: String,
+    pub message: String,
+}
+
+/// A duration written as Kubernetes and Karpenter write them: `90s`, `5m`, `1h30m`, `24h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn millis(&self) -> u64 {
+        self.0.as_millis() as u64
+    }
+
+    pub fn from_secs(secs: u64) -> Dur {
+        Dur(Duration::from_secs(secs))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!("`{text}` is not a duration like 90s, 5m or 1h30m ({e})"))
+        })
+    }
+}
+
+/// The whole scenario file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Scenario {
+    /// Must be `cartwright.sh/scenario/v1`.
+    pub version: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// How long to simulate.
+    pub duration: Dur,
+    /// Seed of every random draw (launch latencies, interruptions): same seed, same report.
+    #[serde(default)]
+    pub seed: u64,
+    pub cluster: Cluster,
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+    #[serde(default)]
+    pub rollouts: Vec<Rollout>,
+    #[serde(default)]
+    pub events: Events,
+    #[serde(default)]
+    pub timing: Timing,
+}
+
+/// `cluster`: where and with what the nodes come.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cluster {
+    /// An embedded catalog region (`us-east-1`, `ap-northeast-2`, ...).
+    pub region: String,
+    /// Zones to offer in; the region's documented zones when absent.
+    #[serde(default)]
+    pub zones: Option<Vec<String>>,
+    /// Modelled spot discount off on-demand (0.6 when absent).
+    #[serde(default)]
+    pub spot_discount: Option<f64>,
+    /// Manifest files (paths relative to the scenario): NodePools (`cartwright.sh/v1` or `karpenter.sh/v1`),
+    /// DaemonSets, Nodes (a fixed fleet).
+    #[serde(default)]
+    pub manifests: Vec<PathBuf>,
+    /// The same objects written inline.
+    #[serde(default)]
+    pub objects: Vec<serde_json::Value>,
+}
+
+/// One workload: a real Deployment, optionally a real `autoscaling/v2` HPA and the load that drives it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    /// The Deployment (`apps/v1`), inline.
+    pub deployment: serde_json::Value,
+    /// Its HorizontalPodAutoscaler (`autoscaling/v2`), inline.
+    #[serde(default)]
+    pub hpa: Option<serde_json::Value>,
+    /// The offered load over time, in any unit (requests/s, say).
+    #[serde(default)]
+    pub load: Option<Load>,
+    /// The load one pod serves at 100 % of its cpu request (same unit as `load`).
+    #[serde(default)]
+    pub pod_capacity: Option<f64>,
+}
+
+/// A load curve.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "curve", deny_unknown_fields)]
+pub enum Load {
+    /// The same load all the time.
+    Constant { value: f64 },
+    /// A day-long cosine between `base` (at `peakAt` − 12 h) and `peak` (at `peakAt`).
+    Diurnal { base: f64, peak: f64, peak_at: Dur },
+    /// `value` from each step's `at` on (before the first step: the first value).
+    Step { steps: Vec<LoadStep> },
+    /// `base`, with `peak` between `at` and `at + for`.
+    Spike {
+        base: f64,
+        peak: f64,
+        at: Dur,
+        #[serde(rename = "for")]
+        lasts: Dur,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadStep {
+    pub at: Dur,
+    pub value: f64,
+}
+
+impl Load {
+    /// The load at `t` milliseconds.
+    pub fn at(&self, t: u64) -> f64 {
+        match self {
+            Load::Constant { value } => *value,
+            Load::Diurnal { base, peak, peak_at } => {
+                let day = 86_400_000.0;
+                let phase = (t as f64 - peak_at.millis() as f64) / day * std::f64::consts::TAU;
+                base + (peak - base) * (1.0 + phase.cos()) / 2.0
+            }
+            Load::Step { steps } => {
+                let mut value = steps.first().map_or(0.0, |s| s.value);
+                for s in steps {
+                    if s.at.millis() <= t {
+                        value = s.value;
+                    }
+                }
+                value
+            }
+            Load::Spike { base, peak, at, lasts } => {
+                if t >= at.millis() && t < at.millis() + lasts.millis() {
+                    *peak
+                } else {
+                    *base
+                }
+            }
+        }
+    }
+}
+
+/// A release of a workload at a time, with a strategy whose capacity cost is what the scenario measures.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rollout {
+    /// The Deployment's name.
+    pub workload: String,
+    pub at: Dur,
+    pub strategy: Strategy,
+}
+
+/// How the new version replaces the old.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "type", deny_unknown_fields)]
+pub enum Strategy {
+    /// A Deployment rolling update: at most `maxSurge` extra pods, at most `maxUnavailable` missing
+    /// (counts or percentages of the replicas, rounded as Kubernetes does: surge up, unavailable down).
+    RollingUpdate {
+        #[serde(default = "default_quarter")]
+        max_surge: String,
+        #[serde(default = "default_quarter")]
+        max_unavailable: String,
+    },
+    /// A full second copy until promotion; the old copy is removed `scaleDownDelay` after it.
+    BlueGreen {
+        /// Time from the green copy being ready to the switch.
+        #[serde(default = "default_promote")]
+        promote_after: Dur,
+        #[serde(default = "default_scale_down_delay")]
+        scale_down_delay: Dur,
+    },
+    /// Argo Rollouts canary steps (no traffic router): the canary gets `setWeight` percent of the replicas
+    /// and the stable copy the rest; `pause` waits.
+    Canary { steps: Vec<CanaryStep> },
+}
+
+fn default_quarter() -> String {
+    "25%".into()
+}
+
+fn default_promote() -> Dur {
+    Dur::from_secs(600)
+}
+
+fn default_scale_down_delay() -> Dur {
+    Dur::from_secs(1800)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanaryStep {
+    #[serde(default)]
+    pub set_weight: Option<u32>,
+    #[serde(default)]
+    pub pause: Option<Dur>,
+}
+
+/// Things that happen to the cluster.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Events {
+    /// Spot interruptions: a rate, explicit times, or both.
+    #[serde(default)]
+    pub spot_interruptions: SpotInterruptions,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpotInterruptions {
+    /// Expected interruptions per spot node per day (Poisson).
+    #[serde(default)]
+    pub per_node_day: f64,
+    /// Times at which one running spot node (chosen by the seed) gets its 2-minute notice.
+    #[serde(default)]
+    pub at: Vec<Dur>,
+}
+
+/// Timing of the simulated cloud and control loops (defaults from docs/scenarios.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timing {
+    /// Median time from launch to a Ready node (log-normal).
+    pub launch_median: Dur,
+    /// Its 99th percentile.
+    pub launch_p99: Dur,
+    /// Time from binding to a Ready pod (image pull, start, readiness).
+    pub pod_startup: Dur,
+    pub hpa_sync: Dur,
+    pub batch_idle: Dur,
+    pub batch_max: Dur,
+    /// How often empty nodes are looked for.
+    pub consolidation_interval: Dur,
+    /// How often the report samples the cluster.
+    pub sample_interval: Dur,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            launch_median: Dur::from_secs(45),
+            launch_p99: Dur::from_secs(90),
+            pod_startup: Dur::from_secs(10),
+            hpa_sync: Dur::from_secs(15),
+            batch_idle: Dur::from_secs(1),
+            batch_max: Dur::from_secs(10),
+            consolidation_interval: Dur::from_secs(30),
+            sample_interval: Dur::from_secs(60),
+        }
+    }
+}
+
+/// Reads a scenario; `base` resolves its relative manifest paths.
+pub fn parse(source_name: &str, text: &str) -> Result<Scenario, ScenarioError> {
+    let err = |message: String| ScenarioError { source_name: source_name.to_owned(), message };
+    let value: serde_json::Value =
+        yaml_serde::from_str(text).map_err(|e| err(format!("not valid YAML: {e}")))?;
+    match value.get("version").and_then(|v| v.as_str()) {
+        Some(VERSION) => {}
+        Some(other) => {
+            return Err(err(format!("version: `{other}` is not supported (expected `{VERSION}`)")));
+        }
+        None => return Err(err(format!("version: missing (expected `{VERSION}`)"))),
+    }
+    let scenario: Scenario =
+        serde_path_to_error::deserialize(value).map_err(|e| err(format!("{}: {}", e.path(), e.inner())))?;
+    validate(&scenario).map_err(err)?;
+    Ok(scenario)
+}
+
+fn validate(s: &Scenario) -> Result<(), String> {
+    if s.duration.millis() == 0 {
+        return Err("duration: must be positive".into());
+    }
+    if s.cluster.spot_discount.is_some_and(|d| !(0.0..1.0).contains(&d)) {
+        return Err("cluster.spotDiscount: must be in [0, 1)".into());
+    }
+    for (i, w) in s.workloads.iter().enumerate() {
+        if w.hpa.is_some() && (w.load.is_none() || w.pod_capacity.is_none()) {
+            return Err(format!(
+                "workloads[{i}]: an hpa needs `load` and `podCapacity` to compute utilisation"
+            ));
+        }
+        if w.pod_capacity.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            return Err(format!("workloads[{i}].podCapacity: must be positive"));
+        }
+    }
+    for (i, r) in s.rollouts.iter().enumerate() {
+        if let Strategy::Canary { steps } = &r.strategy {
+            for (j, step) in steps.iter().enumerate() {
+                if step.set_weight.is_some() == step.pause.is_some() {
+                    return Err(format!(
+                        "rollouts[{i}].strategy.steps[{j}]: give exactly one of setWeight or pause"
+                    ));
+                }
+                if step.set_weight.is_some_and(|w| w > 100) {
+                    return Err(format!("rollouts[{i}].strategy.steps[{j}].setWeight: at most 100"));
+                }
+            }
+        }
+    }
+    if s.events.spot_interruptions.per_node_day < 0.0 {
+        return Err("events.spotInterruptions.perNodeDay: must not be negative".into());
+    }
+    if s.timing.launch_p99 < s.timing.launch_median {
+        return Err("timing.launchP99: must not be below timing.launchMedian".into());
+    }
+    if s.timing.hpa_sync.millis() == 0
+        || s.timing.sample_interval.millis() == 0
+        || s.timing.consolidation_interval.millis() == 0
+    {
+        return Err("timing: hpaSync, sampleInterval and consolidationInterval must be positive".into());
+    }
+    Ok(())
+}
+
+/// Reads the manifest files named by the scenario, relative to `base`.
+pub fn manifest_files(s: &Scenario, base: &Path) -> Result<Vec<(String, String)>, String> {
+    s.cluster
+        .manifests
+        .iter()
+        .map(|p| {
+            let path = base.join(p);
+            std::fs::read_to_string(&path)
+                .map(|text| (path.display().to_string(), text))
+                .map_err(|e| format!("cluster.manifests: cannot read {}: {e}", path.display()))
+        })
+        .collect()
+}
+
+/// A Deployment as written in `workloads[i].deployment`.
+pub fn deployment(i: usize, value: &serde_json::Value) -> Result<Deployment, String> {
+    if value.get("kind").and_then(|k| k.as_str()) != Some("Deployment") {
+        return Err(format!("workloads[{i}].deployment: kind must be Deployment"));
+    }
+    serde_path_to_error::deserialize(value.clone())
+        .map_err(|e| format!("workloads[{i}].deployment.{}: {}", e.path(), e.inner()))
+}
+
+/// An `autoscaling/v2` HPA as written in `workloads[i].hpa`, turned into the algorithm's spec.
+pub fn hpa(i: usize, value: &serde_json::Value) -> Result<HpaSpec, String> {
+    if value.get("apiVersion").and_then(|k| k.as_str()) != Some("autoscaling/v2") {
+        return Err(format!("workloads[{i}].hpa: apiVersion must be autoscaling/v2"));
+    }
+    let hpa: HorizontalPodAutoscaler = serde_path_to_error::deserialize(value.clone())
+        .map_err(|e| format!("workloads[{i}].hpa.{}: {}", e.path(), e.inner()))?;
+    let spec = hpa.spec;
+    let mut target = 80.0;
+    for (j, metric) in spec.metrics.iter().flatten().enumerate() {
+        let resource = metric.resource.as_ref().filter(|_| metric.type_ == "Resource");
+        match resource {
+            Some(r) if r.name == "cpu" && r.target.type_ == "Utilization" => {
+                target = f64::from(r.target.average_utilization.ok_or(format!(
+                    "workloads[{i}].hpa.spec.metrics[{j}].resource.target.averageUtilization: missing"
+                ))?);
+            }
+            _ => {
+                return Err(format!(
+                    "workloads[{i}].hpa.spec.metrics[{j}]: only a cpu Resource metric with a Utilization target is simulated"
+                ));
+            }
+        }
+    }
+    if target <= 0.0 {
+        return Err(format!("workloads[{i}].hpa: target utilisation must be positive"));
+    }
+    let min = spec.min_replicas.unwrap_or(1);
+    if min < 1 || spec.max_replicas < min {
+        return Err(format!("workloads[{i}].hpa.spec: need 1 <= minReplicas <= maxReplicas"));
+    }
+    let behavior = match spec.behavior {
+        None => None,
+        Some(b) => Some(Behavior {
+            scale_up: rules(b.scale_up, ScalingRules::default_scale_up(), i, "scaleUp")?,
+            scale_down: rules(b.scale_down, ScalingRules::default_scale_down(), i, "scaleDown")?,
+        }),
+    };
+    Ok(HpaSpec { min_replicas: min, max_replicas: spec.max_replicas, target_utilization: target, behavior })
+}
+
+fn rules(
+    r: Option<HPAScalingRules>,
+    default: ScalingRules,
+    i: usize,
+    dir: &str,
+) -> Result<ScalingRules, String> {
+    let Some(r) = r else { return Ok(default) };
+    let field = format!("workloads[{i}].hpa.spec.behavior.{dir}");
+    let select_policy = match r.select_policy.as_deref() {
+        None | Some("Max") => SelectPolicy::Max,
+        Some("Min") => SelectPolicy::Min,
+        Some("Disabled") => SelectPolicy::Disabled,
+        Some(other) => return Err(format!("{field}.selectPolicy: `{other}` is not Max, Min or Disabled")),
+    };
+    let policies = match r.policies {
+        None => default.policies.clone(),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(j, p)| {
+                let period_seconds = u32::try_from(p.period_seconds)
+                    .ok()
+                    .filter(|s| (1..=1800).contains(s))
+                    .ok_or(format!("{field}.policies[{j}].periodSeconds: must be in 1..1800"))?;
+                match p.type_.as_str() {
+                    "Pods" => Ok(Policy::Pods { value: p.value, period_seconds }),
+                    "Percent" => Ok(Policy::Percent { value: p.value, period_seconds }),
+                    other => Err(format!("{field}.policies[{j}].type: `{other}` is not Pods or Percent")),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let window = match r.stabilization_window_seconds {
+        None => default.stabilization_window_seconds,
+        Some(w) => u32::try_from(w)
+            .ok()
+            .filter(|w| *w <= 3600)
+            .ok_or(format!("{field}.stabilizationWindowSeconds: must be in 0..3600"))?,
+    };
+    Ok(ScalingRules {
+        stabilization_window_seconds: window,
+        select_policy,
+        policies,
+        tolerance: r
+            .tolerance
+            .map(|q| q.0.parse::<f64>())
+            .transpose()
+            .map_err(|_| format!("{field}.tolerance: not a number"))?,
+    })
+}

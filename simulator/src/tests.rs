@@ -1,0 +1,237 @@
+//! Simulator behaviour on small scenarios: determinism, rollouts' capacity, interruptions, validation.
+
+use std::path::Path;
+
+use cartwright_binpack::solver::Algorithm;
+
+use crate::report::Report;
+use crate::scenario;
+
+const POOLS: &str = r#"
+  objects:
+    - apiVersion: karpenter.sh/v1
+      kind: NodePool
+      metadata: {name: spot}
+      spec:
+        template:
+          spec:
+            requirements:
+              - {key: karpenter.sh/capacity-type, operator: In, values: [spot]}
+              - {key: karpenter.k8s.aws/instance-family, operator: In, values: [m6i, c6i]}
+        disruption: {consolidateAfter: 30s}
+"#;
+
+fn web(replicas: u32) -> String {
+    format!(
+        r#"
+  - deployment:
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata: {{name: web}}
+      spec:
+        replicas: {replicas}
+        selector: {{matchLabels: {{app: web}}}}
+        template:
+          metadata: {{labels: {{app: web}}}}
+          spec:
+            containers: [{{name: web, image: web, resources: {{requests: {{cpu: "1", memory: 1Gi}}}}}}]
+"#
+    )
+}
+
+fn scenario(body: &str) -> scenario::Scenario {
+    let text = format!("version: cartwright.sh/scenario/v1\nname: t\nseed: 3\n{body}");
+    scenario::parse("test", &text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn run(s: &scenario::Scenario) -> Report {
+    crate::run(s, Path::new("."), Algorithm::Cartwright, |_| {}).unwrap()
+}
+
+fn peak_pods(report: &Report, workload: &str) -> usize {
+    report.samples.iter().map(|s| s.workload_pods.get(workload).copied().unwrap_or(0)).max().unwrap_or(0)
+}
+
+#[test]
+fn same_seed_same_report_and_a_different_seed_differs() {
+    let body = format!(
+        "duration: 3h\ncluster:\n  region: us-east-1\n{POOLS}\nworkloads:{}\nevents:\n  spotInterruptions: {{perNodeDay: 6}}\n",
+        web(12)
+    );
+    let a = serde_json::to_string(&run(&scenario(&body))).unwrap();
+    let b = serde_json::to_string(&run(&scenario(&body))).unwrap();
+    assert_eq!(a, b, "same scenario and seed, same report");
+    let other = scenario(&body.replace("seed: 3", "seed: 4"));
+    let mut s = other.clone();
+    s.seed = 99;
+    let c = serde_json::to_string(&run(&s)).unwrap();
+    assert_ne!(a, c, "the seed drives latencies and interruptions");
+}
+
+#[test]
+fn pods_wait_for_a_node_launch_and_nodes_cost_money_for_their_lifetime() {
+    let body = format!("duration: 2h\ncluster:\n  region: us-east-1\n{POOLS}\nworkloads:{}", web(6));
+    let r = run(&scenario(&body));
+    let s = &r.summary;
+    assert_eq!(s.pending_seconds.pods, 6);
+    // Batch (1 s idle) + launch (45 s median, log-normal) + nothing else.
+    assert!(s.pending_seconds.p50 > 10.0 && s.pending_seconds.max < 300.0, "{:?}", s.pending_seconds);
+    assert!(s.nodes_launched >= 1 && s.still_pending == 0);
+    // Cost = sum of node lifetimes at their prices: the nodes run the whole 2 h.
+    let per_hour = r.samples.last().unwrap().cost_per_hour;
+    assert!(
+        (s.cost_total - per_hour * 2.0).abs() < per_hour * 0.05,
+        "{} vs {}",
+        s.cost_total,
+        per_hour * 2.0
+    );
+    assert_eq!(s.cost_by_capacity_type.get("on-demand"), None);
+}
+
+#[test]
+fn blue_green_peaks_at_twice_the_replicas_then_returns() {
+    let body = format!(
+        "duration: 3h\ncluster:\n  region: us-east-1\n{POOLS}\nworkloads:{}\nrollouts:\n  - {{workload: web, at: 1h, strategy: {{type: blueGreen, promoteAfter: 5m, scaleDownDelay: 20m}}}}\n",
+        web(5)
+    );
+    let r = run(&scenario(&body));
+    assert_eq!(peak_pods(&r, "web"), 10, "a full green copy beside blue");
+    assert_eq!(r.samples.last().unwrap().workload_pods["web"], 5, "blue scaled down after the delay");
+    // Blue/green holds double capacity for promoteAfter + scaleDownDelay, then empty nodes go away.
+    assert!(r.summary.terminations.get("empty").copied().unwrap_or(0) >= 1, "{:?}", r.summary.terminations);
+}
+
+#[test]
+fn rolling_update_surges_by_at_most_max_surge() {
+    let body = format!(
+        "duration: 2h\ncluster:\n  region: us-east-1\n{POOLS}\nworkloads:{}\nrollouts:\n  - {{workload: web, at: 30m, strategy: {{type: rollingUpdate, maxSurge: \"1\", maxUnavailable: \"0\"}}}}\n",
+        web(4)
+    );
+    let r = run(&scenario(&body));
+    assert_eq!(peak_pods(&r, "web"), 5);
+    assert_eq!(r.samples.last().unwrap().workload_pods["web"], 4);
+    assert_eq!(r.summary.still_pending, 0);
+}
+
+#[test]
+fn canary_steps_end_with_the_replica_count_unchanged() {
+    let body = format!(
+        "duration: 3h\ncluster:\n  region: us-east-1\n{POOLS}\nworkloads:{}\nrollouts:\n  - workload: web\n    at: 30m\n    strategy: {{type: canary, steps: [{{setWeight: 10}}, {{pause: 5m}}, {{setWeight: 50}}, {{pause: 5m}}, {{setWeight: 100}}]}}\n",
+        web(10)
+    );
+    let r = run(&scenario(&body));
+    // 10 % of 10: one canary pod beside 9 stable, never more than 10 + 1 in flight at a step.
+    let peak = peak_pods(&r, "web");
+    assert!((10..=11).contains(&peak), "{peak}");
+    assert_eq!(r.samples.last().unwrap().workload_pods["web"], 10);
+}
+
+#[test]
+fn a_spot_interruption_drains_the_node_and_replacement_capacity_is_launched() {
+    let body = format!(
+        "duration: 2h\ncluster:\n  region: us-east-1\n{POOLS}\nworkloads:{}\nevents:\n  spotInterruptions: {{at: [1h]}}\n",
+        web(4)
+    );
+    let r = run(&scenario(&body));
+    let s = &r.summary;
+    assert_eq!(s.interruptions, 1);
+    assert_eq!(s.terminations.get("spot-interruption"), Some(&1));
+    assert!(s.nodes_launched >= 2, "a replacement was launched: {}", s.nodes_launched);
+    assert!(s.pending_seconds.pods > 4, "the evicted pods were recreated and bound again");
+    assert_eq!(r.samples.last().unwrap().running_pods, 4, "every pod runs again");
+}
+
+#[test]
+fn hpa_follows_the_load_within_its_bounds() {
+    let body = r#"
+duration: 6h
+cluster:
+  region: us-east-1
+  objects:
+    - apiVersion: karpenter.sh/v1
+      kind: NodePool
+      metadata: {name: od}
+      spec: {template: {spec: {requirements: [{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}]}}}
+workloads:
+  - deployment:
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata: {name: api}
+      spec:
+        replicas: 2
+        selector: {matchLabels: {app: api}}
+        template:
+          metadata: {labels: {app: api}}
+          spec: {containers: [{name: api, image: api, resources: {requests: {cpu: 250m}}}]}
+    hpa:
+      apiVersion: autoscaling/v2
+      kind: HorizontalPodAutoscaler
+      metadata: {name: api}
+      spec:
+        scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: api}
+        minReplicas: 2
+        maxReplicas: 12
+        metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}}]
+    load: {curve: step, steps: [{at: 0s, value: 100}, {at: 2h, value: 400}, {at: 4h, value: 5000}]}
+    podCapacity: 100
+"#;
+    let r = run(&scenario(body));
+    let at = |secs: u64| r.hpa.iter().rev().find(|p| p.t_seconds <= secs).unwrap().desired_replicas;
+    assert_eq!(at(7000), 2, "100 / (2 x 100) = 50 %: on target");
+    assert_eq!(at(4 * 3600 - 60), 8, "400 at 50 % of 100 per pod needs 8");
+    assert_eq!(at(6 * 3600 - 60), 12, "capped at maxReplicas");
+}
+
+#[test]
+fn scenario_errors_name_the_field() {
+    let cases = [
+        (
+            "version: v0\nname: x\nduration: 1h\ncluster: {region: us-east-1}\n",
+            "version: `v0` is not supported",
+        ),
+        (
+            "version: cartwright.sh/scenario/v1\nname: x\nduration: 1h\ncluster: {region: us-east-1}\nworklods: []\n",
+            "unknown field `worklods`",
+        ),
+        (
+            "version: cartwright.sh/scenario/v1\nname: x\nduration: soon\ncluster: {region: us-east-1}\n",
+            "duration",
+        ),
+        (
+            "version: cartwright.sh/scenario/v1\nname: x\nduration: 1h\ncluster: {region: us-east-1}\nworkloads: [{deployment: {kind: Deployment}, hpa: {apiVersion: autoscaling/v2}}]\n",
+            "workloads[0]: an hpa needs `load` and `podCapacity`",
+        ),
+        (
+            "version: cartwright.sh/scenario/v1\nname: x\nduration: 1h\ncluster: {region: us-east-1}\nrollouts: [{workload: w, at: 1h, strategy: {type: canary, steps: [{setWeight: 10, pause: 1m}]}}]\n",
+            "rollouts[0].strategy.steps[0]: give exactly one of setWeight or pause",
+        ),
+        (
+            "version: cartwright.sh/scenario/v1\nname: x\nduration: 1h\ncluster: {region: us-east-1}\nevents: {spotInterruptions: {perDay: 1}}\n",
+            "events.spotInterruptions.perDay: unknown field `perDay`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = scenario::parse("s.yaml", text).unwrap_err().to_string();
+        assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+    // Errors found when the run starts name their place too.
+    let s = scenario("duration: 1h\ncluster:\n  region: us-east-1\n");
+    let err = crate::run(&s, Path::new("."), Algorithm::Cartwright, |_| {}).unwrap_err();
+    assert!(err.contains("no NodePool and no Node"), "{err}");
+    let s = scenario(&format!("duration: 1h\ncluster:\n  region: mars-1\n{POOLS}"));
+    let err = crate::run(&s, Path::new("."), Algorithm::Cartwright, |_| {}).unwrap_err();
+    assert!(err.contains("cluster.region"), "{err}");
+    let s = scenario(&format!(
+        "duration: 1h\ncluster:\n  region: us-east-1\n{POOLS}\nrollouts: [{{workload: nope, at: 1m, strategy: {{type: blueGreen}}}}]\n"
+    ));
+    let err = crate::run(&s, Path::new("."), Algorithm::Cartwright, |_| {}).unwrap_err();
+    assert!(err.contains("rollouts[0].workload: no workload named `nope`"), "{err}");
+}
+
+#[test]
+fn the_default_scenario_parses_and_names_its_parts() {
+    let s = scenario::parse("default", crate::DEFAULT_SCENARIO).unwrap();
+    assert_eq!(s.duration.millis(), 24 * 3_600_000);
+    assert_eq!(s.workloads.len(), 2);
+    assert_eq!(s.rollouts.len(), 2);
+}
