@@ -3,7 +3,7 @@
 //! decision (batch window, then the solver) from the same code the controller runs.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
 use cartwright_api::Manifests;
@@ -47,6 +47,10 @@ struct SimNode {
     capacity: Resources,
     requested: Resources,
     pods: Vec<PodId>,
+    /// Pending pods the last plan put on this node (launching, or ready with room).
+    nominated: Vec<PodId>,
+    /// The taints that keep pods off (NoSchedule, NoExecute).
+    hard_taints: Vec<Taint>,
     launched: Millis,
     ready: Option<Millis>,
     terminated: Option<Millis>,
@@ -87,6 +91,9 @@ struct SimWorkload {
     load: Option<Load>,
     pod_capacity: f64,
     sets: Vec<ReplicaSet>,
+    /// Live pods, and how many of them are ready (kept as counters: the HPA reads them every sync).
+    live_pods: i32,
+    ready_pods: i32,
     phase: RolloutPhase,
     next_revision: usize,
 }
@@ -121,12 +128,16 @@ pub struct Engine {
     rng: StdRng,
     timing: Timing,
     algorithm: Algorithm,
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     nodepools: Vec<NodePoolTemplate>,
     consolidate_after: BTreeMap<String, Option<Millis>>,
     daemonsets: Vec<cartwright_binpack::solver::DaemonSetSpec>,
     pods: Vec<SimPod>,
+    /// Live pods not bound to a node.
+    pending: BTreeSet<PodId>,
     nodes: Vec<SimNode>,
+    /// Nodes not terminated.
+    live: BTreeSet<NodeId>,
     workloads: Vec<SimWorkload>,
     rollouts: Vec<crate::scenario::Rollout>,
     batcher: Batcher,
@@ -149,7 +160,18 @@ impl Engine {
         catalog: Catalog,
         options: Options,
     ) -> Result<Engine, String> {
-        let problem = manifests.to_problem(catalog.clone());
+        let problem = manifests.to_problem(catalog);
+        // Plan over the instance types some NodePool can launch (the solver would discard the others on
+        // every planning round); the full catalog still prices the fixed fleet.
+        let full = problem.catalog.clone();
+        let pool_requirements: Vec<_> = problem.nodepools.iter().map(|p| p.node_requirements()).collect();
+        let launchable = full
+            .instance_types()
+            .iter()
+            .filter(|t| pool_requirements.iter().any(|r| t.check_intersects(r).is_ok()))
+            .cloned()
+            .collect();
+        let catalog = Arc::new(Catalog::new(full.region(), full.zones().to_vec(), launchable));
         let mut consolidate_after = BTreeMap::new();
         for pool in &manifests.nodepools {
             let after = pool.spec.disruption.as_ref().and_then(|d| d.consolidate_after.clone());
@@ -184,7 +206,9 @@ impl Engine {
             consolidate_after,
             daemonsets: problem.daemonsets,
             pods: Vec::new(),
+            pending: BTreeSet::new(),
             nodes: Vec::new(),
+            live: BTreeSet::new(),
             workloads: Vec::new(),
             rollouts: scenario.rollouts.clone(),
             batch_scheduled: None,
@@ -198,14 +222,11 @@ impl Engine {
                 _ => CapacityType::OnDemand,
             };
             let zone = node.labels.get(labels::ZONE).cloned().unwrap_or_default();
-            let price = engine
-                .catalog
+            let price = full
                 .get(&instance_type)
                 .and_then(|t| t.offerings.iter().find(|o| o.capacity_type == capacity_type && o.zone == zone))
                 .or_else(|| {
-                    engine
-                        .catalog
-                        .get(&instance_type)
+                    full.get(&instance_type)
                         .and_then(|t| t.offerings.iter().find(|o| o.capacity_type == capacity_type))
                 })
                 .map(|o| o.price.usd())
@@ -224,6 +245,8 @@ impl Engine {
                 capacity: node.capacity.clone(),
                 requested: Resources::new(),
                 pods: vec![],
+                nominated: vec![],
+                hard_taints: node.taints.iter().filter(|t| t.is_hard()).cloned().collect(),
                 launched: 0,
                 ready: Some(0),
                 terminated: None,
@@ -231,6 +254,7 @@ impl Engine {
                 fixed: true,
                 empty_since: None,
             });
+            engine.live.insert(id);
             engine.add_daemonset_load(id);
         }
         for (i, w) in scenario.workloads.iter().enumerate() {
@@ -264,6 +288,8 @@ impl Engine {
                 load: w.load.clone(),
                 pod_capacity: w.pod_capacity.unwrap_or(1.0),
                 sets: vec![ReplicaSet { revision: 0, replicas: desired, pods: vec![] }],
+                live_pods: 0,
+                ready_pods: 0,
                 phase: RolloutPhase::Idle,
                 next_revision: 1,
             });
@@ -349,19 +375,21 @@ impl Engine {
             Event::NodeReady(n) => {
                 if self.nodes[n].alive() {
                     self.nodes[n].ready = Some(self.now);
-                    self.schedule_pending();
+                    self.node_ready(n);
                 }
             }
             Event::PodReady(p) => {
                 if !self.pods[p].deleted && self.pods[p].node.is_some() {
                     self.pods[p].ready_at = Some(self.now);
                     let w = self.pods[p].workload;
+                    self.workloads[w].ready_pods += 1;
                     if !matches!(self.workloads[w].phase, RolloutPhase::Idle) {
                         self.rollout_progress(w);
                     }
                 }
             }
             Event::Consolidate => {
+                self.retry_unplanned();
                 self.consolidate_empty();
                 self.push(self.now + self.timing.consolidation_interval.millis(), Event::Consolidate);
             }
@@ -376,7 +404,10 @@ impl Engine {
             Event::SpotDraw => {
                 // Thinning: each spot node is interrupted with probability rate × minute in this minute.
                 let minute = 60_000.0;
-                let spot: Vec<NodeId> = (0..self.nodes.len())
+                let spot: Vec<NodeId> = self
+                    .live
+                    .iter()
+                    .copied()
                     .filter(|&n| {
                         let node = &self.nodes[n];
                         node.alive() && !node.cordoned && node.capacity_type == CapacityType::Spot
@@ -395,18 +426,8 @@ impl Engine {
     // ---- workloads -------------------------------------------------------------------------------
 
     fn ready_pods(&self, w: usize) -> (i32, i32) {
-        let mut ready = 0;
-        let mut unready = 0;
-        for set in &self.workloads[w].sets {
-            for &p in &set.pods {
-                if self.pods[p].ready_at.is_some() {
-                    ready += 1;
-                } else {
-                    unready += 1;
-                }
-            }
-        }
-        (ready, unready)
+        let workload = &self.workloads[w];
+        (workload.ready_pods, workload.live_pods - workload.ready_pods)
     }
 
     fn hpa_sync(&mut self, w: usize) {
@@ -484,6 +505,8 @@ impl Engine {
                         deleted: false,
                     });
                     self.workloads[w].sets[s].pods.push(id);
+                    self.workloads[w].live_pods += 1;
+                    self.pending.insert(id);
                     self.schedule_pod(id);
                 }
             } else if have > want {
@@ -512,9 +535,15 @@ impl Engine {
     }
 
     fn delete_pod(&mut self, p: PodId) {
+        self.clear_nomination(p);
+        self.pending.remove(&p);
         let pod = &mut self.pods[p];
         pod.deleted = true;
         let w = pod.workload;
+        self.workloads[w].live_pods -= 1;
+        if pod.ready_at.is_some() {
+            self.workloads[w].ready_pods -= 1;
+        }
         let revision = pod.revision;
         if let Some(n) = pod.node.take() {
             let requests = pod.spec.requests.clone();
@@ -543,8 +572,7 @@ impl Engine {
         if !pod.affinity.matches_labels(&node.labels) {
             return false;
         }
-        let hard: Vec<Taint> = node.taints.iter().filter(|t| t.is_hard()).cloned().collect();
-        if !taints::tolerates_all(&pod.tolerations, &hard) {
+        if !taints::tolerates_all(&pod.tolerations, &node.hard_taints) {
             return false;
         }
         let cap = pod.per_node_cap();
@@ -568,12 +596,12 @@ impl Engine {
         if let Some(n) = self.pods[p].nominated {
             let node = &self.nodes[n];
             if !node.alive() || (node.ready.is_some() && !self.fits(&spec, n)) {
-                self.pods[p].nominated = None;
+                self.clear_nomination(p);
             }
         }
         let nominated = self.pods[p].nominated.filter(|&n| self.fits(&spec, n));
         let choice = nominated.or_else(|| {
-            (0..self.nodes.len()).filter(|&n| self.fits(&spec, n)).max_by_key(|&n| {
+            self.live.iter().copied().filter(|&n| self.fits(&spec, n)).max_by_key(|&n| {
                 let node = &self.nodes[n];
                 let cpu = node.allocatable.get(&ResourceName::Cpu).max(1);
                 (node.requested.get(&ResourceName::Cpu) * 1000 / cpu, Reverse(n))
@@ -602,9 +630,10 @@ impl Engine {
     }
 
     fn bind(&mut self, p: PodId, n: NodeId) {
+        self.clear_nomination(p);
+        self.pending.remove(&p);
         let pod = &mut self.pods[p];
         pod.node = Some(n);
-        pod.nominated = None;
         let waited = self.now.saturating_sub(pod.created);
         let requests = pod.spec.requests.clone();
         let node = &mut self.nodes[n];
@@ -616,15 +645,42 @@ impl Engine {
     }
 
     fn pending(&self) -> Vec<PodId> {
-        (0..self.pods.len()).filter(|&p| !self.pods[p].deleted && self.pods[p].node.is_none()).collect()
+        self.pending.iter().copied().collect()
     }
 
-    fn schedule_pending(&mut self) {
-        let mut pending = self.pending();
-        // Nominated pods first (the scheduler's nominated-node fast path), then by creation.
-        pending.sort_by_key(|&p| (self.pods[p].nominated.is_none(), self.pods[p].created, p));
-        for p in pending {
+    fn nominate(&mut self, p: PodId, n: NodeId) {
+        self.clear_nomination(p);
+        self.pods[p].nominated = Some(n);
+        self.nodes[n].nominated.push(p);
+    }
+
+    fn clear_nomination(&mut self, p: PodId) {
+        if let Some(n) = self.pods[p].nominated.take() {
+            self.nodes[n].nominated.retain(|&q| q != p);
+        }
+    }
+
+    /// A node became ready: its nominated pods go first, then other unplanned pending pods that fit it.
+    fn node_ready(&mut self, n: NodeId) {
+        for p in self.nodes[n].nominated.clone() {
             self.schedule_pod(p);
+        }
+        let others: Vec<PodId> =
+            self.pending.iter().copied().filter(|&p| self.pods[p].nominated.is_none()).collect();
+        for p in others {
+            if self.fits(&self.pods[p].spec, n) {
+                self.bind(p, n);
+            }
+        }
+    }
+
+    /// Pods no plan covers (the last plan could not place them, or their node went away) are planned
+    /// again: the batch window opens for them.
+    fn retry_unplanned(&mut self) {
+        if self.batcher.deadline().is_none() && self.pending.iter().any(|&p| self.pods[p].nominated.is_none())
+        {
+            let deadline = self.batcher.observe(self.now);
+            self.schedule_batch(deadline);
         }
     }
 
@@ -643,8 +699,6 @@ impl Engine {
 
     /// The batch closed: plan the pods that no node (ready or launching) will take.
     fn provision(&mut self) {
-        // First give ready nodes a chance (room may have freed up since the pods arrived).
-        self.schedule_pending();
         let pending: Vec<PodId> =
             self.pending().into_iter().filter(|&p| self.pods[p].nominated.is_none()).collect();
         if pending.is_empty() {
@@ -653,10 +707,21 @@ impl Engine {
         let mut existing = Vec::new();
         let mut existing_ids = Vec::new();
         let mut used: BTreeMap<String, (Resources, i64)> = BTreeMap::new();
-        for (n, node) in self.nodes.iter().enumerate() {
-            if !node.alive() {
-                continue;
-            }
+        // A node without room for the smallest request in every dimension can take none of these pods;
+        // leaving it out keeps planning rounds cheap on big clusters. Topology spread counts pods on every
+        // node, so with spread constraints all nodes are passed.
+        let spread = pending.iter().any(|&p| !self.pods[p].spec.topology_spread.is_empty());
+        let mut smallest: Option<Resources> = None;
+        for &p in &pending {
+            let r = &self.pods[p].spec.requests;
+            smallest = Some(match smallest {
+                None => r.clone(),
+                Some(m) => min_of(&m, r),
+            });
+        }
+        let smallest = smallest.unwrap_or_default();
+        for &n in &self.live {
+            let node = &self.nodes[n];
             if let Some(pool) = &node.nodepool {
                 let u = used.entry(pool.clone()).or_insert((Resources::new(), 0));
                 u.0.add_assign(&node.capacity);
@@ -667,13 +732,16 @@ impl Engine {
             }
             // Launching nodes count with the pods nominated to them.
             let mut requested = node.requested.clone();
+            for &q in &node.nominated {
+                requested.add_assign(&self.pods[q].spec.requests);
+            }
+            if !spread && !smallest.fits_in(&node.allocatable.minus(&requested)) {
+                continue;
+            }
             let mut pod_labels: Vec<BTreeMap<String, String>> =
                 node.pods.iter().map(|&q| self.pods[q].spec.labels.clone()).collect();
-            for (q, pod) in self.pods.iter().enumerate() {
-                if pod.nominated == Some(n) && !pod.deleted && pod.node.is_none() {
-                    requested.add_assign(&self.pods[q].spec.requests);
-                    pod_labels.push(pod.spec.labels.clone());
-                }
+            for &q in &node.nominated {
+                pod_labels.push(self.pods[q].spec.labels.clone());
             }
             existing.push(ExistingNode {
                 name: node.name.clone(),
@@ -712,7 +780,13 @@ impl Engine {
             existing_ids.iter().map(|&n| (self.nodes[n].name.clone(), n)).collect();
         for placement in &plan.placements {
             if let (Some(&p), Some(&n)) = (by_name.get(&placement.pod), node_by_name.get(&placement.node)) {
-                self.pods[p].nominated = Some(n);
+                // Room on a ready node is taken now (what kube-scheduler would do); a launching node is
+                // nominated.
+                if self.nodes[n].ready.is_some() && self.fits(&self.pods[p].spec, n) {
+                    self.bind(p, n);
+                } else {
+                    self.nominate(p, n);
+                }
             }
         }
         for new in &plan.new_nodes {
@@ -742,11 +816,13 @@ impl Engine {
                 price_per_ms: price / 3_600_000.0,
                 price_per_hour: price,
                 labels: node_labels,
-                taints,
+                taints: taints.clone(),
                 allocatable,
                 capacity,
                 requested: Resources::new(),
                 pods: vec![],
+                nominated: vec![],
+                hard_taints: taints.iter().filter(|t| t.is_hard()).cloned().collect(),
                 launched: self.now,
                 ready: None,
                 terminated: None,
@@ -754,11 +830,12 @@ impl Engine {
                 fixed: false,
                 empty_since: None,
             });
+            self.live.insert(id);
             self.add_daemonset_load(id);
             self.collector.node_launched(&new.launch.instance_type, new.launch.capacity_type);
             for pod in &new.pods {
                 if let Some(&p) = by_name.get(pod) {
-                    self.pods[p].nominated = Some(id);
+                    self.nominate(p, id);
                 }
             }
             let latency = self.launch_latency();
@@ -785,12 +862,10 @@ impl Engine {
 
     /// Emptiness: nodes with no workload pods for their NodePool's `consolidateAfter` are removed.
     fn consolidate_empty(&mut self) {
-        for n in 0..self.nodes.len() {
+        let live: Vec<NodeId> = self.live.iter().copied().collect();
+        for n in live {
             let node = &self.nodes[n];
-            if node.fixed || !node.alive() || node.ready.is_none() || !node.pods.is_empty() {
-                continue;
-            }
-            if self.pods.iter().any(|p| p.nominated == Some(n) && !p.deleted && p.node.is_none()) {
+            if node.fixed || node.ready.is_none() || !node.pods.is_empty() || !node.nominated.is_empty() {
                 continue;
             }
             let after = node.nodepool.as_ref().and_then(|p| self.consolidate_after.get(p).copied().flatten());
@@ -808,17 +883,19 @@ impl Engine {
             return;
         }
         self.nodes[n].terminated = Some(self.now);
-        for p in 0..self.pods.len() {
-            if self.pods[p].nominated == Some(n) {
-                self.pods[p].nominated = None;
-            }
+        self.live.remove(&n);
+        let orphans = std::mem::take(&mut self.nodes[n].nominated);
+        for &p in &orphans {
+            self.pods[p].nominated = None;
         }
         let pods = std::mem::take(&mut self.nodes[n].pods);
         for p in pods {
             self.evict(p);
         }
         self.nodes[n].requested = Resources::new();
-        self.schedule_pending();
+        for p in orphans {
+            self.schedule_pod(p);
+        }
     }
 
     /// The pod goes away and its ReplicaSet replaces it with a new pending pod.
@@ -833,7 +910,10 @@ impl Engine {
         let n = match node {
             Some(n) => n,
             None => {
-                let spot: Vec<NodeId> = (0..self.nodes.len())
+                let spot: Vec<NodeId> = self
+                    .live
+                    .iter()
+                    .copied()
                     .filter(|&n| {
                         let node = &self.nodes[n];
                         node.alive()
@@ -1012,7 +1092,7 @@ impl Engine {
         let mut by_capacity: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut requested = Resources::new();
         let mut allocatable = Resources::new();
-        for node in self.nodes.iter().filter(|n| n.alive()) {
+        for node in self.live.iter().map(|&n| &self.nodes[n]) {
             cost_per_hour += node.price_per_hour;
             *by_capacity.entry(node.capacity_type.as_str()).or_default() += 1;
             if node.ready.is_some() {
@@ -1020,8 +1100,8 @@ impl Engine {
                 allocatable.add_assign(&node.allocatable);
             }
         }
-        let pending = self.pods.iter().filter(|p| !p.deleted && p.node.is_none()).count();
-        let running = self.pods.iter().filter(|p| !p.deleted && p.node.is_some()).count();
+        let pending = self.pending.len();
+        let running: usize = self.live.iter().map(|&n| self.nodes[n].pods.len()).sum();
         let ratio = |dim: ResourceName| {
             let a = allocatable.get(&dim);
             if a > 0 { requested.get(&dim) as f64 / a as f64 } else { 0.0 }
@@ -1042,6 +1122,15 @@ impl Engine {
                 .collect(),
         });
     }
+}
+
+/// The elementwise minimum of two request vectors (a dimension absent from either counts as zero).
+fn min_of(a: &Resources, b: &Resources) -> Resources {
+    let mut out = Resources::new();
+    for (dim, amount) in a.iter() {
+        out.set(&dim, amount.min(b.get(&dim)));
+    }
+    out
 }
 
 /// `maxSurge` / `maxUnavailable`: a count, or a percentage of `of` rounded up (surge) or down (unavailable).

@@ -1,6 +1,7 @@
 //! The solver's input: a snapshot of pending pods, existing nodes and NodePool templates over a catalog.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::catalog::Catalog;
 use crate::labels;
@@ -260,5 +261,6 @@ pub struct Problem {
     pub existing: Vec<ExistingNode>,
     pub nodepools: Vec<NodePoolTemplate>,
     pub daemonsets: Vec<DaemonSetSpec>,
-    pub catalog: Catalog,
+    /// Shared: a caller planning many times (the simulator, the controller) reuses one catalog.
+    pub catalog: Arc<Catalog>,
 }

@@ -83,7 +83,7 @@ fn problem(pods: Vec<Vec<PodSpec>>, nodepools: Vec<NodePoolTemplate>) -> Problem
         existing: vec![],
         nodepools,
         daemonsets: vec![],
-        catalog: catalog(),
+        catalog: catalog().into(),
     }
 }
 
@@ -204,7 +204,12 @@ fn unavailable_offerings_are_skipped() {
     let p = problem(vec![pods("web", 1).cpu(1500).mem(3000).build()], vec![pool("default")]);
     let first = expect_valid_plan(&p).new_nodes[0].launch.clone();
     let mut p2 = p.clone();
-    assert!(p2.catalog.set_available(&first.instance_type, &first.zone, first.capacity_type, false));
+    assert!(std::sync::Arc::make_mut(&mut p2.catalog).set_available(
+        &first.instance_type,
+        &first.zone,
+        first.capacity_type,
+        false
+    ));
     let second = expect_valid_plan(&p2).new_nodes[0].launch.clone();
     assert_ne!((&second.instance_type, &second.zone), (&first.instance_type, &first.zone));
     assert!(second.price >= first.price);
@@ -391,7 +396,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
     #[test]
     fn every_plan_is_valid_and_bounded(pods in arb_pods(), pools in arb_pools()) {
-        let p = Problem { pods, existing: vec![], nodepools: pools, daemonsets: vec![], catalog: catalog() };
+        let p = Problem { pods, existing: vec![], nodepools: pools, daemonsets: vec![], catalog: catalog().into() };
         let plan = solve(&p);
         let violations = validate::violations(&p, &plan);
         prop_assert!(violations.is_empty(), "{}", violations.join("\n"));

@@ -256,7 +256,7 @@ impl Manifests {
             existing,
             nodepools,
             daemonsets: self.daemonsets.clone(),
-            catalog,
+            catalog: catalog.into(),
         }
     }
 }

@@ -104,7 +104,7 @@ fn from_shapes(shapes: &[Shape], pods: usize, catalog: Catalog) -> Problem {
         existing: vec![],
         nodepools: vec![getting_started_nodepool()],
         daemonsets: vec![],
-        catalog,
+        catalog: catalog.into(),
     }
 }
 
@@ -160,7 +160,7 @@ fn gpu(pods: usize, catalog: Catalog) -> anyhow::Result<Problem> {
         existing: vec![],
         nodepools: vec![gpu_pool, NodePoolTemplate::new("default")],
         daemonsets: vec![],
-        catalog,
+        catalog: catalog.into(),
     })
 }
 
@@ -203,5 +203,11 @@ fn constrained(pods: usize, catalog: Catalog) -> Problem {
     batch.requirements.add(single_in(labels::CAPACITY_TYPE, "on-demand"));
     batch.taints.push(Taint::new("dedicated", "batch", TaintEffect::NoSchedule).expect("key"));
     batch.remaining.nodes = Some(200);
-    Problem { pods: out, existing: vec![], nodepools: vec![general, arm, batch], daemonsets: vec![], catalog }
+    Problem {
+        pods: out,
+        existing: vec![],
+        nodepools: vec![general, arm, batch],
+        daemonsets: vec![],
+        catalog: catalog.into(),
+    }
 }
