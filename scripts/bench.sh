@@ -12,3 +12,12 @@ done
 bench --workload gpu --pods 8152 --runs "$runs"
 echo
 bench --workload constrained --pods 3000 --runs "$runs"
+echo
+# The simulator: a week of 20 HPA-driven services peaking near 20,000 pods (examples/scenarios/).
+for i in $(seq 1 3); do
+  start=$(date +%s.%N)
+  cargo run --release --quiet -- simulate examples/scenarios/week-1000-nodes.yaml --quiet \
+    --output-dir "${TMPDIR:-/tmp}/cartwright-bench-week" > /dev/null
+  end=$(date +%s.%N)
+  echo "simulate week-1000-nodes run $i: $(echo "$end - $start" | bc) s"
+done
