@@ -12,11 +12,12 @@ export CARGO_INCREMENTAL=0
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "system packages (cmake and libclang for HiGHS)"
+step "system packages (cmake and libclang for HiGHS, chromium for the HTML report test)"
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
@@ -24,6 +25,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 cmake --version | head -1
+/usr/bin/chromium --version
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

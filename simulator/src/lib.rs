@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod html;
 pub mod report;
 pub mod scenario;
 

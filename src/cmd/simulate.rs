@@ -18,7 +18,7 @@ pub struct Args {
     /// `ca-least-waste` (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
-    /// Where to write `report.json` (created if missing).
+    /// Where to write `report.json` and `report.html` (created if missing).
     #[arg(long, default_value = "cartwright-report")]
     pub output_dir: PathBuf,
     /// Print the summary as a table (default) or the whole report as JSON on stdout.
@@ -90,12 +90,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let json_path = args.output_dir.join("report.json");
     let json = serde_json::to_string_pretty(&file)?;
     std::fs::write(&json_path, &json).with_context(|| format!("writing {}", json_path.display()))?;
+    let html_path = args.output_dir.join("report.html");
+    let pairs: Vec<(&str, &Report)> = results.iter().map(|(n, r)| (*n, r)).collect();
+    let html = cartwright_sim::html::render(&scenario.name, &scenario.description, &pairs);
+    std::fs::write(&html_path, html).with_context(|| format!("writing {}", html_path.display()))?;
     let mut out = std::io::stdout().lock();
     match args.output {
         Output::Json => writeln!(out, "{json}")?,
         Output::Table => {
             print_summary(&mut out, &scenario, &results)?;
-            writeln!(out, "\nreport written to {}", json_path.display())?;
+            writeln!(out, "\nreport written to {} and {}", json_path.display(), html_path.display())?;
         }
     }
     Ok(())

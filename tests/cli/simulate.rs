@@ -75,3 +75,62 @@ fn bad_scenarios_and_variants_are_clear_errors() {
     let err = expect_failure(&["simulate", "--compare", "fastest", "--output-dir", "/tmp/cartwright-never"]);
     assert!(err.contains("unknown variant `fastest`"), "{err}");
 }
+
+/// Headless Chromium, as installed by scripts/test.sh (Debian's `chromium`). Missing is a failure, not a skip.
+fn chromium() -> std::path::PathBuf {
+    let path = std::env::var_os("CARTWRIGHT_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    assert!(path.exists(), "{} not found: install Debian's chromium (scripts/test.sh does)", path.display());
+    path
+}
+
+#[test]
+fn html_report_renders_in_headless_chromium_with_every_chart() {
+    let dir = std::env::temp_dir().join(format!("cartwright-sim-html-{}", std::process::id()));
+    let scenario = format!("{}/examples/scenarios/small.yaml", env!("CARGO_MANIFEST_DIR"));
+    expect_success(&[
+        "simulate",
+        &scenario,
+        "--compare",
+        "cartwright,ca-least-waste",
+        "--output-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let html = dir.join("report.html");
+    let profile = dir.join("chromium-profile");
+    let out = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.display()),
+            "--dump-dom",
+            &format!("file://{}", html.display()),
+        ])
+        .output()
+        .expect("run chromium");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // The browser parsed the page into a DOM holding every chart, each with its lines.
+    for id in
+        ["chart-nodes", "chart-cost", "chart-pending", "chart-utilization", "chart-hpa-0", "chart-load-0"]
+    {
+        let start =
+            dom.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("{id} missing from the rendered DOM"));
+        let chart = &dom[start..start + dom[start..].find("</svg>").expect("chart closed")];
+        assert!(chart.contains("<polyline"), "{id} has no series");
+    }
+    // Both variants are charted side by side.
+    assert!(
+        dom.contains("data-series=\"cartwright $/hour\"")
+            && dom.contains("data-series=\"ca-least-waste $/hour\"")
+    );
+    assert!(dom.contains("<table id=\"summary\">"));
+    std::fs::remove_dir_all(&dir).ok();
+}
