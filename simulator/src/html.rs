@@ -48,9 +48,7 @@ fn nice_step(span: f64, ticks: f64) -> f64 {
 }
 
 fn format_tick(value: f64) -> String {
-    if value.abs() >= 1000.0 {
-        format!("{:.0}", value)
-    } else if value.fract().abs() < 1e-9 {
+    if value.abs() >= 1000.0 || value.fract().abs() < 1e-9 {
         format!("{value:.0}")
     } else if value.abs() >= 1.0 {
         format!("{value:.1}")
@@ -270,10 +268,11 @@ mod tests {
 
     #[test]
     fn nice_steps_are_one_two_or_five_times_a_power_of_ten() {
-        assert_eq!(nice_step(100.0, 5.0), 20.0);
-        assert_eq!(nice_step(24.0, 8.0), 2.0);
-        assert_eq!(nice_step(0.7, 5.0), 0.1);
-        assert_eq!(nice_step(0.0, 5.0), 1.0);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12 * b.abs().max(1.0);
+        assert!(close(nice_step(100.0, 5.0), 20.0));
+        assert!(close(nice_step(24.0, 8.0), 5.0), "3 per tick rounds to 5: {}", nice_step(24.0, 8.0));
+        assert!(close(nice_step(0.7, 5.0), 0.1));
+        assert!(close(nice_step(0.0, 5.0), 1.0));
     }
 
     #[test]
