@@ -404,15 +404,7 @@ impl Engine {
             Event::SpotDraw => {
                 // Thinning: each spot node is interrupted with probability rate × minute in this minute.
                 let minute = 60_000.0;
-                let spot: Vec<NodeId> = self
-                    .live
-                    .iter()
-                    .copied()
-                    .filter(|&n| {
-                        let node = &self.nodes[n];
-                        node.alive() && !node.cordoned && node.capacity_type == CapacityType::Spot
-                    })
-                    .collect();
+                let spot = self.spot_nodes(false);
                 for n in spot {
                     if self.rng.random::<f64>() < self.spot_rate_per_ms * minute {
                         self.spot_notice(Some(n));
@@ -906,22 +898,25 @@ impl Engine {
         self.reconcile(w);
     }
 
+    /// Running spot nodes not yet cordoned (only ready ones with `ready_only`).
+    fn spot_nodes(&self, ready_only: bool) -> Vec<NodeId> {
+        self.live
+            .iter()
+            .copied()
+            .filter(|&n| {
+                let node = &self.nodes[n];
+                !node.cordoned
+                    && node.capacity_type == CapacityType::Spot
+                    && (!ready_only || node.ready.is_some())
+            })
+            .collect()
+    }
+
     fn spot_notice(&mut self, node: Option<NodeId>) {
         let n = match node {
             Some(n) => n,
             None => {
-                let spot: Vec<NodeId> = self
-                    .live
-                    .iter()
-                    .copied()
-                    .filter(|&n| {
-                        let node = &self.nodes[n];
-                        node.alive()
-                            && !node.cordoned
-                            && node.ready.is_some()
-                            && node.capacity_type == CapacityType::Spot
-                    })
-                    .collect();
+                let spot = self.spot_nodes(true);
                 if spot.is_empty() {
                     return;
                 }

@@ -185,28 +185,7 @@ td:first-child, th:first-child {{ text-align: left; }}
         let _ = write!(html, "<th>{}</th>", escape(name));
     }
     html.push_str("</tr>");
-    type Row<'a> = (&'a str, Box<dyn Fn(&crate::report::Summary) -> String>);
-    let rows: Vec<Row> = vec![
-        ("cost total ($)", Box::new(|s| format!("{:.2}", s.cost_total))),
-        ("cost per hour ($)", Box::new(|s| format!("{:.3}", s.cost_per_hour))),
-        (
-            "pending p50 / p95 / p99 / max (s)",
-            Box::new(|s| {
-                let p = &s.pending_seconds;
-                format!("{:.0} / {:.0} / {:.0} / {:.0}", p.p50, p.p95, p.p99, p.max)
-            }),
-        ),
-        (
-            "cpu / memory utilisation",
-            Box::new(|s| format!("{:.0}% / {:.0}%", s.cpu_utilization * 100.0, s.memory_utilization * 100.0)),
-        ),
-        (
-            "nodes launched / terminated",
-            Box::new(|s| format!("{} / {}", s.nodes_launched, s.nodes_terminated)),
-        ),
-        ("peak nodes", Box::new(|s| s.peak_nodes.to_string())),
-        ("spot interruptions", Box::new(|s| s.interruptions.to_string())),
-    ];
+    let rows = crate::report::summary_rows();
     for (label, f) in rows {
         let _ = write!(html, "<tr><td>{label}</td>");
         for (_, r) in variants {

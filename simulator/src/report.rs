@@ -86,6 +86,32 @@ pub struct Report {
     pub launches: BTreeMap<String, usize>,
 }
 
+/// How one headline row of a summary is printed.
+pub type SummaryRow = (&'static str, fn(&Summary) -> String);
+
+/// The headline rows, in order, as the terminal table and the HTML report print them.
+pub fn summary_rows() -> Vec<SummaryRow> {
+    vec![
+        ("cost total ($)", |s| format!("{:.2}", s.cost_total)),
+        ("cost per hour ($)", |s| format!("{:.3}", s.cost_per_hour)),
+        ("  spot ($)", |s| format!("{:.2}", s.cost_by_capacity_type.get("spot").copied().unwrap_or(0.0))),
+        ("  on-demand ($)", |s| {
+            format!("{:.2}", s.cost_by_capacity_type.get("on-demand").copied().unwrap_or(0.0))
+        }),
+        ("pending p50 / p95 / p99 / max (s)", |s| {
+            let p = &s.pending_seconds;
+            format!("{:.0} / {:.0} / {:.0} / {:.0}", p.p50, p.p95, p.p99, p.max)
+        }),
+        ("cpu / memory utilisation", |s| {
+            format!("{:.0}% / {:.0}%", s.cpu_utilization * 100.0, s.memory_utilization * 100.0)
+        }),
+        ("nodes launched / terminated", |s| format!("{} / {}", s.nodes_launched, s.nodes_terminated)),
+        ("peak nodes", |s| s.peak_nodes.to_string()),
+        ("spot interruptions", |s| s.interruptions.to_string()),
+        ("pods still pending at end", |s| s.still_pending.to_string()),
+    ]
+}
+
 /// Accumulates a run's measurements.
 #[derive(Clone, Debug, Default)]
 pub struct Collector {

@@ -80,3 +80,20 @@ pub fn init_logging(global: &GlobalArgs) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+/// Prints `report` on stdout: pretty JSON, or the subcommand's table.
+pub fn emit<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    table: impl FnOnce(&mut std::io::StdoutLock<'static>, &T) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, report)?;
+        writeln!(out)?;
+        Ok(())
+    } else {
+        table(&mut out, report)
+    }
+}

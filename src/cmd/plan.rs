@@ -128,15 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let plan = args.solver.solve(&problem);
     let solve_ms = started.elapsed().as_secs_f64() * 1000.0;
     let report = report(args.solver, &plan, solve_ms, manifests.warnings.clone());
-    let mut out = std::io::stdout().lock();
-    match args.output {
-        Output::Json => {
-            serde_json::to_writer_pretty(&mut out, &report)?;
-            writeln!(out)?;
-        }
-        Output::Table => print_table(&mut out, &report)?,
-    }
-    Ok(())
+    super::emit(matches!(args.output, Output::Json), &report, print_table)
 }
 
 fn report(solver: Algorithm, plan: &Plan, solve_ms: f64, warnings: Vec<String>) -> Report {

@@ -135,9 +135,6 @@ fn run_variant(
     Ok(report)
 }
 
-/// How one summary row is printed.
-type Cell = Box<dyn Fn(&Summary) -> String>;
-
 fn print_summary(
     out: &mut impl Write,
     scenario: &Scenario,
@@ -149,36 +146,7 @@ fn print_summary(
     let mut header = vec!["".to_owned()];
     header.extend(results.iter().map(|(name, _)| name.to_string()));
     table.set_header(header);
-    let rows: Vec<(&str, Cell)> = vec![
-        ("cost total ($)", Box::new(|s| format!("{:.2}", s.cost_total))),
-        ("cost per hour ($)", Box::new(|s| format!("{:.3}", s.cost_per_hour))),
-        (
-            "  spot ($)",
-            Box::new(|s| format!("{:.2}", s.cost_by_capacity_type.get("spot").copied().unwrap_or(0.0))),
-        ),
-        (
-            "  on-demand ($)",
-            Box::new(|s| format!("{:.2}", s.cost_by_capacity_type.get("on-demand").copied().unwrap_or(0.0))),
-        ),
-        (
-            "pending p50 / p95 / p99 / max (s)",
-            Box::new(|s| {
-                let p = &s.pending_seconds;
-                format!("{:.0} / {:.0} / {:.0} / {:.0}", p.p50, p.p95, p.p99, p.max)
-            }),
-        ),
-        (
-            "cpu / memory utilisation",
-            Box::new(|s| format!("{:.0}% / {:.0}%", s.cpu_utilization * 100.0, s.memory_utilization * 100.0)),
-        ),
-        (
-            "nodes launched / terminated",
-            Box::new(|s| format!("{} / {}", s.nodes_launched, s.nodes_terminated)),
-        ),
-        ("peak nodes", Box::new(|s| s.peak_nodes.to_string())),
-        ("spot interruptions", Box::new(|s| s.interruptions.to_string())),
-        ("pods still pending at end", Box::new(|s| s.still_pending.to_string())),
-    ];
+    let rows = cartwright_sim::report::summary_rows();
     for (label, f) in rows {
         let mut row = vec![label.to_owned()];
         row.extend(results.iter().map(|(_, r)| f(&r.summary)));

@@ -105,15 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|(algorithm, ms, plan)| summarize(&problem, *algorithm, *ms, plan, bound.map(|b| b.price)))
             .collect(),
     };
-    let mut stdout = std::io::stdout().lock();
-    match args.output {
-        Output::Json => {
-            serde_json::to_writer_pretty(&mut stdout, &report)?;
-            writeln!(stdout)?;
-        }
-        Output::Table => print_table(&mut stdout, &report)?,
-    }
-    Ok(())
+    super::emit(matches!(args.output, Output::Json), &report, print_table)
 }
 
 fn summarize(
