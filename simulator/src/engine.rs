@@ -463,9 +463,15 @@ impl Engine {
             RolloutPhase::Canary { weight, .. } => {
                 let canary = (f64::from(d) * f64::from(*weight) / 100.0).ceil() as i32;
                 let stable = d - (f64::from(d) * f64::from(*weight) / 100.0).floor() as i32;
-                let n = workload.sets.len();
-                workload.sets[n - 1].replicas = canary;
-                workload.sets[n - 2].replicas = stable;
+                match workload.sets.as_mut_slice() {
+                    [.., stable_set, canary_set] => {
+                        stable_set.replicas = stable;
+                        canary_set.replicas = canary;
+                    }
+                    // The stable copy is gone (weight 100): the canary is all there is.
+                    [only] => only.replicas = d,
+                    [] => {}
+                }
             }
             RolloutPhase::Rolling { .. } => {}
         }

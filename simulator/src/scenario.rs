@@ -67,6 +67,49 @@ pub struct Scenario {
     pub events: Events,
     #[serde(default)]
     pub timing: Timing,
+    /// Named alternatives for `--compare`: each replaces the sections it gives.
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+}
+
+/// A named alternative of the scenario: a different cluster (NodePools, a fixed fleet), rollouts, workloads
+/// or solver policy; sections it leaves out are the scenario's own.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    /// `cartwright` (default), `karpenter-greedy` or `ca-least-waste`.
+    #[serde(default)]
+    pub solver: Option<String>,
+    #[serde(default)]
+    pub cluster: Option<Cluster>,
+    #[serde(default)]
+    pub workloads: Option<Vec<Workload>>,
+    #[serde(default)]
+    pub rollouts: Option<Vec<Rollout>>,
+}
+
+impl Scenario {
+    /// The scenario as variant `name` sees it, and the solver policy it runs: a variant defined in the file,
+    /// or a built-in policy name applied to the scenario as written.
+    pub fn variant(&self, name: &str) -> Option<(Scenario, cartwright_binpack::solver::Algorithm)> {
+        use cartwright_binpack::solver::Algorithm;
+        if let Some(v) = self.variants.iter().find(|v| v.name == name) {
+            let mut s = self.clone();
+            if let Some(cluster) = &v.cluster {
+                s.cluster = cluster.clone();
+            }
+            if let Some(workloads) = &v.workloads {
+                s.workloads = workloads.clone();
+            }
+            if let Some(rollouts) = &v.rollouts {
+                s.rollouts = rollouts.clone();
+            }
+            let algorithm = Algorithm::from_name(v.solver.as_deref().unwrap_or("cartwright"))?;
+            return Some((s, algorithm));
+        }
+        Algorithm::from_name(name).map(|a| (self.clone(), a))
+    }
 }
 
 /// `cluster`: where and with what the nodes come.
@@ -322,6 +365,28 @@ fn validate(s: &Scenario) -> Result<(), String> {
                 }
             }
         }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, v) in s.variants.iter().enumerate() {
+        if !names.insert(v.name.as_str()) {
+            return Err(format!("variants[{i}].name: `{}` is defined twice", v.name));
+        }
+        if let Some(solver) =
+            v.solver.as_deref().filter(|n| cartwright_binpack::solver::Algorithm::from_name(n).is_none())
+        {
+            return Err(format!(
+                "variants[{i}].solver: `{solver}` is not cartwright, karpenter-greedy or ca-least-waste"
+            ));
+        }
+        let mut variant = s.clone();
+        variant.variants.clear();
+        if let Some(w) = &v.workloads {
+            variant.workloads = w.clone();
+        }
+        if let Some(r) = &v.rollouts {
+            variant.rollouts = r.clone();
+        }
+        validate(&variant).map_err(|e| format!("variants[{i}] ({}): {e}", v.name))?;
     }
     if s.events.spot_interruptions.per_node_day < 0.0 {
         return Err("events.spotInterruptions.perNodeDay: must not be negative".into());

@@ -235,3 +235,78 @@ fn the_default_scenario_parses_and_names_its_parts() {
     assert_eq!(s.workloads.len(), 2);
     assert_eq!(s.rollouts.len(), 2);
 }
+
+#[test]
+fn variants_replace_the_sections_they_give_and_are_validated() {
+    let body = format!(
+        "duration: 1h\ncluster:\n  region: us-east-1\n{POOLS}\nworkloads:{}\nvariants:\n  - name: greedy\n    solver: karpenter-greedy\n  - name: released\n    rollouts: [{{workload: web, at: 10m, strategy: {{type: blueGreen, promoteAfter: 1m, scaleDownDelay: 5m}}}}]\n",
+        web(3)
+    );
+    let s = scenario(&body);
+    let (greedy, algorithm) = s.variant("greedy").unwrap();
+    assert_eq!(algorithm, Algorithm::KarpenterGreedy);
+    assert!(greedy.rollouts.is_empty());
+    let (released, algorithm) = s.variant("released").unwrap();
+    assert_eq!(algorithm, Algorithm::Cartwright);
+    assert_eq!(released.rollouts.len(), 1);
+    assert_eq!(peak_pods(&run(&released), "web"), 6);
+    assert_eq!(
+        s.variant("ca-least-waste").unwrap().1,
+        Algorithm::CaLeastWaste,
+        "built-in policies still work"
+    );
+    assert!(s.variant("nope").is_none());
+    let dup = body.replace("name: released", "name: greedy");
+    let err =
+        scenario::parse("s", &format!("version: cartwright.sh/scenario/v1\nname: t\n{dup}")).unwrap_err();
+    assert!(err.to_string().contains("variants[1].name: `greedy` is defined twice"), "{err}");
+    let bad = body.replace("solver: karpenter-greedy", "solver: fastest");
+    let err =
+        scenario::parse("s", &format!("version: cartwright.sh/scenario/v1\nname: t\n{bad}")).unwrap_err();
+    assert!(err.to_string().contains("variants[0].solver"), "{err}");
+}
+
+#[test]
+fn canary_to_full_weight_with_an_hpa_never_loses_the_stable_copy_bookkeeping() {
+    // An HPA resizing the workload after the stable copy is gone (weight 100) must not break the rollout.
+    let body = r#"
+duration: 3h
+cluster:
+  region: us-east-1
+  objects:
+    - apiVersion: karpenter.sh/v1
+      kind: NodePool
+      metadata: {name: od}
+      spec: {template: {spec: {requirements: [{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}]}}}
+workloads:
+  - deployment:
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata: {name: api}
+      spec:
+        replicas: 4
+        selector: {matchLabels: {app: api}}
+        template:
+          metadata: {labels: {app: api}}
+          spec: {containers: [{name: api, image: api, resources: {requests: {cpu: 250m}}}]}
+    hpa:
+      apiVersion: autoscaling/v2
+      kind: HorizontalPodAutoscaler
+      metadata: {name: api}
+      spec:
+        scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: api}
+        minReplicas: 2
+        maxReplicas: 20
+        metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}}]
+    load: {curve: diurnal, base: 100, peak: 2000, peakAt: 3h}
+    podCapacity: 100
+rollouts:
+  - {workload: api, at: 30m, strategy: {type: canary, steps: [{setWeight: 50}, {setWeight: 100}]}}
+  - {workload: api, at: 90m, strategy: {type: canary, steps: [{setWeight: 100}]}}
+"#;
+    let r = run(&scenario(body));
+    let last_desired = r.hpa.last().unwrap().desired_replicas as usize;
+    assert!(last_desired > 4, "the HPA kept resizing through the rollouts");
+    assert_eq!(r.samples.last().unwrap().workload_pods["api"], last_desired, "one copy at the HPA's count");
+    assert_eq!(r.summary.still_pending, 0);
+}

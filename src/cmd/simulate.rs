@@ -14,8 +14,8 @@ use serde::Serialize;
 pub struct Args {
     /// A scenario file (docs/scenarios.md); without one, the embedded default scenario runs.
     pub scenario: Option<PathBuf>,
-    /// Run several variants side by side: solver policies `cartwright`, `karpenter-greedy`,
-    /// `ca-least-waste` (comma-separated).
+    /// Run several variants side by side (comma-separated): variants named in the scenario's `variants`,
+    /// or the built-in solver policies `cartwright`, `karpenter-greedy`, `ca-least-waste`.
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
     /// Where to write `report.json` and `report.html` (created if missing).
@@ -71,11 +71,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if args.compare.is_empty() { vec!["cartwright".into()] } else { args.compare.clone() };
     let mut results = Vec::new();
     for name in &variants {
-        let Some(algorithm) = Algorithm::from_name(name) else {
-            let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
-            bail!("--compare: unknown variant `{name}` (built-in: {})", names.join(", "));
+        let Some((variant, algorithm)) = scenario.variant(name) else {
+            let mut names: Vec<&str> = scenario.variants.iter().map(|v| v.name.as_str()).collect();
+            names.extend(Algorithm::ALL.iter().map(|a| a.name()));
+            bail!("--compare: unknown variant `{name}` (one of {})", names.join(", "));
         };
-        let report = run_variant(&scenario, &base, algorithm, name, args.quiet)?;
+        let report = run_variant(&variant, &base, algorithm, name, args.quiet)
+            .with_context(|| format!("variant {name}"))?;
         results.push((name.as_str(), report));
     }
     let file = FileReport {

@@ -134,3 +134,63 @@ fn html_report_renders_in_headless_chromium_with_every_chart() {
     assert!(dom.contains("<table id=\"summary\">"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn seoul_example_compares_the_fixed_fleet_with_autoscaled_nodes_under_three_releases() {
+    let dir = std::env::temp_dir().join(format!("cartwright-sim-seoul-{}", std::process::id()));
+    let scenario = format!("{}/examples/seoul-bluegreen.yaml", env!("CARGO_MANIFEST_DIR"));
+    let names = "fixed-rolling,fixed-bluegreen,fixed-canary,autoscaled-rolling,autoscaled-bluegreen,autoscaled-canary";
+    expect_success(&[
+        "simulate",
+        &scenario,
+        "--compare",
+        names,
+        "--output-dir",
+        dir.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let variants = report["variants"].as_array().unwrap();
+    let by_name = |n: &str| variants.iter().find(|v| v["name"] == n).unwrap_or_else(|| panic!("{n}"));
+    let summary = |n: &str| &by_name(n)["summary"];
+    // The fixed fleet costs its 7 on-demand nodes for 24 h: 2 t3.large + 2 t3.medium + 3 t3.small in Seoul.
+    let fleet_per_hour = 2.0 * 0.104 + 2.0 * 0.052 + 3.0 * 0.026;
+    for n in ["fixed-rolling", "fixed-bluegreen", "fixed-canary"] {
+        let cost = summary(n)["cost_total"].as_f64().unwrap();
+        assert!((cost - fleet_per_hour * 24.0).abs() < 1e-6, "{n}: {cost}");
+        assert_eq!(summary(n)["nodes_launched"], 0);
+    }
+    // Blue/green runs a full second copy of the backend: twice its replicas at the peak.
+    let peak_backend = |n: &str| {
+        by_name(n)["report"]["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["workload_pods"]["backend"].as_u64().unwrap())
+            .max()
+            .unwrap()
+    };
+    let replicas_at_release = by_name("autoscaled-bluegreen")["report"]["hpa"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["workload"] == "backend" && p["t_seconds"].as_u64().unwrap() <= 11 * 3600)
+        .last()
+        .unwrap()["desired_replicas"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        peak_backend("autoscaled-bluegreen") >= 2 * replicas_at_release,
+        "blue/green doubles the backend"
+    );
+    assert!(peak_backend("autoscaled-rolling") <= peak_backend("autoscaled-bluegreen"));
+    // On the fixed fleet the green copy does not fit: pods wait for hours; autoscaled nodes take them in about
+    // a minute.
+    let p99 = |n: &str| summary(n)["pending_seconds"]["p99"].as_f64().unwrap();
+    assert!(p99("fixed-bluegreen") > 3600.0, "{}", p99("fixed-bluegreen"));
+    assert!(p99("autoscaled-bluegreen") < 300.0, "{}", p99("autoscaled-bluegreen"));
+    assert!(!summary("fixed-bluegreen")["unschedulable"].as_array().unwrap().is_empty());
+    assert!(summary("autoscaled-bluegreen")["nodes_launched"].as_u64().unwrap() > 0);
+    std::fs::remove_dir_all(&dir).ok();
+}
