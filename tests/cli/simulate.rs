@@ -175,8 +175,7 @@ fn seoul_example_compares_the_fixed_fleet_with_autoscaled_nodes_under_three_rele
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p["workload"] == "backend" && p["t_seconds"].as_u64().unwrap() <= 11 * 3600)
-        .last()
+        .rfind(|p| p["workload"] == "backend" && p["t_seconds"].as_u64().unwrap() <= 11 * 3600)
         .unwrap()["desired_replicas"]
         .as_u64()
         .unwrap();
