@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use cartwright_api::Manifests;
 use cartwright_binpack::solver::{Algorithm, ExistingNode, NodePoolTemplate, PodSpec, Problem};
-use cartwright_binpack::{CapacityType, Catalog, ResourceName, Resources, Taint, labels, taints};
+use cartwright_binpack::{CapacityType, Catalog, ResourceName, Resources, Taint, Toleration, labels, taints};
 use cartwright_core::batcher::{BatchWindow, Batcher};
 use cartwright_core::hpa::{HpaSpec, HpaState, MetricSample, Millis};
 use rand::rngs::StdRng;
@@ -91,11 +91,19 @@ struct SimWorkload {
     load: Option<Load>,
     pod_capacity: f64,
     sets: Vec<ReplicaSet>,
+    /// A trace's pods, by row: their specs and current pod (a replay, not a ReplicaSet).
+    trace: Option<TraceState>,
     /// Live pods, and how many of them are ready (kept as counters: the HPA reads them every sync).
     live_pods: i32,
     ready_pods: i32,
     phase: RolloutPhase,
     next_revision: usize,
+}
+
+#[derive(Clone, Debug)]
+struct TraceState {
+    specs: Vec<Arc<PodSpec>>,
+    current: Vec<Option<PodId>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -111,6 +119,14 @@ enum Event {
     SpotNotice(Option<NodeId>),
     SpotTerminate(NodeId),
     SpotDraw,
+    /// Pod `row` of trace workload `w` is created.
+    TraceCreate(usize, usize),
+    /// Pod `row` of trace workload `w` is deleted.
+    TraceDelete(usize, usize),
+    /// A zone outage starts (true) or ends.
+    ZoneOutage(usize, bool),
+    /// A capacity shortage starts (true) or ends.
+    Shortage(usize, bool),
 }
 
 /// The simulator's settings beyond the scenario.
@@ -143,6 +159,8 @@ pub struct Engine {
     batcher: Batcher,
     batch_scheduled: Option<Millis>,
     spot_rate_per_ms: f64,
+    zone_outages: Vec<crate::scenario::ZoneOutage>,
+    shortages: Vec<crate::scenario::CapacityShortage>,
     pub(crate) collector: Collector,
 }
 
@@ -156,6 +174,7 @@ impl Engine {
     /// Builds the initial state: catalog, NodePools, fixed nodes, workloads at their initial replicas.
     pub fn new(
         scenario: &Scenario,
+        base: &std::path::Path,
         manifests: &Manifests,
         catalog: Catalog,
         options: Options,
@@ -213,6 +232,8 @@ impl Engine {
             rollouts: scenario.rollouts.clone(),
             batch_scheduled: None,
             spot_rate_per_ms: scenario.events.spot_interruptions.per_node_day / 86_400_000.0,
+            zone_outages: scenario.events.zone_outages.clone(),
+            shortages: scenario.events.capacity_shortages.clone(),
             collector: Collector::default(),
         };
         for node in &manifests.nodes {
@@ -288,6 +309,7 @@ impl Engine {
                 load: w.load.clone(),
                 pod_capacity: w.pod_capacity.unwrap_or(1.0),
                 sets: vec![ReplicaSet { revision: 0, replicas: desired, pods: vec![] }],
+                trace: None,
                 live_pods: 0,
                 ready_pods: 0,
                 phase: RolloutPhase::Idle,
@@ -299,6 +321,17 @@ impl Engine {
                 return Err(format!("rollouts[{r}].workload: no workload named `{}`", rollout.workload));
             }
             engine.push(rollout.at.millis(), Event::RolloutStart(r));
+        }
+        for (i, o) in scenario.events.zone_outages.iter().enumerate() {
+            engine.push(o.at.millis(), Event::ZoneOutage(i, true));
+            engine.push(o.at.millis() + o.lasts.millis(), Event::ZoneOutage(i, false));
+        }
+        for (i, c) in scenario.events.capacity_shortages.iter().enumerate() {
+            engine.push(c.at.millis(), Event::Shortage(i, true));
+            engine.push(c.at.millis() + c.lasts.millis(), Event::Shortage(i, false));
+        }
+        for (i, trace) in scenario.traces.iter().enumerate() {
+            engine.add_trace(i, trace, base)?;
         }
         for t in &scenario.events.spot_interruptions.at {
             engine.push(t.millis(), Event::SpotNotice(None));
@@ -317,6 +350,78 @@ impl Engine {
             engine.reconcile(w);
         }
         Ok(engine)
+    }
+
+    /// A trace becomes a workload whose pods are created and deleted at the traced times.
+    fn add_trace(
+        &mut self,
+        i: usize,
+        trace: &crate::scenario::Trace,
+        base: &std::path::Path,
+    ) -> Result<(), String> {
+        let path = base.join(&trace.file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("traces[{i}].file: cannot read {}: {e}", path.display()))?;
+        let rows =
+            crate::trace::parse(&text).map_err(|e| format!("traces[{i}].file {}: {e}", path.display()))?;
+        let (template, notes) = match &trace.pod_template {
+            None => (PodSpec::new("", Resources::new()), vec![]),
+            Some(value) => {
+                let spec: k8s_openapi::api::core::v1::PodSpec =
+                    serde_path_to_error::deserialize(value.clone())
+                        .map_err(|e| format!("traces[{i}].podTemplate.{}: {}", e.path(), e.inner()))?;
+                cartwright_api::manifests::pod_spec("", &spec, Default::default())
+                    .map_err(|e| format!("traces[{i}].podTemplate: {e}"))?
+            }
+        };
+        for note in notes {
+            tracing::warn!("trace {i}: {note} is not modelled yet and is ignored");
+        }
+        let name =
+            path.file_stem().map_or_else(|| format!("trace-{i}"), |s| s.to_string_lossy().into_owned());
+        let speedup = trace.speedup.unwrap_or(1.0);
+        let w = self.workloads.len();
+        let gpu_toleration = Toleration::exists(cartwright_binpack::resources::NVIDIA_GPU, None);
+        let specs: Vec<Arc<PodSpec>> = rows
+            .iter()
+            .map(|r| {
+                let mut spec = template.clone();
+                spec.name = format!("{name}/{}", r.name);
+                spec.requests =
+                    Resources::new().with_cpu_millis(r.cpu_milli).with_memory_mib(r.memory_mib).with_pods(1);
+                if r.gpus > 0 {
+                    spec.requests =
+                        spec.requests.clone().with(cartwright_binpack::resources::NVIDIA_GPU, r.gpus);
+                    spec.tolerations.push(gpu_toleration.clone());
+                }
+                Arc::new(spec)
+            })
+            .collect();
+        self.workloads.push(SimWorkload {
+            name: name.clone(),
+            template: Arc::new(template),
+            desired: 0,
+            hpa: None,
+            load: None,
+            pod_capacity: 1.0,
+            sets: vec![ReplicaSet { revision: 0, replicas: 0, pods: vec![] }],
+            trace: Some(TraceState { specs, current: vec![None; rows.len()] }),
+            live_pods: 0,
+            ready_pods: 0,
+            phase: RolloutPhase::Idle,
+            next_revision: 1,
+        });
+        let at = |seconds: u64| (seconds as f64 * 1000.0 / speedup) as Millis;
+        for (row, r) in rows.iter().enumerate() {
+            if at(r.created_s) > self.end {
+                continue;
+            }
+            self.push(at(r.created_s), Event::TraceCreate(w, row));
+            if let Some(d) = r.deleted_s {
+                self.push(at(d), Event::TraceDelete(w, row));
+            }
+        }
+        Ok(())
     }
 
     fn push(&mut self, at: Millis, event: Event) {
@@ -401,6 +506,10 @@ impl Engine {
             Event::RolloutTick(w) => self.rollout_progress(w),
             Event::SpotNotice(node) => self.spot_notice(node),
             Event::SpotTerminate(n) => self.terminate(n),
+            Event::TraceCreate(w, row) => self.trace_create(w, row),
+            Event::TraceDelete(w, row) => self.trace_delete(w, row),
+            Event::ZoneOutage(i, start) => self.zone_outage(i, start),
+            Event::Shortage(i, start) => self.shortage(i, start),
             Event::SpotDraw => {
                 // Thinning: each spot node is interrupted with probability rate × minute in this minute.
                 let minute = 60_000.0;
@@ -482,30 +591,40 @@ impl Engine {
     }
 
     /// Creates or deletes pods so each ReplicaSet has its replica count.
+    /// A new pending pod of workload `w`, ReplicaSet `s`, scheduled at once if a node has room.
+    fn create_pod(&mut self, w: usize, s: usize, spec: PodSpec) -> PodId {
+        let id = self.pods.len();
+        let revision = self.workloads[w].sets[s].revision;
+        self.pods.push(SimPod {
+            workload: w,
+            revision,
+            spec: Arc::new(spec),
+            created: self.now,
+            node: None,
+            nominated: None,
+            ready_at: None,
+            deleted: false,
+        });
+        self.workloads[w].sets[s].pods.push(id);
+        self.workloads[w].live_pods += 1;
+        self.pending.insert(id);
+        self.schedule_pod(id);
+        id
+    }
+
     fn reconcile(&mut self, w: usize) {
+        if self.workloads[w].trace.is_some() {
+            return;
+        }
         for s in 0..self.workloads[w].sets.len() {
             let want = self.workloads[w].sets[s].replicas.max(0) as usize;
             let have = self.workloads[w].sets[s].pods.len();
             if have < want {
                 let revision = self.workloads[w].sets[s].revision;
                 for _ in have..want {
-                    let id = self.pods.len();
                     let mut spec = (*self.workloads[w].template).clone();
-                    spec.name = format!("{}-r{revision}-{id}", spec.name);
-                    self.pods.push(SimPod {
-                        workload: w,
-                        revision,
-                        spec: Arc::new(spec),
-                        created: self.now,
-                        node: None,
-                        nominated: None,
-                        ready_at: None,
-                        deleted: false,
-                    });
-                    self.workloads[w].sets[s].pods.push(id);
-                    self.workloads[w].live_pods += 1;
-                    self.pending.insert(id);
-                    self.schedule_pod(id);
+                    spec.name = format!("{}-r{revision}-{}", spec.name, self.pods.len());
+                    self.create_pod(w, s, spec);
                 }
             } else if have > want {
                 // ReplicaSet downscale order: unscheduled first, then not ready, then pods on the
@@ -901,7 +1020,75 @@ impl Engine {
         let w = self.pods[p].workload;
         self.pods[p].node = None;
         self.delete_pod(p);
-        self.reconcile(w);
+        // A traced pod is recreated by its controller, like a ReplicaSet's.
+        let row = self.workloads[w].trace.as_ref().and_then(|t| t.current.iter().position(|c| *c == Some(p)));
+        match row {
+            Some(row) => self.trace_create(w, row),
+            None => self.reconcile(w),
+        }
+    }
+
+    fn trace_create(&mut self, w: usize, row: usize) {
+        let Some(trace) = &self.workloads[w].trace else { return };
+        let spec = (*trace.specs[row]).clone();
+        let id = self.create_pod(w, 0, spec);
+        if let Some(trace) = &mut self.workloads[w].trace {
+            trace.current[row] = Some(id);
+        }
+    }
+
+    fn trace_delete(&mut self, w: usize, row: usize) {
+        let current = self.workloads[w].trace.as_mut().and_then(|t| t.current[row].take());
+        if let Some(p) = current {
+            self.delete_pod(p);
+        }
+    }
+
+    /// Makes offerings unavailable (or available again) and, for a zone outage, takes the zone's nodes away.
+    fn zone_outage(&mut self, i: usize, start: bool) {
+        let outage = self.zone_outages[i].clone();
+        Arc::make_mut(&mut self.catalog).set_available_where(|_, o| o.zone == outage.zone, !start);
+        let in_zone: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.alive() && n.labels.get(labels::ZONE) == Some(&outage.zone))
+            .map(|(id, _)| id)
+            .collect();
+        for n in in_zone {
+            if self.nodes[n].fixed {
+                // A fixed node is down for the outage and back after it.
+                self.nodes[n].cordoned = start;
+                if start {
+                    for p in std::mem::take(&mut self.nodes[n].pods) {
+                        self.evict(p);
+                    }
+                    self.nodes[n].requested = Resources::new();
+                    self.add_daemonset_load(n);
+                }
+            } else if start {
+                self.terminate(n);
+                self.collector.node_terminated("zone-outage");
+            }
+        }
+        if !start {
+            self.retry_unplanned();
+        }
+    }
+
+    fn shortage(&mut self, i: usize, start: bool) {
+        let c = self.shortages[i].clone();
+        Arc::make_mut(&mut self.catalog).set_available_where(
+            |name, o| {
+                c.instance_types.iter().any(|t| t == name)
+                    && c.zones.as_ref().is_none_or(|z| z.contains(&o.zone))
+                    && c.capacity_type.as_deref().is_none_or(|ct| ct == o.capacity_type.as_str())
+            },
+            !start,
+        );
+        if !start {
+            self.retry_unplanned();
+        }
     }
 
     /// Running spot nodes not yet cordoned (only ready ones with `ready_only`).

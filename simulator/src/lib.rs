@@ -12,6 +12,7 @@ pub mod engine;
 pub mod html;
 pub mod report;
 pub mod scenario;
+pub mod trace;
 
 use std::path::Path;
 
@@ -63,7 +64,9 @@ pub fn run(
     };
     let catalog =
         Catalog::embedded(&scenario.cluster.region, &options).map_err(|e| format!("cluster.region: {e}"))?;
-    let engine = Engine::new(scenario, &manifests, catalog, Options { algorithm })?;
+    let mut scenario = scenario.clone();
+    scenario::load_files(&mut scenario, base)?;
+    let engine = Engine::new(&scenario, base, &manifests, catalog, Options { algorithm })?;
     Ok(engine.run(progress))
 }
 

@@ -63,6 +63,9 @@ pub struct Scenario {
     pub workloads: Vec<Workload>,
     #[serde(default)]
     pub rollouts: Vec<Rollout>,
+    /// Pods replayed from traces with their creation and deletion times.
+    #[serde(default)]
+    pub traces: Vec<Trace>,
     #[serde(default)]
     pub events: Events,
     #[serde(default)]
@@ -87,6 +90,25 @@ pub struct Variant {
     pub workloads: Option<Vec<Workload>>,
     #[serde(default)]
     pub rollouts: Option<Vec<Rollout>>,
+    #[serde(default)]
+    pub events: Option<Events>,
+    #[serde(default)]
+    pub timing: Option<Timing>,
+}
+
+/// A pod trace to replay (format: [`crate::trace`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trace {
+    /// The CSV file, relative to the scenario.
+    pub file: PathBuf,
+    /// Scheduling constraints of every pod (a `v1` PodSpec: nodeSelector, affinity, tolerations, ...);
+    /// requests come from the trace. GPU pods also tolerate `nvidia.com/gpu` taints.
+    #[serde(default)]
+    pub pod_template: Option<serde_json::Value>,
+    /// Trace seconds per simulated second (2 replays twice as fast); 1 by default.
+    #[serde(default)]
+    pub speedup: Option<f64>,
 }
 
 impl Scenario {
@@ -104,6 +126,12 @@ impl Scenario {
             }
             if let Some(rollouts) = &v.rollouts {
                 s.rollouts = rollouts.clone();
+            }
+            if let Some(events) = &v.events {
+                s.events = events.clone();
+            }
+            if let Some(timing) = &v.timing {
+                s.timing = timing.clone();
             }
             let algorithm = Algorithm::from_name(v.solver.as_deref().unwrap_or("cartwright"))?;
             return Some((s, algorithm));
@@ -160,6 +188,13 @@ pub enum Load {
     Diurnal { base: f64, peak: f64, peak_at: Dur },
     /// `value` from each step's `at` on (before the first step: the first value).
     Step { steps: Vec<LoadStep> },
+    /// A time series from a CSV file (relative to the scenario) with a header and rows `seconds,value`: each
+    /// value holds until the next row.
+    Csv {
+        file: PathBuf,
+        #[serde(skip)]
+        points: Vec<(u64, f64)>,
+    },
     /// `base`, with `peak` between `at` and `at + for`.
     Spike {
         base: f64,
@@ -195,6 +230,10 @@ impl Load {
                     }
                 }
                 value
+            }
+            Load::Csv { points, .. } => {
+                let i = points.partition_point(|(at, _)| *at <= t);
+                if i == 0 { points.first().map_or(0.0, |p| p.1) } else { points[i - 1].1 }
             }
             Load::Spike { base, peak, at, lasts } => {
                 if t >= at.millis() && t < at.millis() + lasts.millis() {
@@ -270,6 +309,36 @@ pub struct Events {
     /// Spot interruptions: a rate, explicit times, or both.
     #[serde(default)]
     pub spot_interruptions: SpotInterruptions,
+    #[serde(default)]
+    pub zone_outages: Vec<ZoneOutage>,
+    #[serde(default)]
+    pub capacity_shortages: Vec<CapacityShortage>,
+}
+
+/// A zone out of service from `at` for `for`: its nodes go away and nothing launches there.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneOutage {
+    pub zone: String,
+    pub at: Dur,
+    #[serde(rename = "for")]
+    pub lasts: Dur,
+}
+
+/// Instance types out of capacity (EC2's InsufficientInstanceCapacity) from `at` for `for`: their offerings
+/// (in `zones`, of `capacityType`, or all) cannot be launched.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CapacityShortage {
+    pub instance_types: Vec<String>,
+    #[serde(default)]
+    pub zones: Option<Vec<String>>,
+    /// `spot` or `on-demand`; both when absent.
+    #[serde(default)]
+    pub capacity_type: Option<String>,
+    pub at: Dur,
+    #[serde(rename = "for")]
+    pub lasts: Dur,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -283,9 +352,9 @@ pub struct SpotInterruptions {
     pub at: Vec<Dur>,
 }
 
-/// Timing of the simulated cloud and control loops (defaults from docs/scenarios.md).
+/// Timing of the simulated cloud and control loops (defaults from docs/scenarios.md; any field may be left out).
 #[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Timing {
     /// Median time from launch to a Ready node (log-normal).
     pub launch_median: Dur,
@@ -386,7 +455,28 @@ fn validate(s: &Scenario) -> Result<(), String> {
         if let Some(r) = &v.rollouts {
             variant.rollouts = r.clone();
         }
+        if let Some(e) = &v.events {
+            variant.events = e.clone();
+        }
+        if let Some(t) = &v.timing {
+            variant.timing = t.clone();
+        }
         validate(&variant).map_err(|e| format!("variants[{i}] ({}): {e}", v.name))?;
+    }
+    for (i, c) in s.events.capacity_shortages.iter().enumerate() {
+        if let Some(ct) = c.capacity_type.as_deref().filter(|ct| *ct != "spot" && *ct != "on-demand") {
+            return Err(format!(
+                "events.capacityShortages[{i}].capacityType: `{ct}` is not spot or on-demand"
+            ));
+        }
+        if c.instance_types.is_empty() {
+            return Err(format!("events.capacityShortages[{i}].instanceTypes: name at least one"));
+        }
+    }
+    for (i, t) in s.traces.iter().enumerate() {
+        if t.speedup.is_some_and(|x| x.is_nan() || x <= 0.0) {
+            return Err(format!("traces[{i}].speedup: must be positive"));
+        }
     }
     if s.events.spot_interruptions.per_node_day < 0.0 {
         return Err("events.spotInterruptions.perNodeDay: must not be negative".into());
@@ -516,4 +606,52 @@ fn rules(
             .transpose()
             .map_err(|_| format!("{field}.tolerance: not a number"))?,
     })
+}
+
+/// Reads the files a scenario names besides manifests (CSV load curves), relative to `base`.
+pub fn load_files(s: &mut Scenario, base: &Path) -> Result<(), String> {
+    for (i, w) in s.workloads.iter_mut().enumerate() {
+        if let Some(Load::Csv { file, points }) = &mut w.load {
+            let path = base.join(&*file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("workloads[{i}].load.file: cannot read {}: {e}", path.display()))?;
+            *points = parse_series(&text)
+                .map_err(|e| format!("workloads[{i}].load.file {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `seconds,value` rows after a header, seconds ascending.
+fn parse_series(text: &str) -> Result<Vec<(u64, f64)>, String> {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let mut points: Vec<(u64, f64)> = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let line = i + 2;
+        let record = record.map_err(|e| format!("line {line}: {e}"))?;
+        let seconds: f64 = record
+            .get(0)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .map_err(|_| format!("line {line}: seconds is not a number"))?;
+        let value: f64 = record
+            .get(1)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .map_err(|_| format!("line {line}: value is not a number"))?;
+        if seconds.is_nan() || seconds < 0.0 || !value.is_finite() {
+            return Err(format!("line {line}: seconds must be non-negative and the value finite"));
+        }
+        let ms = (seconds * 1000.0) as u64;
+        if points.last().is_some_and(|(prev, _)| *prev > ms) {
+            return Err(format!("line {line}: seconds must not go backwards"));
+        }
+        points.push((ms, value));
+    }
+    if points.is_empty() {
+        return Err("no rows".into());
+    }
+    Ok(points)
 }

@@ -310,3 +310,165 @@ rollouts:
     assert_eq!(r.samples.last().unwrap().workload_pods["api"], last_desired, "one copy at the HPA's count");
     assert_eq!(r.summary.still_pending, 0);
 }
+
+#[test]
+fn a_trace_is_replayed_at_its_times_and_sped_up_on_request() {
+    let dir = std::env::temp_dir().join(format!("cartwright-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("t.csv"),
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,creation_time,deletion_time\n\
+         a,1000,1024,0,0,0,7200\nb,1000,1024,0,0,3600,\nc,2000,2048,0,0,3600,10800\n",
+    )
+    .unwrap();
+    let body = format!(
+        "duration: 2h\ncluster:\n  region: us-east-1\n{POOLS}\ntraces: [{{file: t.csv, speedup: 2, podTemplate: {{tolerations: [{{operator: Exists}}]}}}}]\ntiming: {{sampleInterval: 5m}}\n"
+    );
+    let r = crate::run(&scenario(&body), &dir, Algorithm::Cartwright, |_| {}).unwrap();
+    // At speedup 2: a lives 0-1 h, b from 30 min on, c 30 min-1.5 h.
+    let at =
+        |minutes: u64| r.samples.iter().find(|s| s.t_seconds == minutes * 60).unwrap().workload_pods["t"];
+    assert_eq!(at(20), 1);
+    assert_eq!(at(40), 3);
+    assert_eq!(at(70), 2);
+    assert_eq!(at(100), 1);
+    assert_eq!(r.summary.pending_seconds.pods, 3);
+    let err =
+        crate::run(&scenario(&body.replace("t.csv", "missing.csv")), &dir, Algorithm::Cartwright, |_| {});
+    assert!(err.unwrap_err().starts_with("traces[0].file: cannot read"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_zone_outage_moves_pods_to_other_zones_and_nothing_launches_there_until_it_ends() {
+    let body = format!(
+        "duration: 3h\ncluster:\n  region: us-east-1\n  zones: [us-east-1a, us-east-1b]\n{POOLS}\nworkloads:{}\nevents:\n  zoneOutages: [{{zone: us-east-1a, at: 1h, for: 1h}}]\n",
+        web(8)
+    );
+    let r = run(&scenario(&body));
+    assert_eq!(r.samples.last().unwrap().running_pods, 8);
+    assert_eq!(r.summary.still_pending, 0);
+    // Prices are equal across zones, so the first nodes land in us-east-1a (the first in launch order) and go
+    // away with it; their pods are planned again in us-east-1b.
+    assert!(
+        r.summary.terminations.get("zone-outage").copied().unwrap_or(0) >= 1,
+        "{:?}",
+        r.summary.terminations
+    );
+    assert!(r.summary.pending_seconds.pods > 8, "evicted pods were planned again");
+    // During the outage every running pod is outside the zone: the samples never show pending pods stuck.
+    let during: Vec<_> = r.samples.iter().filter(|s| (3900..7100).contains(&s.t_seconds)).collect();
+    assert!(during.iter().all(|s| s.running_pods == 8), "pods run in us-east-1b during the outage");
+}
+
+#[test]
+fn a_capacity_shortage_makes_the_plan_use_other_types() {
+    let base = format!("duration: 1h\ncluster:\n  region: us-east-1\n{POOLS}\nworkloads:{}", web(4));
+    let normal = run(&scenario(&base));
+    let chosen: Vec<String> =
+        normal.launches.keys().map(|k| k.split(' ').next().unwrap().to_owned()).collect();
+    let shortage = format!(
+        "{base}\nevents:\n  capacityShortages: [{{instanceTypes: [{}], at: 0s, for: 2h}}]\n",
+        chosen.join(", ")
+    );
+    let short = run(&scenario(&shortage));
+    assert_eq!(short.samples.last().unwrap().running_pods, 4);
+    for k in short.launches.keys() {
+        let t = k.split(' ').next().unwrap();
+        assert!(!chosen.iter().any(|c| c == t), "{t} was out of capacity");
+    }
+}
+
+#[test]
+fn a_csv_load_curve_drives_the_hpa() {
+    let dir = std::env::temp_dir().join(format!("cartwright-csv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("load.csv"), "seconds,rps\n0,100\n3600,600\n").unwrap();
+    let body = r#"
+duration: 2h
+cluster:
+  region: us-east-1
+  objects:
+    - apiVersion: karpenter.sh/v1
+      kind: NodePool
+      metadata: {name: od}
+      spec: {template: {spec: {requirements: [{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}]}}}
+workloads:
+  - deployment:
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata: {name: api}
+      spec:
+        replicas: 2
+        selector: {matchLabels: {app: api}}
+        template:
+          metadata: {labels: {app: api}}
+          spec: {containers: [{name: api, image: api, resources: {requests: {cpu: 250m}}}]}
+    hpa:
+      apiVersion: autoscaling/v2
+      kind: HorizontalPodAutoscaler
+      metadata: {name: api}
+      spec:
+        scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: api}
+        minReplicas: 2
+        maxReplicas: 20
+        metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}}]
+    load: {curve: csv, file: load.csv}
+    podCapacity: 100
+"#;
+    let r = crate::run(&scenario(body), &dir, Algorithm::Cartwright, |_| {}).unwrap();
+    assert_eq!(r.hpa.last().unwrap().desired_replicas, 12, "600 at 50 % of 100 per pod");
+    assert_eq!(r.hpa.iter().find(|p| p.t_seconds == 1800).unwrap().desired_replicas, 2);
+    std::fs::write(dir.join("load.csv"), "seconds,rps\n10,1\n5,2\n").unwrap();
+    let err = crate::run(&scenario(body), &dir, Algorithm::Cartwright, |_| {}).unwrap_err();
+    assert!(err.contains("line 3: seconds must not go backwards"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn every_example_scenario_parses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = vec![root.join("examples/seoul-bluegreen.yaml")];
+    for entry in std::fs::read_dir(root.join("examples/scenarios")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        if text.contains("version: cartwright.sh/scenario/v1") {
+            files.push(path);
+        }
+    }
+    assert!(files.len() >= 4, "{files:?}");
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let s = scenario::parse(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+        crate::manifests(&s, path.parent().unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+#[test]
+fn the_openb_trace_replays_on_gpu_and_general_nodepools() {
+    // The example scenario, 100 times faster: all 8,152 pods come and go within two simulated days.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scenarios");
+    let text = std::fs::read_to_string(root.join("openb-trace.yaml")).unwrap();
+    let text = text.replace("duration: 150d", "duration: 2d").replace(
+        "  - file: ../../data/traces/openb_pod_list_default.csv",
+        "  - file: ../../data/traces/openb_pod_list_default.csv\n    speedup: 100",
+    );
+    let s = scenario::parse("openb", &text).unwrap();
+    let r = crate::run(&s, &root, Algorithm::Cartwright, |_| {}).unwrap();
+    // At 100x a pod living less than a node launch may be deleted before it is bound; most are bound.
+    let bound = r.summary.pending_seconds.pods;
+    assert!((8152 * 9 / 10..=8152).contains(&bound), "{bound} of 8152 traced pods bound");
+    assert_eq!(r.summary.still_pending, 0);
+    assert_eq!(r.samples.last().unwrap().running_pods, 0, "every traced pod was deleted");
+    assert!(
+        r.launches.keys().any(|k| k.starts_with('g') || k.starts_with('p')),
+        "GPU nodes: {:?}",
+        r.launches
+    );
+    assert!(
+        r.summary
+            .node_hours_by_family
+            .keys()
+            .any(|f| f.starts_with('c') || f.starts_with('m') || f.starts_with('r'))
+    );
+}

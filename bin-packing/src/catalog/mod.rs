@@ -232,6 +232,24 @@ impl Catalog {
         found
     }
 
+    /// Marks every offering `select(instance type name, offering)` picks as available or not; returns how many.
+    pub fn set_available_where(
+        &mut self,
+        select: impl Fn(&str, &Offering) -> bool,
+        available: bool,
+    ) -> usize {
+        let mut count = 0;
+        for t in &mut self.instance_types {
+            for o in &mut t.offerings {
+                if select(&t.name, o) {
+                    o.available = available;
+                    count += 1;
+                }
+            }
+        }
+        count
+    }
+
     /// The instance types a node satisfying `requirements` could be: labels compatible and some available
     /// offering admitted.
     pub fn compatible<'a>(

@@ -126,27 +126,16 @@ fn single_in(key: &str, value: &str) -> Requirement {
 /// The openb trace, all pods at once (or the first `pods`): GPU pods request whole GPUs (a fractional share
 /// needs one whole device without GPU sharing) and tolerate the GPU NodePool's taint; CPU pods go elsewhere.
 fn gpu(pods: usize, catalog: Catalog) -> anyhow::Result<Problem> {
-    let mut reader = csv::Reader::from_reader(OPENB_PODS.as_bytes());
     let gpu_taint = Taint::new(NVIDIA_GPU, "true", TaintEffect::NoSchedule)?;
+    let rows = cartwright_sim::trace::parse(OPENB_PODS).map_err(|e| anyhow::anyhow!("openb trace: {e}"))?;
     let mut out = Vec::new();
-    for (i, row) in reader.records().enumerate() {
-        if out.len() >= pods {
-            break;
-        }
-        let row = row?;
-        let field = |n: usize| row.get(n).unwrap_or_default();
-        let number = |n: usize| -> anyhow::Result<i64> {
-            field(n)
-                .parse()
-                .map_err(|_| anyhow::anyhow!("openb trace line {}: column {n} is not a number", i + 2))
-        };
-        let (cpu, mem, gpus) = (number(1)?, number(2)?, number(3)?);
+    for row in rows.into_iter().take(pods) {
         let mut spec = PodSpec::new(
-            format!("openb/{}", field(0)),
-            Resources::new().with_cpu_millis(cpu).with_memory_mib(mem),
+            format!("openb/{}", row.name),
+            Resources::new().with_cpu_millis(row.cpu_milli).with_memory_mib(row.memory_mib),
         );
-        if gpus > 0 {
-            spec.requests = spec.requests.with(NVIDIA_GPU, gpus);
+        if row.gpus > 0 {
+            spec.requests = spec.requests.with(NVIDIA_GPU, row.gpus);
             spec = spec.with_toleration(Toleration::exists(NVIDIA_GPU, None));
         }
         out.push(spec);
