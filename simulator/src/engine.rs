@@ -460,7 +460,17 @@ impl Engine {
                 self.collector.still_pending(end.saturating_sub(p.created));
             }
         }
-        self.collector.finish(end, cost_by_capacity, node_hours)
+        let mut by_zone: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+        for &n in &self.live {
+            let zone = self.nodes[n].labels.get(labels::ZONE).cloned().unwrap_or_default();
+            for &p in &self.nodes[n].pods {
+                let workload = self.workloads[self.pods[p].workload].name.clone();
+                *by_zone.entry(workload).or_default().entry(zone.clone()).or_default() += 1;
+            }
+        }
+        let mut report = self.collector.finish(end, cost_by_capacity, node_hours);
+        report.pods_by_zone_at_end = by_zone;
+        report
     }
 
     fn handle(&mut self, event: Event) {
@@ -706,19 +716,74 @@ impl Engine {
 
     /// kube-scheduler stand-in: the feasible node with the most cpu already requested (bin-packing
     /// scoring, `MostAllocated`), preferring the node the pod was nominated to.
+    /// The zones a pod may join without breaking its hard zone spread constraints (`None`: no such
+    /// constraint). As kube-scheduler does by default, the domains are the zones of schedulable nodes that
+    /// match the pod's node affinity (taints ignored), and pods are counted where they are bound.
+    fn spread_zones(&self, pod: &PodSpec) -> Option<BTreeSet<String>> {
+        let constraints: Vec<_> = pod
+            .topology_spread
+            .iter()
+            .filter(|c| c.topology_key == labels::ZONE && c.enforced_for(&pod.labels))
+            .collect();
+        if constraints.is_empty() {
+            return None;
+        }
+        let domains: BTreeSet<&String> = self
+            .live
+            .iter()
+            .map(|&n| &self.nodes[n])
+            .filter(|node| !node.cordoned && pod.affinity.matches_labels(&node.labels))
+            .filter_map(|node| node.labels.get(labels::ZONE))
+            .collect();
+        let mut allowed: BTreeSet<String> = domains.iter().map(|z| (*z).clone()).collect();
+        for c in constraints {
+            let mut counts: BTreeMap<&String, i64> = domains.iter().map(|z| (*z, 0)).collect();
+            for &n in &self.live {
+                let node = &self.nodes[n];
+                let Some(count) = node.labels.get(labels::ZONE).and_then(|z| counts.get_mut(z)) else {
+                    continue;
+                };
+                *count += node
+                    .pods
+                    .iter()
+                    .filter(|&&q| {
+                        cartwright_binpack::solver::selector_matches(&c.selector, &self.pods[q].spec.labels)
+                    })
+                    .count() as i64;
+            }
+            let min = counts.values().copied().min().unwrap_or(0);
+            allowed.retain(|z| counts.get(z).is_some_and(|count| count + 1 - min <= c.max_skew));
+        }
+        Some(allowed)
+    }
+
+    /// Whether the pod may be bound to the node now: it fits, and its zone keeps the spread within maxSkew.
+    fn can_bind(&self, pod: &PodSpec, n: NodeId) -> bool {
+        self.fits(pod, n)
+            && self
+                .spread_zones(pod)
+                .is_none_or(|zones| self.nodes[n].labels.get(labels::ZONE).is_some_and(|z| zones.contains(z)))
+    }
+
     fn schedule_pod(&mut self, p: PodId) -> bool {
         let spec = self.pods[p].spec.clone();
+        let zones = self.spread_zones(&spec);
+        let in_zone = |engine: &Engine, n: NodeId| {
+            zones
+                .as_ref()
+                .is_none_or(|z| engine.nodes[n].labels.get(labels::ZONE).is_some_and(|x| z.contains(x)))
+        };
         // A nomination stands while its node is still launching; a ready node that cannot take the pod
         // (its room went to others) releases it for the next planning round.
         if let Some(n) = self.pods[p].nominated {
             let node = &self.nodes[n];
-            if !node.alive() || (node.ready.is_some() && !self.fits(&spec, n)) {
+            if !node.alive() || (node.ready.is_some() && !(self.fits(&spec, n) && in_zone(self, n))) {
                 self.clear_nomination(p);
             }
         }
-        let nominated = self.pods[p].nominated.filter(|&n| self.fits(&spec, n));
+        let nominated = self.pods[p].nominated.filter(|&n| self.fits(&spec, n) && in_zone(self, n));
         let choice = nominated.or_else(|| {
-            self.live.iter().copied().filter(|&n| self.fits(&spec, n)).max_by_key(|&n| {
+            self.live.iter().copied().filter(|&n| self.fits(&spec, n) && in_zone(self, n)).max_by_key(|&n| {
                 let node = &self.nodes[n];
                 let cpu = node.allocatable.get(&ResourceName::Cpu).max(1);
                 (node.requested.get(&ResourceName::Cpu) * 1000 / cpu, Reverse(n))
@@ -785,7 +850,7 @@ impl Engine {
         let others: Vec<PodId> =
             self.pending.iter().copied().filter(|&p| self.pods[p].nominated.is_none()).collect();
         for p in others {
-            if self.fits(&self.pods[p].spec, n) {
+            if self.can_bind(&self.pods[p].spec, n) {
                 self.bind(p, n);
             }
         }
@@ -899,7 +964,7 @@ impl Engine {
             if let (Some(&p), Some(&n)) = (by_name.get(&placement.pod), node_by_name.get(&placement.node)) {
                 // Room on a ready node is taken now (what kube-scheduler would do); a launching node is
                 // nominated.
-                if self.nodes[n].ready.is_some() && self.fits(&self.pods[p].spec, n) {
+                if self.nodes[n].ready.is_some() && self.can_bind(&self.pods[p].spec, n) {
                     self.bind(p, n);
                 } else {
                     self.nominate(p, n);

@@ -84,6 +84,8 @@ pub struct Report {
     pub rollouts: Vec<(u64, String)>,
     /// Launches by instance type and capacity type.
     pub launches: BTreeMap<String, usize>,
+    /// Where each workload's running pods are at the end: zone -> pods.
+    pub pods_by_zone_at_end: BTreeMap<String, BTreeMap<String, usize>>,
 }
 
 /// How one headline row of a summary is printed.
@@ -225,6 +227,7 @@ impl Collector {
             hpa: self.hpa,
             rollouts: self.rollouts,
             launches: self.launches,
+            pods_by_zone_at_end: BTreeMap::new(),
         }
     }
 }

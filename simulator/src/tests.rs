@@ -472,3 +472,34 @@ fn the_openb_trace_replays_on_gpu_and_general_nodepools() {
             .any(|f| f.starts_with('c') || f.starts_with('m') || f.starts_with('r'))
     );
 }
+
+#[test]
+fn the_scheduler_stand_in_keeps_zone_spread_within_max_skew() {
+    // Three fixed nodes, one per zone; fillers leave the b and c nodes nearly full, so bin-packing scoring
+    // alone would pile the spread pods onto b and c. The spread constraint must even them out.
+    let node = |name: &str, zone: &str| {
+        format!(
+            "    - {{apiVersion: v1, kind: Node, metadata: {{name: {name}, labels: {{topology.kubernetes.io/zone: {zone}, kubernetes.io/hostname: {name}}}}}, status: {{allocatable: {{cpu: '4', memory: 16Gi, pods: '110'}}}}}}\n"
+        )
+    };
+    let filler = |name: &str| {
+        format!(
+            "  - deployment: {{apiVersion: apps/v1, kind: Deployment, metadata: {{name: fill-{name}}}, spec: {{replicas: 1, selector: {{matchLabels: {{app: fill-{name}}}}}, template: {{metadata: {{labels: {{app: fill-{name}}}}}, spec: {{nodeSelector: {{kubernetes.io/hostname: {name}}}, containers: [{{name: f, image: f, resources: {{requests: {{cpu: '3'}}}}}}]}}}}}}}}\n"
+        )
+    };
+    let body = format!(
+        "duration: 10m\ncluster:\n  region: us-east-1\n  objects:\n{}{}{}workloads:\n{}{}  - deployment: {{apiVersion: apps/v1, kind: Deployment, metadata: {{name: web}}, spec: {{replicas: 6, selector: {{matchLabels: {{app: web}}}}, template: {{metadata: {{labels: {{app: web}}}}, spec: {{topologySpreadConstraints: [{{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: web}}}}}}], containers: [{{name: w, image: w, resources: {{requests: {{cpu: 250m}}}}}}]}}}}}}}}\n",
+        node("node-a", "us-east-1a"),
+        node("node-b", "us-east-1b"),
+        node("node-c", "us-east-1c"),
+        filler("node-b"),
+        filler("node-c"),
+    );
+    let r = run(&scenario(&body));
+    let zones = &r.pods_by_zone_at_end["web"];
+    assert_eq!(zones.values().sum::<usize>(), 6, "{zones:?}");
+    assert!(
+        zones.len() == 3 && zones.values().all(|&c| c == 2),
+        "maxSkew 1 over 6 pods and 3 zones: {zones:?}"
+    );
+}

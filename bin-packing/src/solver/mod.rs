@@ -40,7 +40,7 @@ use crate::resources::Resources;
 pub use self::greedy::MAX_ALTERNATIVES;
 pub use self::plan::{BoundKind, LaunchOption, LowerBound, NewNode, Placement, Plan, Unschedulable};
 pub use self::problem::{
-    DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem, TopologySpread,
+    DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem, TopologySpread, selector_matches,
 };
 pub use self::spread::eligible_zones;
 
