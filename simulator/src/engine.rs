@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
 use cartwright_api::Manifests;
-use cartwright_binpack::solver::{Algorithm, ExistingNode, NodePoolTemplate, PodSpec, Problem};
+use cartwright_binpack::solver::{Algorithm, NodePoolTemplate, PodSpec};
 use cartwright_binpack::{CapacityType, Catalog, ResourceName, Resources, Taint, Toleration, labels, taints};
 use cartwright_core::batcher::{BatchWindow, Batcher};
 use cartwright_core::hpa::{HpaSpec, HpaState, MetricSample, Millis};
+use cartwright_core::provisioning::{self, NodeView};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -183,14 +184,7 @@ impl Engine {
         // Plan over the instance types some NodePool can launch (the solver would discard the others on
         // every planning round); the full catalog still prices the fixed fleet.
         let full = problem.catalog.clone();
-        let pool_requirements: Vec<_> = problem.nodepools.iter().map(|p| p.node_requirements()).collect();
-        let launchable = full
-            .instance_types()
-            .iter()
-            .filter(|t| pool_requirements.iter().any(|r| t.check_intersects(r).is_ok()))
-            .cloned()
-            .collect();
-        let catalog = Arc::new(Catalog::new(full.region(), full.zones().to_vec(), launchable));
+        let catalog = Arc::new(provisioning::launchable(&full, &problem.nodepools));
         let mut consolidate_after = BTreeMap::new();
         for pool in &manifests.nodepools {
             let after = pool.spec.disruption.as_ref().and_then(|d| d.consolidate_after.clone());
@@ -886,77 +880,44 @@ impl Engine {
         if pending.is_empty() {
             return;
         }
-        let mut existing = Vec::new();
-        let mut existing_ids = Vec::new();
-        let mut used: BTreeMap<String, (Resources, i64)> = BTreeMap::new();
-        // A node without room for the smallest request in every dimension can take none of these pods;
-        // leaving it out keeps planning rounds cheap on big clusters. Topology spread counts pods on every
-        // node, so with spread constraints all nodes are passed.
-        let spread = pending.iter().any(|&p| !self.pods[p].spec.topology_spread.is_empty());
-        let mut smallest: Option<Resources> = None;
-        for &p in &pending {
-            let r = &self.pods[p].spec.requests;
-            smallest = Some(match smallest {
-                None => r.clone(),
-                Some(m) => min_of(&m, r),
-            });
-        }
-        let smallest = smallest.unwrap_or_default();
-        for &n in &self.live {
-            let node = &self.nodes[n];
-            if let Some(pool) = &node.nodepool {
-                let u = used.entry(pool.clone()).or_insert((Resources::new(), 0));
-                u.0.add_assign(&node.capacity);
-                u.1 += 1;
-            }
-            if node.cordoned {
-                continue;
-            }
-            // Launching nodes count with the pods nominated to them.
-            let mut requested = node.requested.clone();
-            for &q in &node.nominated {
-                requested.add_assign(&self.pods[q].spec.requests);
-            }
-            if !spread && !smallest.fits_in(&node.allocatable.minus(&requested)) {
-                continue;
-            }
-            let mut pod_labels: Vec<BTreeMap<String, String>> =
-                node.pods.iter().map(|&q| self.pods[q].spec.labels.clone()).collect();
-            for &q in &node.nominated {
-                pod_labels.push(self.pods[q].spec.labels.clone());
-            }
-            existing.push(ExistingNode {
-                name: node.name.clone(),
-                labels: node.labels.clone(),
-                taints: node.taints.clone(),
-                allocatable: node.allocatable.clone(),
-                requested,
-                nodepool: node.nodepool.clone(),
-                initialized: node.ready.is_some(),
-                pod_labels,
-            });
-            existing_ids.push(n);
-        }
-        let mut nodepools = self.nodepools.clone();
-        for pool in &mut nodepools {
-            if let Some((res, count)) = used.get(&pool.name) {
-                if let Some(nodes) = &mut pool.remaining.nodes {
-                    *nodes -= count;
+        let live: Vec<NodeId> = self.live.iter().copied().collect();
+        let views: Vec<NodeView<'_>> = live
+            .iter()
+            .map(|&n| {
+                let node = &self.nodes[n];
+                // Launching nodes count with the pods nominated to them.
+                let mut requested = node.requested.clone();
+                let mut pod_labels: Vec<&BTreeMap<String, String>> =
+                    node.pods.iter().map(|&q| &self.pods[q].spec.labels).collect();
+                for &q in &node.nominated {
+                    requested.add_assign(&self.pods[q].spec.requests);
+                    pod_labels.push(&self.pods[q].spec.labels);
                 }
-                for (dim, left) in &mut pool.remaining.resources {
-                    *left -= res.get(dim);
+                NodeView {
+                    name: &node.name,
+                    labels: &node.labels,
+                    taints: &node.taints,
+                    allocatable: &node.allocatable,
+                    capacity: &node.capacity,
+                    requested,
+                    pod_labels,
+                    nodepool: node.nodepool.as_deref(),
+                    ready: node.ready.is_some(),
+                    cordoned: node.cordoned,
                 }
-            }
-        }
+            })
+            .collect();
         let by_name: BTreeMap<String, PodId> =
             pending.iter().map(|&p| (self.pods[p].spec.name.clone(), p)).collect();
-        let problem = Problem {
-            pods: pending.iter().map(|&p| (*self.pods[p].spec).clone()).collect(),
-            existing,
-            nodepools,
-            daemonsets: self.daemonsets.clone(),
-            catalog: self.catalog.clone(),
-        };
+        let problem = provisioning::problem(
+            pending.iter().map(|&p| (*self.pods[p].spec).clone()).collect(),
+            &views,
+            &self.nodepools,
+            &self.daemonsets,
+            self.catalog.clone(),
+        );
+        drop(views);
+        let existing_ids = live;
         let plan = self.algorithm.solve(&problem);
         let node_by_name: BTreeMap<String, NodeId> =
             existing_ids.iter().map(|&n| (self.nodes[n].name.clone(), n)).collect();
@@ -975,14 +936,9 @@ impl Engine {
             let Some(instance_type) = self.catalog.get(&new.launch.instance_type) else { continue };
             let allocatable = instance_type.allocatable();
             let capacity = instance_type.capacity.clone();
-            let mut node_labels = instance_type.requirements.single_valued_labels();
-            node_labels.extend(new.labels.clone());
-            node_labels.insert(labels::ZONE.to_owned(), new.launch.zone.clone());
-            node_labels
-                .insert(labels::CAPACITY_TYPE.to_owned(), new.launch.capacity_type.as_str().to_owned());
             let id = self.nodes.len();
             let name = format!("{}-{id}", new.nodepool);
-            node_labels.insert(labels::HOSTNAME.to_owned(), name.clone());
+            let node_labels = provisioning::node_labels(instance_type, new, &name);
             let taints = self
                 .nodepools
                 .iter()
@@ -1375,15 +1331,6 @@ impl Engine {
                 .collect(),
         });
     }
-}
-
-/// The elementwise minimum of two request vectors (a dimension absent from either counts as zero).
-fn min_of(a: &Resources, b: &Resources) -> Resources {
-    let mut out = Resources::new();
-    for (dim, amount) in a.iter() {
-        out.set(&dim, amount.min(b.get(&dim)));
-    }
-    out
 }
 
 /// `maxSurge` / `maxUnavailable`: a count, or a percentage of `of` rounded up (surge) or down (unavailable).

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 
 use cartwright_binpack::labels;
 use cartwright_binpack::requirements::SelectorRequirement;
-use cartwright_binpack::solver::{DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem};
+use cartwright_binpack::solver::{DaemonSetSpec, Limits, NodePoolTemplate, PodSpec, Problem};
 use cartwright_binpack::{Catalog, NodeAffinity, ResourceName, Resources, Taint, TaintEffect, Toleration};
+use cartwright_core::provisioning::{self, NodeView};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec as K8sPodSpec, PodTemplateSpec};
@@ -214,59 +215,32 @@ impl Manifests {
     /// The solver's view: pending pods, nodes (with the requests of their bound pods and daemonsets),
     /// NodePool templates with limits left after their existing nodes, daemonsets, over `catalog`.
     pub fn to_problem(&self, catalog: Catalog) -> Problem {
-        let mut existing = Vec::new();
-        let mut used_by_pool: BTreeMap<String, (Resources, i64)> = BTreeMap::new();
-        for node in &self.nodes {
-            let on_node: Vec<&PodSpec> =
-                self.bound.iter().filter(|(n, _)| *n == node.name).map(|(_, p)| p).collect();
-            let mut requested = Resources::new();
-            for pod in &on_node {
-                requested.add_assign(&pod.requests);
-            }
-            let pool = node.labels.get(labels::NODEPOOL).cloned();
-            if let Some(pool) = &pool {
-                let used = used_by_pool.entry(pool.clone()).or_insert((Resources::new(), 0));
-                used.0.add_assign(&node.capacity);
-                used.1 += 1;
-            }
-            if !node.schedulable {
-                continue;
-            }
-            existing.push(ExistingNode {
-                name: node.name.clone(),
-                labels: node.labels.clone(),
-                taints: node.taints.clone(),
-                allocatable: node.allocatable.clone(),
-                requested,
-                nodepool: pool,
-                initialized: true,
-                pod_labels: on_node.iter().map(|p| p.labels.clone()).collect(),
-            });
-        }
-        let mut nodepools = Vec::new();
-        for pool in &self.nodepools {
-            let mut template = pool.template.clone();
-            if let Some((resources, count)) = used_by_pool.get(&pool.name) {
-                charge(&mut template.remaining, resources, *count);
-            }
-            nodepools.push(template);
-        }
-        Problem {
-            pods: self.pending.clone(),
-            existing,
-            nodepools,
-            daemonsets: self.daemonsets.clone(),
-            catalog: catalog.into(),
-        }
-    }
-}
-
-fn charge(limits: &mut Limits, capacity: &Resources, count: i64) {
-    if let Some(n) = &mut limits.nodes {
-        *n -= count;
-    }
-    for (dim, left) in &mut limits.resources {
-        *left -= capacity.get(dim);
+        let views: Vec<NodeView<'_>> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let on_node: Vec<&PodSpec> =
+                    self.bound.iter().filter(|(n, _)| *n == node.name).map(|(_, p)| p).collect();
+                let mut requested = Resources::new();
+                for pod in &on_node {
+                    requested.add_assign(&pod.requests);
+                }
+                NodeView {
+                    name: &node.name,
+                    labels: &node.labels,
+                    taints: &node.taints,
+                    allocatable: &node.allocatable,
+                    capacity: &node.capacity,
+                    requested,
+                    pod_labels: on_node.iter().map(|p| &p.labels).collect(),
+                    nodepool: node.labels.get(labels::NODEPOOL).map(String::as_str),
+                    ready: true,
+                    cordoned: !node.schedulable,
+                }
+            })
+            .collect();
+        let templates: Vec<NodePoolTemplate> = self.nodepools.iter().map(|p| p.template.clone()).collect();
+        provisioning::problem(self.pending.clone(), &views, &templates, &self.daemonsets, catalog.into())
     }
 }
 

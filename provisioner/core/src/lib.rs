@@ -2,11 +2,13 @@
 //! provisioning, node lifecycle, disruption, HPA headroom), written against the `CloudProvider`,
 //! `ClusterApi` and `Clock` traits.
 //!
-//! So far: the HorizontalPodAutoscaler algorithm ([`hpa`]) and the provisioning batch window ([`batcher`]),
-//! both pure and driven by the caller's clock, shared by the simulator and (next) the controller.
+//! So far: the HorizontalPodAutoscaler algorithm ([`hpa`]), the provisioning batch window ([`batcher`]) and
+//! the provisioning decision ([`provisioning`]: cluster snapshot to solver problem, plan to node labels),
+//! pure and driven by the caller's clock, shared by the simulator and (next) the controller.
 #![forbid(unsafe_code)]
 
 pub mod batcher;
 pub mod hpa;
+pub mod provisioning;
 
 pub use cartwright_binpack as binpack;
