@@ -62,8 +62,12 @@ pub fn run(
             .map_err(|e| e.to_string())?,
         ..CatalogOptions::default()
     };
-    let catalog =
-        Catalog::embedded(&scenario.cluster.region, &options).map_err(|e| format!("cluster.region: {e}"))?;
+    let catalog = match &scenario.cluster.catalog {
+        Some(file) => cartwright_api::catalog_file::read(&base.join(file), &scenario.cluster.region)
+            .map_err(|e| format!("cluster.catalog: {e}"))?,
+        None => Catalog::embedded(&scenario.cluster.region, &options)
+            .map_err(|e| format!("cluster.region: {e}"))?,
+    };
     let mut scenario = scenario.clone();
     scenario::load_files(&mut scenario, base)?;
     let engine = Engine::new(&scenario, base, &manifests, catalog, Options { algorithm })?;

@@ -146,6 +146,10 @@ impl Scenario {
 pub struct Cluster {
     /// An embedded catalog region (`us-east-1`, `ap-northeast-2`, ...).
     pub region: String,
+    /// A catalog file (the JSON `cartwright catalog --output json` prints), relative to the scenario,
+    /// instead of the embedded catalog.
+    #[serde(default)]
+    pub catalog: Option<PathBuf>,
     /// Zones to offer in; the region's documented zones when absent.
     #[serde(default)]
     pub zones: Option<Vec<String>>,

@@ -1,14 +1,12 @@
 //! `cartwright catalog`: the embedded instance catalog of a region, filtered by Karpenter-style requirements.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::{Context, bail};
-use cartwright_binpack::labels::{self, aws};
+use cartwright_binpack::catalog::file::CatalogEntry;
 use cartwright_binpack::requirements::SelectorRequirement;
 use cartwright_binpack::{CapacityType, Catalog, CatalogOptions, InstanceType, Requirements, SpotPriceModel};
 use clap::ValueEnum;
-use serde::Serialize;
 
 /// Arguments of `cartwright catalog`.
 #[derive(Debug, clap::Args)]
@@ -41,34 +39,6 @@ pub enum Output {
     Json,
 }
 
-/// One instance type as printed by `--output json`.
-#[derive(Debug, Serialize)]
-struct Entry<'a> {
-    name: &'a str,
-    vcpu: u32,
-    memory_mib: u64,
-    arch: &'a str,
-    gpu_count: u32,
-    allocatable: Allocatable,
-    labels: BTreeMap<String, String>,
-    offerings: Vec<EntryOffering<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct Allocatable {
-    cpu_millis: i64,
-    memory_mib: i64,
-    pods: i64,
-    ephemeral_storage_gib: i64,
-}
-
-#[derive(Debug, Serialize)]
-struct EntryOffering<'a> {
-    zone: &'a str,
-    capacity_type: CapacityType,
-    price_per_hour: f64,
-}
-
 /// Prints the catalog.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let requirements = parse_requirements(&args.requirement_groups)?;
@@ -82,8 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match args.output {
         Output::Json => {
-            let entries: Vec<Entry> =
-                selected.iter().map(|t| entry(t, &requirements)).collect::<anyhow::Result<_>>()?;
+            let entries: Vec<CatalogEntry> = selected.iter().map(|t| entry(t, &requirements)).collect();
             serde_json::to_writer_pretty(&mut stdout, &entries)?;
             writeln!(stdout)?;
         }
@@ -123,43 +92,8 @@ fn parse_requirements(raw: &[Vec<String>]) -> anyhow::Result<Requirements> {
     Ok(requirements)
 }
 
-fn numeric_label<T: std::str::FromStr>(t: &InstanceType, key: &str) -> anyhow::Result<T> {
-    t.label(key)
-        .with_context(|| format!("{} has no {key} label", t.name))?
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{}: label {key} is not a number", t.name))
-}
-
-fn entry<'a>(t: &'a InstanceType, requirements: &'a Requirements) -> anyhow::Result<Entry<'a>> {
-    let alloc = t.allocatable();
-    let mut labels = t.requirements.single_valued_labels();
-    // Zone and capacity type belong to offerings, not to the type.
-    labels.remove(labels::ZONE);
-    labels.remove(labels::CAPACITY_TYPE);
-    Ok(Entry {
-        name: &t.name,
-        vcpu: numeric_label(t, aws::INSTANCE_CPU)?,
-        memory_mib: numeric_label(t, aws::INSTANCE_MEMORY)?,
-        arch: t.label(labels::ARCH).unwrap_or_default(),
-        gpu_count: t
-            .label(aws::INSTANCE_GPU_COUNT)
-            .map_or(Ok(0), |_| numeric_label(t, aws::INSTANCE_GPU_COUNT))?,
-        allocatable: Allocatable {
-            cpu_millis: alloc.cpu_millis,
-            memory_mib: alloc.memory_bytes >> 20,
-            pods: alloc.pods,
-            ephemeral_storage_gib: alloc.ephemeral_storage_bytes >> 30,
-        },
-        labels,
-        offerings: t
-            .compatible_offerings(requirements)
-            .map(|o| EntryOffering {
-                zone: &o.zone,
-                capacity_type: o.capacity_type,
-                price_per_hour: o.price.usd(),
-            })
-            .collect(),
-    })
+fn entry(t: &InstanceType, requirements: &Requirements) -> CatalogEntry {
+    CatalogEntry::from_type(t, |o| t.compatible_offerings(requirements).any(|c| std::ptr::eq(c, o)))
 }
 
 fn table(types: &[&InstanceType], requirements: &Requirements) -> anyhow::Result<comfy_table::Table> {
@@ -177,7 +111,7 @@ fn table(types: &[&InstanceType], requirements: &Requirements) -> anyhow::Result
         "SPOT $/H",
     ]);
     for t in types {
-        let e = entry(t, requirements)?;
+        let e = entry(t, requirements);
         let cheapest = |ct: CapacityType| {
             t.compatible_offerings(requirements)
                 .filter(|o| o.capacity_type == ct)

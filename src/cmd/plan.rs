@@ -27,6 +27,10 @@ pub struct Args {
     /// AWS region whose embedded catalog and prices to use.
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
+    /// A catalog file (the JSON `cartwright catalog --output json` prints, edited as you like) instead of
+    /// the embedded catalog.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
     /// Zones to offer in (comma-separated); defaults to the region's documented zones.
     #[arg(long, value_delimiter = ',')]
     pub zones: Option<Vec<String>>,
@@ -122,7 +126,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         spot: SpotPriceModel::flat(args.spot_discount).context("--spot-discount")?,
         ..CatalogOptions::default()
     };
-    let catalog = Catalog::embedded(&args.region, &options)?;
+    let catalog = match &args.catalog {
+        Some(path) => cartwright_api::catalog_file::read(path, &args.region).map_err(anyhow::Error::msg)?,
+        None => Catalog::embedded(&args.region, &options)?,
+    };
     let problem = manifests.to_problem(catalog);
     let started = Instant::now();
     let plan = args.solver.solve(&problem);

@@ -190,3 +190,50 @@ fn every_solver_plans_the_same_manifests() {
         assert_eq!(pods_planned(&plan) + plan["unschedulable"].as_array().unwrap().len(), 40);
     }
 }
+
+#[test]
+fn an_edited_catalog_file_replaces_the_embedded_catalog() {
+    let dir = std::env::temp_dir().join(format!("cartwright-plan-catalog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two types only, from the catalog command itself; make m5.xlarge spot absurdly cheap.
+    let json = expect_success(&[
+        "catalog",
+        "--output",
+        "json",
+        "--requirement",
+        "node.kubernetes.io/instance-type",
+        "In",
+        "m5.large",
+        "m5.xlarge",
+    ]);
+    let mut entries: Value = serde_json::from_str(&json).unwrap();
+    for e in entries.as_array_mut().unwrap() {
+        let xlarge = e["name"] == "m5.xlarge";
+        for o in e["offerings"].as_array_mut().unwrap() {
+            if xlarge && o["capacity_type"] == "spot" {
+                o["price_per_hour"] = serde_json::json!(0.001);
+            }
+        }
+    }
+    let catalog = dir.join("catalog.json");
+    std::fs::write(&catalog, serde_json::to_string(&entries).unwrap()).unwrap();
+    let plan =
+        plan_json(&["--input", &example("karpenter-weighted.yaml"), "--catalog", catalog.to_str().unwrap()]);
+    let types: std::collections::BTreeSet<&str> =
+        new_nodes(&plan).iter().map(|n| n["instance_type"].as_str().unwrap()).collect();
+    assert!(types.iter().all(|t| *t == "m5.large" || *t == "m5.xlarge"), "{types:?}");
+    assert!(
+        new_nodes(&plan).iter().any(|n| n["instance_type"] == "m5.xlarge" && n["capacity_type"] == "spot"),
+        "the edited price is used: {plan:#}"
+    );
+    std::fs::write(&catalog, "[{\"name\": 1}]").unwrap();
+    let err = super::expect_failure(&[
+        "plan",
+        "--input",
+        &example("karpenter-weighted.yaml"),
+        "--catalog",
+        catalog.to_str().unwrap(),
+    ]);
+    assert!(err.contains("catalog.json: [0].name"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -8,6 +8,7 @@
 
 pub mod aws;
 pub mod facts;
+pub mod file;
 #[rustfmt::skip]
 mod generated;
 
@@ -101,6 +102,8 @@ pub enum CatalogError {
     NoZones(String),
     #[error("spot discount {0} must be a fraction in [0, 1)")]
     BadSpotDiscount(f64),
+    #[error("catalog entry {name}: {message}")]
+    BadEntry { name: String, message: String },
 }
 
 /// Not enough distinct values of a key remain to honour a `minValues` requirement.

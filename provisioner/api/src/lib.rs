@@ -5,6 +5,7 @@
 //! DaemonSets, Nodes, NodePools) into a solver problem. NodeClaim and EC2NodeClass arrive with the controller.
 #![forbid(unsafe_code)]
 
+pub mod catalog_file;
 pub mod manifests;
 pub mod nodepool;
 
