@@ -94,11 +94,21 @@ struct SimWorkload {
     sets: Vec<ReplicaSet>,
     /// A trace's pods, by row: their specs and current pod (a replay, not a ReplicaSet).
     trace: Option<TraceState>,
+    /// A Job's progress: its pods complete `duration` after they are ready.
+    job: Option<JobState>,
     /// Live pods, and how many of them are ready (kept as counters: the HPA reads them every sync).
     live_pods: i32,
     ready_pods: i32,
     phase: RolloutPhase,
     next_revision: usize,
+}
+
+#[derive(Clone, Debug)]
+struct JobState {
+    parallelism: i32,
+    completions: i32,
+    succeeded: i32,
+    duration_ms: Millis,
 }
 
 #[derive(Clone, Debug)]
@@ -128,6 +138,8 @@ enum Event {
     ZoneOutage(usize, bool),
     /// A capacity shortage starts (true) or ends.
     Shortage(usize, bool),
+    /// A Job pod finishes its work.
+    PodComplete(PodId),
 }
 
 /// The simulator's settings beyond the scenario.
@@ -160,6 +172,8 @@ pub struct Engine {
     batcher: Batcher,
     batch_scheduled: Option<Millis>,
     spot_rate_per_ms: f64,
+    /// Per instance family, overriding `spot_rate_per_ms`.
+    spot_rate_by_family: BTreeMap<String, f64>,
     zone_outages: Vec<crate::scenario::ZoneOutage>,
     shortages: Vec<crate::scenario::CapacityShortage>,
     pub(crate) collector: Collector,
@@ -226,6 +240,13 @@ impl Engine {
             rollouts: scenario.rollouts.clone(),
             batch_scheduled: None,
             spot_rate_per_ms: scenario.events.spot_interruptions.per_node_day / 86_400_000.0,
+            spot_rate_by_family: scenario
+                .events
+                .spot_interruptions
+                .per_family_per_node_day
+                .iter()
+                .map(|(family, rate)| (family.clone(), rate / 86_400_000.0))
+                .collect(),
             zone_outages: scenario.events.zone_outages.clone(),
             shortages: scenario.events.capacity_shortages.clone(),
             collector: Collector::default(),
@@ -273,25 +294,20 @@ impl Engine {
             engine.add_daemonset_load(id);
         }
         for (i, w) in scenario.workloads.iter().enumerate() {
-            let deployment = crate::scenario::deployment(i, &w.deployment)?;
-            let name = deployment.metadata.name.clone().unwrap_or_else(|| format!("workload-{i}"));
-            let namespace = deployment.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-            let spec = deployment.spec;
-            let pod_spec = spec
-                .template
-                .spec
-                .as_ref()
-                .ok_or(format!("workloads[{i}].deployment.spec.template.spec: missing"))?;
+            let object = crate::scenario::workload_object(i, w)?;
+            let (name, namespace) = (object.name, object.namespace);
+            let pod_spec =
+                object.template.spec.as_ref().ok_or(format!("workloads[{i}]: spec.template.spec missing"))?;
             let pod_labels =
-                spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+                object.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
             let (template, notes) =
                 cartwright_api::manifests::pod_spec(&format!("{namespace}/{name}"), pod_spec, pod_labels)
-                    .map_err(|e| format!("workloads[{i}].deployment: {e}"))?;
+                    .map_err(|e| format!("workloads[{i}]: {e}"))?;
             for note in notes {
                 tracing::warn!("workload {name}: {note} is not modelled yet and is ignored");
             }
             let hpa = w.hpa.as_ref().map(|h| crate::scenario::hpa(i, h)).transpose()?;
-            let mut desired = spec.replicas.unwrap_or(1);
+            let mut desired = object.replicas;
             if let Some(h) = &hpa {
                 desired = desired.clamp(h.min_replicas, h.max_replicas);
             }
@@ -304,6 +320,12 @@ impl Engine {
                 pod_capacity: w.pod_capacity.unwrap_or(1.0),
                 sets: vec![ReplicaSet { revision: 0, replicas: desired, pods: vec![] }],
                 trace: None,
+                job: object.job.map(|(parallelism, completions)| JobState {
+                    parallelism,
+                    completions,
+                    succeeded: 0,
+                    duration_ms: w.pod_duration.map_or(0, |d| d.millis()),
+                }),
                 live_pods: 0,
                 ready_pods: 0,
                 phase: RolloutPhase::Idle,
@@ -330,7 +352,7 @@ impl Engine {
         for t in &scenario.events.spot_interruptions.at {
             engine.push(t.millis(), Event::SpotNotice(None));
         }
-        if engine.spot_rate_per_ms > 0.0 {
+        if engine.spot_rate_per_ms > 0.0 || engine.spot_rate_by_family.values().any(|r| *r > 0.0) {
             engine.push(60_000, Event::SpotDraw);
         }
         for w in 0..engine.workloads.len() {
@@ -400,6 +422,7 @@ impl Engine {
             pod_capacity: 1.0,
             sets: vec![ReplicaSet { revision: 0, replicas: 0, pods: vec![] }],
             trace: Some(TraceState { specs, current: vec![None; rows.len()] }),
+            job: None,
             live_pods: 0,
             ready_pods: 0,
             phase: RolloutPhase::Idle,
@@ -492,6 +515,10 @@ impl Engine {
                     self.pods[p].ready_at = Some(self.now);
                     let w = self.pods[p].workload;
                     self.workloads[w].ready_pods += 1;
+                    if let Some(job) = &self.workloads[w].job {
+                        let done = self.now + job.duration_ms;
+                        self.push(done, Event::PodComplete(p));
+                    }
                     if !matches!(self.workloads[w].phase, RolloutPhase::Idle) {
                         self.rollout_progress(w);
                     }
@@ -514,12 +541,15 @@ impl Engine {
             Event::TraceDelete(w, row) => self.trace_delete(w, row),
             Event::ZoneOutage(i, start) => self.zone_outage(i, start),
             Event::Shortage(i, start) => self.shortage(i, start),
+            Event::PodComplete(p) => self.pod_complete(p),
             Event::SpotDraw => {
                 // Thinning: each spot node is interrupted with probability rate × minute in this minute.
                 let minute = 60_000.0;
                 let spot = self.spot_nodes(false);
                 for n in spot {
-                    if self.rng.random::<f64>() < self.spot_rate_per_ms * minute {
+                    let family = self.nodes[n].instance_type.split('.').next().unwrap_or_default();
+                    let rate = self.spot_rate_by_family.get(family).copied().unwrap_or(self.spot_rate_per_ms);
+                    if self.rng.random::<f64>() < rate * minute {
                         self.spot_notice(Some(n));
                     }
                 }
@@ -1047,6 +1077,23 @@ impl Engine {
             Some(row) => self.trace_create(w, row),
             None => self.reconcile(w),
         }
+    }
+
+    /// A Job pod succeeded: it goes away, and the Job runs `min(parallelism, completions left)` pods.
+    fn pod_complete(&mut self, p: PodId) {
+        if self.pods[p].deleted || self.pods[p].node.is_none() {
+            return;
+        }
+        let w = self.pods[p].workload;
+        self.delete_pod(p);
+        let Some(job) = &mut self.workloads[w].job else { return };
+        job.succeeded += 1;
+        let active = job.parallelism.min(job.completions - job.succeeded).max(0);
+        self.workloads[w].desired = active;
+        if let Some(set) = self.workloads[w].sets.last_mut() {
+            set.replicas = active;
+        }
+        self.reconcile(w);
     }
 
     fn trace_create(&mut self, w: usize, row: usize) {

@@ -2,12 +2,14 @@
 //! manifests), the workloads (real Deployments, optional real HPAs, load curves), rollouts, events and timing.
 //! Unknown versions and fields are rejected with a message naming them. Format: `docs/scenarios.md`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cartwright_core::hpa::{Behavior, HpaSpec, Policy, ScalingRules, SelectPolicy};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler};
+use k8s_openapi::api::batch::v1::Job;
 use serde::Deserialize;
 
 /// The only scenario version so far.
@@ -169,8 +171,18 @@ pub struct Cluster {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Workload {
-    /// The Deployment (`apps/v1`), inline.
-    pub deployment: serde_json::Value,
+    /// A Deployment (`apps/v1`), inline; or one of `statefulSet` and `job`.
+    #[serde(default)]
+    pub deployment: Option<serde_json::Value>,
+    /// A StatefulSet (`apps/v1`), inline: capacity-wise a Deployment with stable names.
+    #[serde(default)]
+    pub stateful_set: Option<serde_json::Value>,
+    /// A Job (`batch/v1`), inline: `parallelism` pods at a time until `completions` have succeeded.
+    #[serde(default)]
+    pub job: Option<serde_json::Value>,
+    /// How long each Job pod runs once ready (required for a job).
+    #[serde(default)]
+    pub pod_duration: Option<Dur>,
     /// Its HorizontalPodAutoscaler (`autoscaling/v2`), inline.
     #[serde(default)]
     pub hpa: Option<serde_json::Value>,
@@ -351,6 +363,9 @@ pub struct SpotInterruptions {
     /// Expected interruptions per spot node per day (Poisson).
     #[serde(default)]
     pub per_node_day: f64,
+    /// The same per instance family (`m5`, `c6i`, ...), overriding `perNodeDay` for that family.
+    #[serde(default)]
+    pub per_family_per_node_day: BTreeMap<String, f64>,
     /// Times at which one running spot node (chosen by the seed) gets its 2-minute notice.
     #[serde(default)]
     pub at: Vec<Dur>,
@@ -416,6 +431,16 @@ fn validate(s: &Scenario) -> Result<(), String> {
         return Err("cluster.spotDiscount: must be in [0, 1)".into());
     }
     for (i, w) in s.workloads.iter().enumerate() {
+        let given = [w.deployment.is_some(), w.stateful_set.is_some(), w.job.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(format!("workloads[{i}]: give exactly one of deployment, statefulSet or job"));
+        }
+        if w.job.is_some() && w.pod_duration.is_none() {
+            return Err(format!("workloads[{i}].podDuration: a job needs how long its pods run"));
+        }
+        if w.job.is_some() && w.hpa.is_some() {
+            return Err(format!("workloads[{i}].hpa: a job is not scaled by an HPA"));
+        }
         if w.hpa.is_some() && (w.load.is_none() || w.pod_capacity.is_none()) {
             return Err(format!(
                 "workloads[{i}]: an hpa needs `load` and `podCapacity` to compute utilisation"
@@ -482,6 +507,11 @@ fn validate(s: &Scenario) -> Result<(), String> {
             return Err(format!("traces[{i}].speedup: must be positive"));
         }
     }
+    if let Some((family, _)) =
+        s.events.spot_interruptions.per_family_per_node_day.iter().find(|(_, r)| r.is_nan() || **r < 0.0)
+    {
+        return Err(format!("events.spotInterruptions.perFamilyPerNodeDay.{family}: must not be negative"));
+    }
     if s.events.spot_interruptions.per_node_day < 0.0 {
         return Err("events.spotInterruptions.perNodeDay: must not be negative".into());
     }
@@ -512,12 +542,60 @@ pub fn manifest_files(s: &Scenario, base: &Path) -> Result<Vec<(String, String)>
 }
 
 /// A Deployment as written in `workloads[i].deployment`.
-pub fn deployment(i: usize, value: &serde_json::Value) -> Result<Deployment, String> {
-    if value.get("kind").and_then(|k| k.as_str()) != Some("Deployment") {
-        return Err(format!("workloads[{i}].deployment: kind must be Deployment"));
+/// A workload's pods as written: name, namespace, pod template, initial replicas, and for a Job its
+/// parallelism and completions.
+#[derive(Clone, Debug)]
+pub struct WorkloadObject {
+    pub name: String,
+    pub namespace: String,
+    pub template: k8s_openapi::api::core::v1::PodTemplateSpec,
+    pub replicas: i32,
+    pub job: Option<(i32, i32)>,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    i: usize,
+    field: &str,
+    kind: &str,
+    value: &serde_json::Value,
+) -> Result<T, String> {
+    if value.get("kind").and_then(|k| k.as_str()) != Some(kind) {
+        return Err(format!("workloads[{i}].{field}: kind must be {kind}"));
     }
     serde_path_to_error::deserialize(value.clone())
-        .map_err(|e| format!("workloads[{i}].deployment.{}: {}", e.path(), e.inner()))
+        .map_err(|e| format!("workloads[{i}].{field}.{}: {}", e.path(), e.inner()))
+}
+
+/// Reads `workloads[i]`'s Deployment, StatefulSet or Job.
+pub fn workload_object(i: usize, w: &Workload) -> Result<WorkloadObject, String> {
+    let (metadata, template, replicas, job) = if let Some(v) = &w.deployment {
+        let d: Deployment = typed(i, "deployment", "Deployment", v)?;
+        (d.metadata, d.spec.template, d.spec.replicas.unwrap_or(1), None)
+    } else if let Some(v) = &w.stateful_set {
+        let s: StatefulSet = typed(i, "statefulSet", "StatefulSet", v)?;
+        (s.metadata, s.spec.template, s.spec.replicas.unwrap_or(1), None)
+    } else if let Some(v) = &w.job {
+        let j: Job = typed(i, "job", "Job", v)?;
+        let spec = j.spec.ok_or(format!("workloads[{i}].job.spec: missing"))?;
+        let parallelism = spec.parallelism.unwrap_or(1);
+        let completions = spec.completions.unwrap_or(parallelism);
+        if parallelism < 1 || completions < 1 {
+            return Err(format!("workloads[{i}].job.spec: parallelism and completions must be at least 1"));
+        }
+        (j.metadata, spec.template, parallelism.min(completions), Some((parallelism, completions)))
+    } else {
+        return Err(format!("workloads[{i}]: give exactly one of deployment, statefulSet or job"));
+    };
+    if replicas < 0 {
+        return Err(format!("workloads[{i}]: replicas must not be negative"));
+    }
+    Ok(WorkloadObject {
+        name: metadata.name.unwrap_or_else(|| format!("workload-{i}")),
+        namespace: metadata.namespace.unwrap_or_else(|| "default".into()),
+        template,
+        replicas,
+        job,
+    })
 }
 
 /// An `autoscaling/v2` HPA as written in `workloads[i].hpa`, turned into the algorithm's spec.

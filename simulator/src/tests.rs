@@ -503,3 +503,35 @@ fn the_scheduler_stand_in_keeps_zone_spread_within_max_skew() {
         "maxSkew 1 over 6 pods and 3 zones: {zones:?}"
     );
 }
+
+#[test]
+fn a_job_runs_parallelism_pods_until_its_completions_succeed() {
+    let body = format!(
+        "duration: 2h\ncluster:\n  region: us-east-1\n{POOLS}\nworkloads:\n  - job: {{apiVersion: batch/v1, kind: Job, metadata: {{name: etl}}, spec: {{parallelism: 3, completions: 7, template: {{spec: {{restartPolicy: Never, containers: [{{name: e, image: e, resources: {{requests: {{cpu: '1'}}}}}}]}}}}}}}}\n    podDuration: 10m\n  - statefulSet: {{apiVersion: apps/v1, kind: StatefulSet, metadata: {{name: db}}, spec: {{replicas: 2, serviceName: db, selector: {{matchLabels: {{app: db}}}}, template: {{metadata: {{labels: {{app: db}}}}, spec: {{containers: [{{name: d, image: d, resources: {{requests: {{cpu: '1'}}}}}}]}}}}}}}}\n"
+    );
+    let r = run(&scenario(&body));
+    let peak = peak_pods(&r, "etl");
+    assert_eq!(peak, 3, "parallelism 3");
+    assert_eq!(r.samples.last().unwrap().workload_pods["etl"], 0, "all 7 completed");
+    assert_eq!(r.samples.last().unwrap().workload_pods["db"], 2);
+    // 7 pods in rounds of 3, 3, 1, each ~10 min after a node launch: done well within the 2 h.
+    let done = r.samples.iter().find(|s| s.workload_pods["etl"] == 0 && s.t_seconds > 0).unwrap().t_seconds;
+    assert!((1800..=3600).contains(&done), "{done}");
+    let bad = body.replace("    podDuration: 10m\n", "");
+    let err =
+        scenario::parse("s", &format!("version: cartwright.sh/scenario/v1\nname: t\n{bad}")).unwrap_err();
+    assert!(err.to_string().contains("workloads[0].podDuration"), "{err}");
+}
+
+#[test]
+fn spot_interruption_rates_can_differ_by_family() {
+    let body = format!(
+        "duration: 12h\ncluster:\n  region: us-east-1\n{POOLS}\nworkloads:{}\nevents:\n  spotInterruptions: {{perNodeDay: 0, perFamilyPerNodeDay: {{FAMILY: 20}}}}\n",
+        web(8)
+    );
+    let quiet = run(&scenario(&body.replace("FAMILY", "x9z")));
+    assert_eq!(quiet.summary.interruptions, 0, "no node of that family");
+    let family = quiet.launches.keys().next().unwrap().split('.').next().unwrap().to_owned();
+    let noisy = run(&scenario(&body.replace("FAMILY", &family)));
+    assert!(noisy.summary.interruptions > 0, "{family} nodes are interrupted");
+}
