@@ -40,7 +40,8 @@ use crate::resources::Resources;
 pub use self::greedy::MAX_ALTERNATIVES;
 pub use self::plan::{BoundKind, LaunchOption, LowerBound, NewNode, Placement, Plan, Unschedulable};
 pub use self::problem::{
-    DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem, TopologySpread, selector_matches,
+    DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem, TopologySpread, host_port_label,
+    selector_matches,
 };
 pub use self::spread::eligible_zones;
 

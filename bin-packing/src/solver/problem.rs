@@ -87,6 +87,19 @@ impl PodSpec {
         cap
     }
 
+    /// Builder: a host port (`hostPort` of a container). Two pods using the same port and protocol cannot
+    /// share a node. Modelled as a reserved label (`hostport.cartwright.sh/<PROTOCOL>-<port>`) that the pod
+    /// carries and repels on `kubernetes.io/hostname`, so every algorithm, the index and the validator honour
+    /// it as anti-affinity; pods on existing nodes carry the same label.
+    pub fn with_host_port(mut self, protocol: &str, port: i32) -> Self {
+        let key = host_port_label(protocol, port);
+        if !self.labels.contains_key(&key) {
+            self.labels.insert(key.clone(), "used".to_owned());
+            self.hostname_anti_affinity.push([(key, "used".to_owned())].into());
+        }
+        self
+    }
+
     /// Builder: a label.
     pub fn with_label(mut self, key: &str, value: &str) -> Self {
         self.labels.insert(key.to_owned(), value.to_owned());
@@ -124,6 +137,11 @@ impl PodSpec {
         self.tolerations.push(toleration);
         self
     }
+}
+
+/// The reserved label a pod using `protocol`/`port` as a host port carries.
+pub fn host_port_label(protocol: &str, port: i32) -> String {
+    format!("hostport.cartwright.sh/{}-{port}", protocol.to_ascii_uppercase())
 }
 
 /// `matchLabels` semantics: every pair of the selector is among the labels (an empty selector matches all).

@@ -538,3 +538,26 @@ fn hostname_spread_caps_pods_per_node() {
         assert_eq!(node_pods(&plan).len(), 7);
     }
 }
+
+#[test]
+fn pods_sharing_a_host_port_never_share_a_node() {
+    let pods: Vec<PodSpec> = (0..4)
+        .map(|i| {
+            PodSpec::new(format!("ingress-{i}"), Resources::new().with_cpu_millis(100).with_memory_mib(64))
+                .with_host_port("TCP", 443)
+        })
+        .chain((0..4).map(|i| {
+            PodSpec::new(format!("other-{i}"), Resources::new().with_cpu_millis(100).with_memory_mib(64))
+                .with_host_port("tcp", 8080)
+        }))
+        .collect();
+    let p = problem(vec![pods], vec![NodePoolTemplate::new("default")]);
+    let plan = expect_valid_plan(&p);
+    assert!(plan.unschedulable.is_empty());
+    for node in &plan.new_nodes {
+        let ingress = node.pods.iter().filter(|n| n.starts_with("ingress")).count();
+        let other = node.pods.iter().filter(|n| n.starts_with("other")).count();
+        assert!(ingress <= 1 && other <= 1, "{:?}", node.pods);
+    }
+    assert_eq!(plan.new_nodes.len(), 4, "one of each port per node: 4 nodes, each with one of each");
+}

@@ -15,7 +15,9 @@ use cartwright_binpack::{Catalog, NodeAffinity, ResourceName, Resources, Taint, 
 use cartwright_core::provisioning::{self, NodeView};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec as K8sPodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Node, PersistentVolume, PersistentVolumeClaim, Pod, PodSpec as K8sPodSpec, PodTemplateSpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::de::DeserializeOwned;
 
@@ -48,6 +50,12 @@ pub struct Manifests {
     pub skipped: Vec<String>,
     /// Constraints in the manifests the solver does not model yet, so the plan ignores them.
     pub warnings: Vec<String>,
+    /// PersistentVolumeClaims each pending pod mounts (`namespace/claim`), resolved in [`Self::to_problem`].
+    pub claims: BTreeMap<String, Vec<String>>,
+    /// PersistentVolumeClaim (`namespace/name`) -> the PersistentVolume it is bound to.
+    pub bound_claims: BTreeMap<String, String>,
+    /// PersistentVolume -> where it can be mounted (its node affinity, ORed terms; its zone label).
+    pub volume_affinity: BTreeMap<String, NodeAffinity>,
 }
 
 /// A Node as read: its scheduling view and its capacity (for NodePool limits).
@@ -131,7 +139,13 @@ impl Manifests {
                 let pod_spec = self.pod(&format!("{namespace}/{name}"), spec, labels)?;
                 match &spec.node_name {
                     Some(node) => self.bound.push((node.clone(), pod_spec)),
-                    None => self.pending.push(pod_spec),
+                    None => {
+                        let claims = claim_names(namespace, spec);
+                        if !claims.is_empty() {
+                            self.claims.insert(pod_spec.name.clone(), claims);
+                        }
+                        self.pending.push(pod_spec);
+                    }
                 }
             }
             "Deployment" => {
@@ -142,7 +156,20 @@ impl Manifests {
             "StatefulSet" => {
                 let s: StatefulSet = typed(value, "")?;
                 let spec = s.spec;
+                let first = self.pending.len();
                 self.replicas(&s.metadata.namespace, name, &spec.template, spec.replicas.unwrap_or(1))?;
+                // Replica i mounts `<template>-<statefulset>-<i>` for each volume claim template.
+                let namespace = namespace_of(&s.metadata.namespace);
+                let templates: Vec<String> = spec
+                    .volume_claim_templates
+                    .iter()
+                    .flatten()
+                    .filter_map(|t| t.metadata.name.clone())
+                    .collect();
+                for (i, pod) in self.pending[first..].iter().enumerate() {
+                    let claims = self.claims.entry(pod.name.clone()).or_default();
+                    claims.extend(templates.iter().map(|t| format!("{namespace}/{t}-{name}-{i}")));
+                }
             }
             "Job" => {
                 let j: Job = typed(value, "")?;
@@ -168,6 +195,17 @@ impl Manifests {
                 let node: Node = typed(value, "")?;
                 self.nodes.push(node_manifest(name, &node)?);
             }
+            "PersistentVolumeClaim" => {
+                let pvc: PersistentVolumeClaim = typed(value, "")?;
+                let namespace = namespace_of(&pvc.metadata.namespace);
+                if let Some(volume) = pvc.spec.and_then(|s| s.volume_name).filter(|v| !v.is_empty()) {
+                    self.bound_claims.insert(format!("{namespace}/{name}"), volume);
+                }
+            }
+            "PersistentVolume" => {
+                let pv: PersistentVolume = typed(value, "")?;
+                self.volume_affinity.insert(name.to_owned(), volume_affinity(&pv)?);
+            }
             _ => self.skipped.push(format!("{kind} {name}")),
         }
         Ok(())
@@ -187,9 +225,13 @@ impl Manifests {
         let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
         let namespace = namespace_of(namespace);
         let first = self.pod(&format!("{namespace}/{name}-0"), spec, labels)?;
+        let claims = claim_names(namespace, spec);
         for i in 0..replicas {
             let mut pod = first.clone();
             pod.name = format!("{namespace}/{name}-{i}");
+            if !claims.is_empty() {
+                self.claims.insert(pod.name.clone(), claims.clone());
+            }
             self.pending.push(pod);
         }
         Ok(())
@@ -240,7 +282,38 @@ impl Manifests {
             })
             .collect();
         let templates: Vec<NodePoolTemplate> = self.nodepools.iter().map(|p| p.template.clone()).collect();
-        provisioning::problem(self.pending.clone(), &views, &templates, &self.daemonsets, catalog.into())
+        provisioning::problem(
+            self.pending_with_volumes(),
+            &views,
+            &templates,
+            &self.daemonsets,
+            catalog.into(),
+        )
+    }
+
+    /// The pending pods, each restricted to where its bound volumes can be mounted (a PersistentVolume with
+    /// node affinity, typically a zonal EBS volume, pins the pod to its zone). Claims not bound yet
+    /// (`WaitForFirstConsumer`) or not in the input constrain nothing.
+    pub fn pending_with_volumes(&self) -> Vec<PodSpec> {
+        self.pending
+            .iter()
+            .map(|pod| {
+                let mut pod = pod.clone();
+                for claim in self.claims.get(&pod.name).into_iter().flatten() {
+                    let volume = self.bound_claims.get(claim).and_then(|v| self.volume_affinity.get(v));
+                    if let Some(volume) = volume {
+                        let mut alternatives = Vec::new();
+                        for a in pod.affinity.alternatives() {
+                            for b in volume.alternatives() {
+                                alternatives.push(a.intersection(b));
+                            }
+                        }
+                        pod.affinity = NodeAffinity::from_alternatives(alternatives);
+                    }
+                }
+                pod
+            })
+            .collect()
     }
 }
 
@@ -286,6 +359,7 @@ pub fn pod_spec(
 ) -> Result<(PodSpec, Vec<String>), String> {
     let mut notes = Vec::new();
     let mut requests = Resources::new();
+    let mut host_ports = Vec::new();
     for (i, c) in spec.containers.iter().enumerate() {
         let r = c.resources.as_ref();
         requests.add_assign(&container_requests(
@@ -293,8 +367,10 @@ pub fn pod_spec(
             r.and_then(|r| r.limits.as_ref()),
             &format!("spec.containers[{i}].resources"),
         )?);
-        if c.ports.iter().flatten().any(|p| p.host_port.is_some()) {
-            notes.push(format!("containers[{i}] hostPort"));
+        for port in c.ports.iter().flatten() {
+            if let Some(host_port) = port.host_port.filter(|p| *p > 0) {
+                host_ports.push((port.protocol.clone().unwrap_or_else(|| "TCP".into()), host_port));
+            }
         }
     }
     // Init containers run one at a time before the others (sidecars, restartPolicy Always, keep running).
@@ -319,6 +395,9 @@ pub fn pod_spec(
     }
     let mut pod = PodSpec::new(name, requests);
     pod.labels = labels;
+    for (protocol, port) in host_ports {
+        pod = pod.with_host_port(&protocol, port);
+    }
 
     let selector = spec.node_selector.clone().unwrap_or_default();
     let node_affinity = spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref());
@@ -411,10 +490,50 @@ pub fn pod_spec(
             selector: selector.and_then(|s| s.match_labels.clone()).unwrap_or_default(),
         });
     }
-    if spec.volumes.iter().flatten().any(|v| v.persistent_volume_claim.is_some()) {
-        notes.push("volume zone constraints".to_owned());
-    }
     Ok((pod, notes))
+}
+
+/// The PersistentVolumeClaims a pod spec mounts, as `namespace/claim`.
+fn claim_names(namespace: &str, spec: &K8sPodSpec) -> Vec<String> {
+    spec.volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| format!("{namespace}/{}", c.claim_name))
+        .collect()
+}
+
+/// Where a PersistentVolume can be mounted: its required node affinity (ORed terms), ANDed with its
+/// `topology.kubernetes.io/zone` label if it has one.
+fn volume_affinity(pv: &PersistentVolume) -> Result<NodeAffinity, String> {
+    let zone_label = pv
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::ZONE).or_else(|| l.get("failure-domain.beta.kubernetes.io/zone")));
+    let selector: Vec<(&str, &str)> = zone_label.map(|z| (labels::ZONE, z.as_str())).into_iter().collect();
+    let terms: Option<Vec<Vec<SelectorRequirement>>> =
+        pv.spec.as_ref().and_then(|s| s.node_affinity.as_ref()).and_then(|a| a.required.as_ref()).map(
+            |sel| {
+                sel.node_selector_terms
+                    .iter()
+                    .map(|t| {
+                        t.match_expressions
+                            .iter()
+                            .flatten()
+                            .map(|e| SelectorRequirement {
+                                key: e.key.clone(),
+                                operator: e.operator.clone(),
+                                values: e.values.clone().unwrap_or_default(),
+                                min_values: None,
+                            })
+                            .collect()
+                    })
+                    .collect()
+            },
+        );
+    NodeAffinity::from_pod_spec(selector, terms.as_deref())
+        .map_err(|e| format!("spec.nodeAffinity.required: {e}"))
 }
 
 fn node_manifest(name: &str, node: &Node) -> Result<NodeManifest, String> {
@@ -576,13 +695,106 @@ spec:
   affinity:
     podAffinity:
       requiredDuringSchedulingIgnoredDuringExecution:
-        - {topologyKey: topology.kubernetes.io/zone, labelSelector: {matchLabels: {app: cache}}}
+        - {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: cache}}}
   containers: [{name: c, image: x, ports: [{containerPort: 80, hostPort: 80}]}]
 "#,
         );
-        assert_eq!(m.warnings.len(), 2, "{:?}", m.warnings);
-        assert!(m.warnings.iter().any(|w| w.contains("hostPort")));
-        assert!(m.warnings.iter().any(|w| w.contains("pod affinity")));
+        assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+        assert!(m.warnings[0].contains("pod affinity"));
+        // The host port is modelled: the pod repels others using it, itself included.
+        let pod = &m.pending[0];
+        assert_eq!(pod.per_node_cap(), 1);
+        assert!(
+            pod.repels(&[(cartwright_binpack::solver::host_port_label("TCP", 80), "used".to_owned())].into())
+        );
+    }
+
+    #[test]
+    fn bound_volumes_pin_pods_to_where_the_volume_can_be_mounted() {
+        let m = read(
+            r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-a}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+        - matchExpressions: [{key: topology.kubernetes.io/zone, operator: In, values: [us-east-1a]}]
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-b, labels: {topology.kubernetes.io/zone: us-east-1b}}
+spec: {capacity: {storage: 10Gi}, accessModes: [ReadWriteOnce]}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data-db-0, namespace: prod}
+spec: {volumeName: pv-a, accessModes: [ReadWriteOnce], resources: {requests: {storage: 10Gi}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data-db-1, namespace: prod}
+spec: {volumeName: pv-b, accessModes: [ReadWriteOnce], resources: {requests: {storage: 10Gi}}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: prod}
+spec:
+  replicas: 3
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: c, image: x}]}
+  volumeClaimTemplates:
+    - metadata: {name: data}
+      spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 10Gi}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reader, namespace: prod}
+spec:
+  nodeSelector: {kubernetes.io/arch: arm64}
+  volumes: [{name: d, persistentVolumeClaim: {claimName: data-db-1}}]
+  containers: [{name: c, image: x}]
+"#,
+        );
+        let pods = m.pending_with_volumes();
+        let zone_of = |name: &str| {
+            let pod = pods.iter().find(|p| p.name == name).unwrap();
+            let zones: Vec<bool> = ["us-east-1a", "us-east-1b"]
+                .iter()
+                .map(|z| {
+                    pod.affinity.matches_labels(
+                        &[
+                            (labels::ZONE.to_owned(), (*z).to_owned()),
+                            (labels::ARCH.to_owned(), "arm64".to_owned()),
+                        ]
+                        .into(),
+                    )
+                })
+                .collect();
+            zones
+        };
+        assert_eq!(zone_of("prod/db-0"), [true, false], "pv-a's node affinity");
+        assert_eq!(zone_of("prod/db-1"), [false, true], "pv-b's zone label");
+        assert_eq!(zone_of("prod/db-2"), [true, true], "no bound claim yet: anywhere");
+        assert_eq!(zone_of("prod/reader"), [false, true]);
+        let reader = pods.iter().find(|p| p.name == "prod/reader").unwrap();
+        assert!(
+            !reader.affinity.matches_labels(
+                &[
+                    (labels::ZONE.to_owned(), "us-east-1b".to_owned()),
+                    (labels::ARCH.to_owned(), "amd64".to_owned())
+                ]
+                .into()
+            ),
+            "its own node selector still holds"
+        );
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
     }
 
     #[test]
