@@ -43,7 +43,7 @@ pub use self::problem::{
     DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem, TopologySpread, host_port_label,
     selector_matches,
 };
-pub use self::spread::eligible_zones;
+pub use self::spread::{eligible_domains, eligible_zones};
 
 use self::index::Index;
 
@@ -85,7 +85,7 @@ impl Algorithm {
             Algorithm::KarpenterGreedy => baselines::karpenter_greedy(p),
             Algorithm::CaLeastWaste => baselines::ca_least_waste(p),
         };
-        let Some(pinned) = spread::pin_zones(problem) else { return run(problem) };
+        let Some(pinned) = spread::pin(problem) else { return run(problem) };
         let mut plan = run(&pinned);
         if spread::enforce(problem, &mut plan) {
             plan.cost = Price(plan.new_nodes.iter().map(|n| n.launch.price.0).sum());

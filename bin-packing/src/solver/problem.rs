@@ -28,9 +28,10 @@ pub struct PodSpec {
     pub topology_spread: Vec<TopologySpread>,
 }
 
-/// A topology spread constraint (`whenUnsatisfiable: DoNotSchedule` when `hard`). Honoured so far on
-/// `topology.kubernetes.io/zone` and `kubernetes.io/hostname` when the selector matches the pod's own labels
-/// (the usual Deployment case); soft (`ScheduleAnyway`) constraints are preferences the solver may ignore.
+/// A topology spread constraint (`whenUnsatisfiable: DoNotSchedule` when `hard`). Honoured on
+/// `topology.kubernetes.io/zone`, `karpenter.sh/capacity-type` and `kubernetes.io/hostname` when the selector
+/// matches the pod's own labels (the usual Deployment case); soft (`ScheduleAnyway`) constraints are
+/// preferences the solver may ignore.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TopologySpread {
     pub topology_key: String,
@@ -38,6 +39,8 @@ pub struct TopologySpread {
     pub hard: bool,
     /// `labelSelector.matchLabels`.
     pub selector: BTreeMap<String, String>,
+    /// `minDomains`: with fewer eligible domains, the global minimum counts as zero.
+    pub min_domains: Option<i64>,
 }
 
 impl TopologySpread {
@@ -45,7 +48,7 @@ impl TopologySpread {
     pub fn enforced_for(&self, labels: &BTreeMap<String, String>) -> bool {
         self.hard
             && self.max_skew >= 1
-            && (self.topology_key == labels::ZONE || self.topology_key == labels::HOSTNAME)
+            && [labels::ZONE, labels::HOSTNAME, labels::CAPACITY_TYPE].contains(&self.topology_key.as_str())
             && selector_matches(&self.selector, labels)
     }
 }
@@ -71,6 +74,7 @@ impl PodSpec {
             max_skew,
             hard: true,
             selector: selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            min_domains: None,
         });
         self
     }

@@ -1,14 +1,17 @@
-//! Zonal topology spread (`DoNotSchedule`), in two steps around the algorithms.
+//! Topology spread (`DoNotSchedule`) over zones and capacity types, in two steps around the algorithms.
 //!
 //! Before: each spread group (pods whose own labels match the constraint's selector) is split across the
-//! zones it may use, always into the zone with the fewest matching pods so far (pods on existing nodes
-//! counted), by pinning each pod to its zone. Pinned pods of a Deployment become one class per zone, so every
-//! algorithm handles them as plain node affinity. After: if a group still ended up more skewed than allowed
-//! (some pods could not be placed in their zone, e.g. a NodePool limit), the excess pods in the fullest zones
-//! are taken off the plan and reported unschedulable, as kube-scheduler would leave them pending.
+//! domains it may use, always into the domain with the fewest matching pods so far (pods on existing nodes
+//! counted), by pinning each pod to its domain (zone first, then capacity type). Pinned pods of a Deployment
+//! become one class per domain, so every algorithm handles them as plain node affinity. After: if a group
+//! still ended up more skewed than allowed (some pods could not be placed in their domain, e.g. a NodePool
+//! limit), the excess pods in the fullest domains are taken off the plan and reported unschedulable, as
+//! kube-scheduler would leave them pending.
 //!
-//! The zones a pod may use are the catalog's zones that its node affinity admits and that some NodePool
-//! admitting the pod allows (Karpenter's domains for a NodePool-driven cluster).
+//! The domains a pod may use are the catalog's zones (or capacity types) that its node affinity admits and
+//! that some NodePool admitting the pod allows (Karpenter's domains for a NodePool-driven cluster). With
+//! `minDomains` above the number of such domains, the global minimum counts as zero (Kubernetes' rule), so
+//! each domain holds at most `maxSkew` matching pods.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,8 +22,11 @@ use crate::taints::first_untolerated;
 use super::plan::{Plan, Unschedulable};
 use super::problem::{PodSpec, Problem, TopologySpread, selector_matches};
 
-/// The zones a pod may be placed in.
-pub fn eligible_zones(problem: &Problem, pod: &PodSpec) -> Vec<String> {
+/// The topology keys spread by pinning, in the order they are pinned.
+pub(crate) const DOMAIN_KEYS: [&str; 2] = [labels::ZONE, labels::CAPACITY_TYPE];
+
+/// The values of `key` (a zone or a capacity type) a pod may be placed in.
+pub fn eligible_domains(problem: &Problem, pod: &PodSpec, key: &str) -> Vec<String> {
     let pools: Vec<_> = problem
         .nodepools
         .iter()
@@ -28,151 +34,197 @@ pub fn eligible_zones(problem: &Problem, pod: &PodSpec) -> Vec<String> {
         .map(|p| p.node_requirements())
         .filter(|reqs| pod.affinity.compatible(reqs).is_ok())
         .collect();
-    problem
-        .catalog
-        .zones()
-        .iter()
-        .filter(|z| {
-            let admits = |r: Option<&Requirement>| r.is_none_or(|r| r.matches(Some(z)));
-            pod.affinity.alternatives().iter().any(|alt| admits(alt.get(labels::ZONE)))
-                && pools.iter().any(|reqs| admits(reqs.get(labels::ZONE)))
+    let all: BTreeSet<String> = if key == labels::ZONE {
+        problem.catalog.zones().iter().cloned().collect()
+    } else {
+        problem
+            .catalog
+            .instance_types()
+            .iter()
+            .flat_map(|t| t.offerings.iter().map(|o| o.capacity_type.as_str().to_owned()))
+            .collect()
+    };
+    all.into_iter()
+        .filter(|v| {
+            let admits = |r: Option<&Requirement>| r.is_none_or(|r| r.matches(Some(v)));
+            pod.affinity.alternatives().iter().any(|alt| admits(alt.get(key)))
+                && pools.iter().any(|reqs| admits(reqs.get(key)))
         })
-        .cloned()
         .collect()
 }
 
-fn zone_constraint(pod: &PodSpec) -> Option<&TopologySpread> {
-    pod.topology_spread.iter().find(|s| s.topology_key == labels::ZONE && s.enforced_for(&pod.labels))
+/// The zones a pod may be placed in.
+pub fn eligible_zones(problem: &Problem, pod: &PodSpec) -> Vec<String> {
+    eligible_domains(problem, pod, labels::ZONE)
 }
 
-/// Matching pods on existing nodes, per zone.
-fn existing_counts(problem: &Problem, selector: &BTreeMap<String, String>) -> BTreeMap<String, i64> {
+fn constraint<'a>(pod: &'a PodSpec, key: &str) -> Option<&'a TopologySpread> {
+    pod.topology_spread.iter().find(|s| s.topology_key == key && s.enforced_for(&pod.labels))
+}
+
+/// Matching pods on existing nodes, per domain of `key`.
+fn existing_counts(
+    problem: &Problem,
+    selector: &BTreeMap<String, String>,
+    key: &str,
+) -> BTreeMap<String, i64> {
     let mut counts = BTreeMap::new();
     for node in &problem.existing {
-        if let Some(zone) = node.labels.get(labels::ZONE) {
+        if let Some(domain) = node.labels.get(key) {
             let n = node.pod_labels.iter().filter(|l| selector_matches(selector, l)).count() as i64;
-            *counts.entry(zone.clone()).or_default() += n;
+            *counts.entry(domain.clone()).or_default() += n;
         }
     }
     counts
 }
 
-/// The problem with every zone-spread pod pinned to a zone, or `None` when no pod has a zone spread.
-pub(crate) fn pin_zones(problem: &Problem) -> Option<Problem> {
-    if !problem.pods.iter().any(|p| zone_constraint(p).is_some()) {
+/// The problem with every spread pod pinned to a domain of each key it spreads on, or `None` when no pod
+/// spreads on a zone or capacity type.
+pub(crate) fn pin(problem: &Problem) -> Option<Problem> {
+    if !problem.pods.iter().any(|p| DOMAIN_KEYS.iter().any(|k| constraint(p, k).is_some())) {
         return None;
     }
-    let mut counts: BTreeMap<&BTreeMap<String, String>, BTreeMap<String, i64>> = BTreeMap::new();
     let mut pinned = problem.clone();
-    for (i, pod) in problem.pods.iter().enumerate() {
-        let Some(spread) = zone_constraint(pod) else { continue };
-        let zones = eligible_zones(problem, pod);
-        let group =
-            counts.entry(&spread.selector).or_insert_with(|| existing_counts(problem, &spread.selector));
-        let Some(zone) = zones.iter().min_by_key(|z| (group.get(*z).copied().unwrap_or(0), (*z).clone()))
-        else {
-            continue; // no zone at all: the solver reports why
-        };
-        *group.entry(zone.clone()).or_default() += 1;
-        let pin = Requirement::new(labels::ZONE, Operator::In, &[zone.as_str()]).expect("one value");
-        pinned.pods[i] = pod.clone().with_requirement(pin);
+    for key in DOMAIN_KEYS {
+        let snapshot = pinned.clone();
+        let mut counts: BTreeMap<&BTreeMap<String, String>, BTreeMap<String, i64>> = BTreeMap::new();
+        for (i, pod) in snapshot.pods.iter().enumerate() {
+            let Some(spread) = constraint(pod, key) else { continue };
+            let domains = eligible_domains(&snapshot, pod, key);
+            let group = counts
+                .entry(&spread.selector)
+                .or_insert_with(|| existing_counts(&snapshot, &spread.selector, key));
+            let Some(domain) =
+                domains.iter().min_by_key(|d| (group.get(*d).copied().unwrap_or(0), (*d).clone()))
+            else {
+                continue; // no domain at all: the solver reports why
+            };
+            *group.entry(domain.clone()).or_default() += 1;
+            let pin = Requirement::new(key, Operator::In, &[domain.as_str()]).expect("one value");
+            pinned.pods[i] = pinned.pods[i].clone().with_requirement(pin);
+        }
     }
     Some(pinned)
 }
 
-/// Where each pod of a plan landed, by zone.
-fn zones_of(problem: &Problem, plan: &Plan) -> BTreeMap<String, String> {
+/// Where each pod of a plan landed: its domain of `key`.
+fn domains_of(problem: &Problem, plan: &Plan, key: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for p in &plan.placements {
-        if let Some(zone) =
-            problem.existing.iter().find(|n| n.name == p.node).and_then(|n| n.labels.get(labels::ZONE))
+        if let Some(domain) =
+            problem.existing.iter().find(|n| n.name == p.node).and_then(|n| n.labels.get(key))
         {
-            out.insert(p.pod.clone(), zone.clone());
+            out.insert(p.pod.clone(), domain.clone());
         }
     }
     for node in &plan.new_nodes {
+        let domain = if key == labels::ZONE {
+            node.launch.zone.clone()
+        } else {
+            node.launch.capacity_type.as_str().to_owned()
+        };
         for pod in &node.pods {
-            out.insert(pod.clone(), node.launch.zone.clone());
+            out.insert(pod.clone(), domain.clone());
         }
     }
     out
 }
 
-/// The zone spread groups: per selector, the constraint and the pending pods it governs.
-fn groups(problem: &Problem) -> BTreeMap<&BTreeMap<String, String>, (&TopologySpread, Vec<&PodSpec>)> {
-    let mut groups: BTreeMap<&BTreeMap<String, String>, (&TopologySpread, Vec<&PodSpec>)> = BTreeMap::new();
+type Groups<'a> = BTreeMap<&'a BTreeMap<String, String>, (&'a TopologySpread, Vec<&'a PodSpec>)>;
+
+/// The spread groups on `key`: per selector, the constraint and the pending pods it governs.
+fn groups<'a>(problem: &'a Problem, key: &str) -> Groups<'a> {
+    let mut groups: Groups<'a> = BTreeMap::new();
     for pod in &problem.pods {
-        if let Some(spread) = zone_constraint(pod) {
+        if let Some(spread) = constraint(pod, key) {
             groups.entry(&spread.selector).or_insert((spread, Vec::new())).1.push(pod);
         }
     }
     groups
 }
 
-/// A group's matching pods per zone after the plan: every zone its members may use (zero if empty), pods
-/// on existing nodes, and the members the plan placed.
+/// A group's matching pods per domain after the plan: every domain its members may use (zero if empty),
+/// pods on existing nodes, and the members the plan placed.
 fn group_counts(
     problem: &Problem,
-    zone_of: &BTreeMap<String, String>,
+    domain_of: &BTreeMap<String, String>,
     selector: &BTreeMap<String, String>,
     members: &[&PodSpec],
+    key: &str,
 ) -> BTreeMap<String, i64> {
-    let zones: BTreeSet<String> = members.iter().flat_map(|p| eligible_zones(problem, p)).collect();
-    let mut counts: BTreeMap<String, i64> = zones.into_iter().map(|z| (z, 0)).collect();
-    for (zone, n) in existing_counts(problem, selector) {
-        if let Some(c) = counts.get_mut(&zone) {
+    let domains: BTreeSet<String> = members.iter().flat_map(|p| eligible_domains(problem, p, key)).collect();
+    let mut counts: BTreeMap<String, i64> = domains.into_iter().map(|d| (d, 0)).collect();
+    for (domain, n) in existing_counts(problem, selector, key) {
+        if let Some(c) = counts.get_mut(&domain) {
             *c += n;
         }
     }
     for pod in members {
-        if let Some(zone) = zone_of.get(&pod.name) {
-            *counts.entry(zone.clone()).or_default() += 1;
+        if let Some(domain) = domain_of.get(&pod.name) {
+            *counts.entry(domain.clone()).or_default() += 1;
         }
     }
     counts
 }
 
-/// Takes pods off the plan until every zone spread group is within its `maxSkew`; returns whether any
-/// pod was removed (the caller then drops empty nodes and re-costs).
+/// The global minimum the skew is measured against: zero while fewer domains than `minDomains` exist.
+fn global_min(spread: &TopologySpread, counts: &BTreeMap<String, i64>) -> i64 {
+    if spread.min_domains.is_some_and(|m| (counts.len() as i64) < m) {
+        return 0;
+    }
+    counts.values().min().copied().unwrap_or(0)
+}
+
+/// Takes pods off the plan until every spread group is within its `maxSkew`; returns whether any pod was
+/// removed (the caller then drops empty nodes and re-costs).
 pub(crate) fn enforce(problem: &Problem, plan: &mut Plan) -> bool {
     let mut removed: BTreeSet<String> = BTreeSet::new();
     let mut reasons: BTreeMap<String, String> = BTreeMap::new();
-    let zone_of = zones_of(problem, plan);
-    for (selector, (spread, members)) in groups(problem) {
-        let mut counts = group_counts(problem, &zone_of, selector, &members);
-        // Placed members by zone, latest last, so the last placed go first.
-        let mut placed: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-        for pod in &members {
-            if let Some(zone) = zone_of.get(&pod.name) {
-                placed.entry(zone.clone()).or_default().push(&pod.name);
+    for key in DOMAIN_KEYS {
+        let domain_of = domains_of(problem, plan, key);
+        for (selector, (spread, members)) in groups(problem, key) {
+            let members: Vec<&PodSpec> = members.into_iter().filter(|p| !removed.contains(&p.name)).collect();
+            let mut counts = group_counts(problem, &domain_of, selector, &members, key);
+            // Placed members by domain, latest last, so the last placed go first.
+            let mut placed: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+            for pod in &members {
+                if let Some(domain) = domain_of.get(&pod.name) {
+                    placed.entry(domain.clone()).or_default().push(&pod.name);
+                }
             }
-        }
-        while let Some((min_zone, min)) =
-            counts.iter().min_by_key(|(z, c)| (**c, (*z).clone())).map(|(z, c)| (z.clone(), *c))
-        {
-            let Some((max_zone, max)) = counts
-                .iter()
-                .filter(|(z, _)| placed.get(*z).is_some_and(|v| !v.is_empty()))
-                .max_by_key(|(z, c)| (**c, std::cmp::Reverse((*z).clone())))
-                .map(|(z, c)| (z.clone(), *c))
-            else {
-                break;
-            };
-            if max - min <= spread.max_skew {
-                break;
+            loop {
+                let min = global_min(spread, &counts);
+                let min_domain = counts
+                    .iter()
+                    .min_by_key(|(d, c)| (**c, (*d).clone()))
+                    .map(|(d, _)| d.clone())
+                    .unwrap_or_default();
+                let Some((max_domain, max)) = counts
+                    .iter()
+                    .filter(|(d, _)| placed.get(*d).is_some_and(|v| !v.is_empty()))
+                    .max_by_key(|(d, c)| (**c, std::cmp::Reverse((*d).clone())))
+                    .map(|(d, c)| (d.clone(), *c))
+                else {
+                    break;
+                };
+                if max - min <= spread.max_skew {
+                    break;
+                }
+                let pod = placed.get_mut(&max_domain).and_then(Vec::pop).expect("filtered above");
+                *counts.get_mut(&max_domain).expect("counted") -= 1;
+                removed.insert(pod.to_owned());
+                let why = match spread.min_domains.filter(|m| (counts.len() as i64) < *m) {
+                    Some(m) => format!("only {} of minDomains {m} domains are possible", counts.len()),
+                    None => format!("{min_domain} holds {min}, and no more could be placed there"),
+                };
+                reasons.insert(
+                    pod.to_owned(),
+                    format!(
+                        "topology spread on {key} (maxSkew {}): {max_domain} would hold {max} matching pods; {why}",
+                        spread.max_skew
+                    ),
+                );
             }
-            let pod = placed.get_mut(&max_zone).and_then(Vec::pop).expect("filtered above");
-            *counts.get_mut(&max_zone).expect("counted") -= 1;
-            removed.insert(pod.to_owned());
-            reasons.insert(
-                pod.to_owned(),
-                format!(
-                    "topology spread on {} (maxSkew {}): {max_zone} would hold {max} matching pods while {min_zone} \
-                     holds {min}, and no more could be placed there",
-                    labels::ZONE,
-                    spread.max_skew
-                ),
-            );
         }
     }
     if removed.is_empty() {
@@ -189,16 +241,16 @@ pub(crate) fn enforce(problem: &Problem, plan: &mut Plan) -> bool {
     true
 }
 
-/// Every zone spread group's skew, for the validator: (selector, max - min over its zones, maxSkew).
+/// Every spread group's skew, for the validator: (key and selector, max - global min, maxSkew).
 pub(crate) fn skews(problem: &Problem, plan: &Plan) -> Vec<(String, i64, i64)> {
-    let zone_of = zones_of(problem, plan);
-    groups(problem)
-        .into_iter()
-        .map(|(selector, (spread, members))| {
-            let counts = group_counts(problem, &zone_of, selector, &members);
-            let (min, max) =
-                (counts.values().min().copied().unwrap_or(0), counts.values().max().copied().unwrap_or(0));
-            (format!("{selector:?}"), max - min, spread.max_skew)
-        })
-        .collect()
+    let mut out = Vec::new();
+    for key in DOMAIN_KEYS {
+        let domain_of = domains_of(problem, plan, key);
+        for (selector, (spread, members)) in groups(problem, key) {
+            let counts = group_counts(problem, &domain_of, selector, &members, key);
+            let max = counts.values().max().copied().unwrap_or(0);
+            out.push((format!("{key} {selector:?}"), max - global_min(spread, &counts), spread.max_skew));
+        }
+    }
+    out
 }

@@ -561,3 +561,42 @@ fn pods_sharing_a_host_port_never_share_a_node() {
     }
     assert_eq!(plan.new_nodes.len(), 4, "one of each port per node: 4 nodes, each with one of each");
 }
+
+#[test]
+fn capacity_type_spread_splits_pods_between_spot_and_on_demand() {
+    let p = problem(
+        vec![
+            pods("api", 10).cpu(1000).mem(2048).label("app", "api").spread(labels::CAPACITY_TYPE, 2).build(),
+        ],
+        vec![pool("default")],
+    );
+    for algorithm in Algorithm::ALL {
+        let plan = algorithm.solve(&p);
+        let violations = validate::violations(&p, &plan);
+        assert!(violations.is_empty(), "{}: {}", algorithm.name(), violations.join("\n"));
+        let mut per_type: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in &plan.new_nodes {
+            *per_type.entry(n.launch.capacity_type.as_str()).or_default() += n.pods.len();
+        }
+        let (spot, od) =
+            (per_type.get("spot").copied().unwrap_or(0), per_type.get("on-demand").copied().unwrap_or(0));
+        assert_eq!(spot + od, 10, "{}", algorithm.name());
+        assert!(spot.abs_diff(od) <= 2, "{}: {per_type:?}", algorithm.name());
+    }
+}
+
+#[test]
+fn min_domains_above_the_available_zones_caps_each_zone_at_max_skew() {
+    let mut two_zones = pool("default");
+    two_zones.requirements.add(req(labels::ZONE, Operator::In, &["us-east-1a", "us-east-1b"]));
+    let mut spec = pods("web", 6).cpu(500).mem(512).label("app", "web").spread(labels::ZONE, 1).build();
+    for pod in &mut spec {
+        pod.topology_spread[0].min_domains = Some(3);
+    }
+    let p = problem(vec![spec], vec![two_zones]);
+    let plan = expect_valid_plan(&p);
+    let placed: usize = plan.new_nodes.iter().map(|n| n.pods.len()).sum();
+    assert_eq!(placed, 2, "one per zone: with minDomains 3 and 2 zones the global minimum is 0");
+    assert_eq!(plan.unschedulable.len(), 4);
+    assert!(plan.unschedulable[0].reason.contains("minDomains 3"), "{}", plan.unschedulable[0].reason);
+}

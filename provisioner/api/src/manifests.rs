@@ -472,22 +472,21 @@ pub fn pod_spec(
             notes.push("topology spread with matchExpressions".to_owned());
             continue;
         }
-        if c.min_domains.is_some() {
-            notes.push("topology spread minDomains".to_owned());
-        }
         if c.max_skew < 1 {
             return Err(format!("spec.topologySpreadConstraints: maxSkew {} must be at least 1", c.max_skew));
         }
         let hard = c.when_unsatisfiable != "ScheduleAnyway";
         let key = labels::normalize_key(&c.topology_key);
-        if hard && key != labels::ZONE && key != labels::HOSTNAME {
+        if hard && ![labels::ZONE, labels::HOSTNAME, labels::CAPACITY_TYPE].contains(&key) {
             notes.push(format!("topology spread on {key}"));
         }
+
         pod.topology_spread.push(cartwright_binpack::solver::TopologySpread {
             topology_key: key.to_owned(),
             max_skew: i64::from(c.max_skew),
             hard,
             selector: selector.and_then(|s| s.match_labels.clone()).unwrap_or_default(),
+            min_domains: c.min_domains.map(i64::from),
         });
     }
     Ok((pod, notes))
