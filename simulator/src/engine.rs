@@ -740,63 +740,74 @@ impl Engine {
 
     /// kube-scheduler stand-in: the feasible node with the most cpu already requested (bin-packing
     /// scoring, `MostAllocated`), preferring the node the pod was nominated to.
-    /// The zones a pod may join without breaking its hard zone spread constraints (`None`: no such
-    /// constraint). As kube-scheduler does by default, the domains are the zones of schedulable nodes that
-    /// match the pod's node affinity (taints ignored), and pods are counted where they are bound.
-    fn spread_zones(&self, pod: &PodSpec) -> Option<BTreeSet<String>> {
-        let constraints: Vec<_> = pod
-            .topology_spread
-            .iter()
-            .filter(|c| c.topology_key == labels::ZONE && c.enforced_for(&pod.labels))
-            .collect();
-        if constraints.is_empty() {
-            return None;
-        }
-        let domains: BTreeSet<&String> = self
-            .live
-            .iter()
-            .map(|&n| &self.nodes[n])
-            .filter(|node| !node.cordoned && pod.affinity.matches_labels(&node.labels))
-            .filter_map(|node| node.labels.get(labels::ZONE))
-            .collect();
-        let mut allowed: BTreeSet<String> = domains.iter().map(|z| (*z).clone()).collect();
-        for c in constraints {
-            let mut counts: BTreeMap<&String, i64> = domains.iter().map(|z| (*z, 0)).collect();
-            for &n in &self.live {
-                let node = &self.nodes[n];
-                let Some(count) = node.labels.get(labels::ZONE).and_then(|z| counts.get_mut(z)) else {
-                    continue;
-                };
-                *count += node
-                    .pods
-                    .iter()
-                    .filter(|&&q| {
-                        cartwright_binpack::solver::selector_matches(&c.selector, &self.pods[q].spec.labels)
-                    })
-                    .count() as i64;
+    /// The domains (zones, capacity types) a pod may join without breaking its hard spread constraints,
+    /// per topology key; empty when it has none. As kube-scheduler does by default, the domains are those
+    /// of schedulable nodes that match the pod's node affinity (taints ignored), pods are counted where
+    /// they are bound, and with fewer domains than `minDomains` the global minimum is zero.
+    fn spread_allowed(&self, pod: &PodSpec) -> Vec<(&'static str, BTreeSet<String>)> {
+        let mut out = Vec::new();
+        for key in [labels::ZONE, labels::CAPACITY_TYPE] {
+            let constraints: Vec<_> = pod
+                .topology_spread
+                .iter()
+                .filter(|c| c.topology_key == key && c.enforced_for(&pod.labels))
+                .collect();
+            if constraints.is_empty() {
+                continue;
             }
-            let min = counts.values().copied().min().unwrap_or(0);
-            allowed.retain(|z| counts.get(z).is_some_and(|count| count + 1 - min <= c.max_skew));
+            let domains: BTreeSet<&String> = self
+                .live
+                .iter()
+                .map(|&n| &self.nodes[n])
+                .filter(|node| !node.cordoned && pod.affinity.matches_labels(&node.labels))
+                .filter_map(|node| node.labels.get(key))
+                .collect();
+            let mut allowed: BTreeSet<String> = domains.iter().map(|d| (*d).clone()).collect();
+            for c in constraints {
+                let mut counts: BTreeMap<&String, i64> = domains.iter().map(|d| (*d, 0)).collect();
+                for &n in &self.live {
+                    let node = &self.nodes[n];
+                    let Some(count) = node.labels.get(key).and_then(|d| counts.get_mut(d)) else { continue };
+                    *count += node
+                        .pods
+                        .iter()
+                        .filter(|&&q| {
+                            cartwright_binpack::solver::selector_matches(
+                                &c.selector,
+                                &self.pods[q].spec.labels,
+                            )
+                        })
+                        .count() as i64;
+                }
+                let min = if c.min_domains.is_some_and(|m| (counts.len() as i64) < m) {
+                    0
+                } else {
+                    counts.values().copied().min().unwrap_or(0)
+                };
+                allowed.retain(|d| counts.get(d).is_some_and(|count| count + 1 - min <= c.max_skew));
+            }
+            out.push((key, allowed));
         }
-        Some(allowed)
+        out
     }
 
-    /// Whether the pod may be bound to the node now: it fits, and its zone keeps the spread within maxSkew.
+    /// Whether a node is in an allowed domain of every spread key.
+    fn in_domains(&self, allowed: &[(&'static str, BTreeSet<String>)], n: NodeId) -> bool {
+        allowed
+            .iter()
+            .all(|(key, domains)| self.nodes[n].labels.get(*key).is_some_and(|d| domains.contains(d)))
+    }
+
+    /// Whether the pod may be bound to the node now: it fits, and the node's domains keep its spreads
+    /// within maxSkew.
     fn can_bind(&self, pod: &PodSpec, n: NodeId) -> bool {
-        self.fits(pod, n)
-            && self
-                .spread_zones(pod)
-                .is_none_or(|zones| self.nodes[n].labels.get(labels::ZONE).is_some_and(|z| zones.contains(z)))
+        self.fits(pod, n) && self.in_domains(&self.spread_allowed(pod), n)
     }
 
     fn schedule_pod(&mut self, p: PodId) -> bool {
         let spec = self.pods[p].spec.clone();
-        let zones = self.spread_zones(&spec);
-        let in_zone = |engine: &Engine, n: NodeId| {
-            zones
-                .as_ref()
-                .is_none_or(|z| engine.nodes[n].labels.get(labels::ZONE).is_some_and(|x| z.contains(x)))
-        };
+        let allowed = self.spread_allowed(&spec);
+        let in_zone = |engine: &Engine, n: NodeId| engine.in_domains(&allowed, n);
         // A nomination stands while its node is still launching; a ready node that cannot take the pod
         // (its room went to others) releases it for the next planning round.
         if let Some(n) = self.pods[p].nominated {

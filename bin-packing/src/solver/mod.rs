@@ -17,9 +17,9 @@
 //! (Karpenter operators, ORed terms), taints and tolerations (startup taints ignored for fit), NodePool
 //! weights (higher first) and limits (charged at the largest alternative, so never exceeded), daemonset
 //! overhead per node, `minValues`, unavailable offerings, free room on existing nodes, and required pod
-//! anti-affinity on `kubernetes.io/hostname` (matchLabels), and hard topology spread on zone and hostname
-//! for pods the selector matches. Pod affinity, zone-keyed anti-affinity, capacity-type spread, minDomains,
-//! host ports, volume zones and preferences are not yet modelled.
+//! anti-affinity on `kubernetes.io/hostname` (matchLabels; host ports are expressed as such), and hard
+//! topology spread on zone, capacity type and hostname for pods the selector matches, with `minDomains`.
+//! Pod affinity, zone-keyed anti-affinity and preferences are not yet modelled.
 
 pub mod baselines;
 mod bound;
