@@ -18,9 +18,11 @@
 //! weights (higher first) and limits (charged at the largest alternative, so never exceeded), daemonset
 //! overhead per node, `minValues`, unavailable offerings, free room on existing nodes, and required pod
 //! anti-affinity on `kubernetes.io/hostname` (matchLabels; host ports are expressed as such), and hard
-//! topology spread on zone, capacity type and hostname for pods the selector matches, with `minDomains`.
-//! Pod affinity, zone-keyed anti-affinity and preferences are not yet modelled.
+//! topology spread on zone, capacity type and hostname for pods the selector matches, with `minDomains`,
+//! and required pod affinity and anti-affinity on zones (`affinity`). Hostname pod affinity and
+//! preferences are not yet modelled.
 
+mod affinity;
 pub mod baselines;
 mod bound;
 mod columns;
@@ -85,13 +87,24 @@ impl Algorithm {
             Algorithm::KarpenterGreedy => baselines::karpenter_greedy(p),
             Algorithm::CaLeastWaste => baselines::ca_least_waste(p),
         };
-        let Some(pinned) = spread::pin(problem) else { return run(problem) };
-        let mut plan = run(&pinned);
-        if spread::enforce(problem, &mut plan) {
-            plan.cost = Price(plan.new_nodes.iter().map(|n| n.launch.price.0).sum());
-            // The bound was for the pods placed before the spread removed some; it no longer applies.
-            plan.lower_bound = None;
-        }
+        // Zone affinity first (it may take pods out), then spreads pin what is left.
+        let (base, mut refused) = match affinity::pin(problem) {
+            Some((pinned, refused)) => (std::borrow::Cow::Owned(pinned), refused),
+            None => (std::borrow::Cow::Borrowed(problem), Vec::new()),
+        };
+        let mut plan = match spread::pin(&base) {
+            None => run(&base),
+            Some(pinned) => {
+                let mut plan = run(&pinned);
+                if spread::enforce(&base, &mut plan) {
+                    plan.cost = Price(plan.new_nodes.iter().map(|n| n.launch.price.0).sum());
+                    // The bound was for the pods placed before the spread removed some; it no longer applies.
+                    plan.lower_bound = None;
+                }
+                plan
+            }
+        };
+        plan.unschedulable.append(&mut refused);
         plan
     }
 }

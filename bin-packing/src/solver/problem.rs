@@ -26,6 +26,12 @@ pub struct PodSpec {
     pub hostname_anti_affinity: Vec<BTreeMap<String, String>>,
     /// Topology spread constraints.
     pub topology_spread: Vec<TopologySpread>,
+    /// Required pod affinity on `topology.kubernetes.io/zone`: one `matchLabels` selector per term; the pod
+    /// must run in a zone where a pod matching each selector runs.
+    pub zone_affinity: Vec<BTreeMap<String, String>>,
+    /// Required pod anti-affinity on `topology.kubernetes.io/zone`: no other pod matching a selector may run
+    /// in the pod's zone.
+    pub zone_anti_affinity: Vec<BTreeMap<String, String>>,
 }
 
 /// A topology spread constraint (`whenUnsatisfiable: DoNotSchedule` when `hard`). Honoured on
@@ -64,6 +70,8 @@ impl PodSpec {
             labels: BTreeMap::new(),
             hostname_anti_affinity: vec![],
             topology_spread: vec![],
+            zone_affinity: vec![],
+            zone_anti_affinity: vec![],
         }
     }
 
@@ -101,6 +109,19 @@ impl PodSpec {
             self.labels.insert(key.clone(), "used".to_owned());
             self.hostname_anti_affinity.push([(key, "used".to_owned())].into());
         }
+        self
+    }
+
+    /// Builder: a required pod affinity term on `topology.kubernetes.io/zone` with these `matchLabels`.
+    pub fn with_zone_affinity(mut self, selector: &[(&str, &str)]) -> Self {
+        self.zone_affinity.push(selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        self
+    }
+
+    /// Builder: a required pod anti-affinity term on `topology.kubernetes.io/zone` with these `matchLabels`.
+    pub fn with_zone_anti_affinity(mut self, selector: &[(&str, &str)]) -> Self {
+        self.zone_anti_affinity
+            .push(selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
         self
     }
 

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
@@ -599,4 +599,94 @@ fn min_domains_above_the_available_zones_caps_each_zone_at_max_skew() {
     assert_eq!(placed, 2, "one per zone: with minDomains 3 and 2 zones the global minimum is 0");
     assert_eq!(plan.unschedulable.len(), 4);
     assert!(plan.unschedulable[0].reason.contains("minDomains 3"), "{}", plan.unschedulable[0].reason);
+}
+
+#[test]
+fn zone_self_affinity_keeps_a_group_in_one_zone_and_follows_existing_pods() {
+    let group = |n| {
+        pods("cache", n)
+            .cpu(500)
+            .mem(512)
+            .label("app", "cache")
+            .build()
+            .into_iter()
+            .map(|p| p.with_zone_affinity(&[("app", "cache")]))
+            .collect::<Vec<_>>()
+    };
+    let mut p = problem(vec![group(12)], vec![pool("default")]);
+    for algorithm in Algorithm::ALL {
+        let plan = algorithm.solve(&p);
+        let violations = validate::violations(&p, &plan);
+        assert!(violations.is_empty(), "{}: {}", algorithm.name(), violations.join("\n"));
+        let zones: BTreeSet<&str> = plan.new_nodes.iter().map(|n| n.launch.zone.as_str()).collect();
+        assert_eq!(zones.len(), 1, "{}: {zones:?}", algorithm.name());
+        assert_eq!(plan.new_nodes.iter().map(|n| n.pods.len()).sum::<usize>(), 12);
+    }
+    // A matching pod already runs in us-east-1c: the group joins it there.
+    p.existing.push(ExistingNode {
+        name: "node-c".into(),
+        labels: BTreeMap::from([(labels::ZONE.to_owned(), "us-east-1c".to_owned())]),
+        taints: vec![],
+        allocatable: Resources::new().with_cpu_millis(1000).with_memory_mib(1000).with_pods(10),
+        requested: Resources::new().with_cpu_millis(1000),
+        nodepool: None,
+        initialized: true,
+        pod_labels: vec![BTreeMap::from([("app".to_owned(), "cache".to_owned())])],
+    });
+    let plan = expect_valid_plan(&p);
+    assert!(plan.new_nodes.iter().all(|n| n.launch.zone == "us-east-1c"));
+}
+
+#[test]
+fn zone_affinity_to_other_pods_pulls_them_into_one_zone_and_anti_affinity_takes_distinct_zones() {
+    let web: Vec<PodSpec> = pods("web", 4)
+        .cpu(250)
+        .mem(256)
+        .label("app", "web")
+        .build()
+        .into_iter()
+        .map(|p| p.with_zone_affinity(&[("app", "db")]))
+        .collect();
+    let db = pods("db", 2).cpu(1000).mem(2048).label("app", "db").build();
+    let p = problem(vec![web, db], vec![pool("default")]);
+    let plan = expect_valid_plan(&p);
+    let zones: BTreeSet<&str> = plan.new_nodes.iter().map(|n| n.launch.zone.as_str()).collect();
+    assert_eq!(zones.len(), 1, "web follows db, db pulled along: {zones:?}");
+    assert!(plan.unschedulable.is_empty());
+
+    // One replica per zone: five zones in us-east-1, so the sixth replica cannot be placed.
+    let spread: Vec<PodSpec> = pods("zk", 6)
+        .cpu(500)
+        .mem(512)
+        .label("app", "zk")
+        .build()
+        .into_iter()
+        .map(|p| p.with_zone_anti_affinity(&[("app", "zk")]))
+        .collect();
+    let p = problem(vec![spread], vec![pool("default")]);
+    let plan = expect_valid_plan(&p);
+    let zones: BTreeSet<&str> = plan.new_nodes.iter().map(|n| n.launch.zone.as_str()).collect();
+    assert_eq!(zones.len(), 5);
+    assert_eq!(plan.unschedulable.len(), 1);
+    assert!(plan.unschedulable[0].reason.contains("anti-affinity on topology.kubernetes.io/zone"));
+}
+
+#[test]
+fn the_validator_catches_zone_affinity_broken_by_hand() {
+    let web: Vec<PodSpec> = pods("web", 2)
+        .cpu(250)
+        .mem(256)
+        .label("app", "web")
+        .build()
+        .into_iter()
+        .map(|p| p.with_zone_anti_affinity(&[("app", "web")]))
+        .collect();
+    let p = problem(vec![web], vec![pool("default")]);
+    let mut plan = expect_valid_plan(&p);
+    // Move the second pod onto the first one's node: same zone.
+    let moved = plan.new_nodes[1].pods.pop().unwrap();
+    plan.new_nodes[0].pods.push(moved);
+    plan.new_nodes.retain(|n| !n.pods.is_empty());
+    let v = validate::violations(&p, &plan);
+    assert!(v.iter().any(|v| v.contains("zone anti-affinity")), "{v:?}");
 }

@@ -124,9 +124,12 @@ pub fn violations(problem: &Problem, plan: &Plan) -> Vec<String> {
     // Topology spread: zones within maxSkew; per node at most maxSkew pods of a hostname-spread group.
     for (selector, skew, max) in super::spread::skews(problem, plan) {
         if skew > max {
-            out.push(format!("zone spread of pods matching {selector}: skew {skew} exceeds maxSkew {max}"));
+            out.push(format!(
+                "topology spread of pods matching {selector}: skew {skew} exceeds maxSkew {max}"
+            ));
         }
     }
+    out.extend(zone_affinity_violations(problem, plan, &pods));
     let node_groups = plan
         .new_nodes
         .iter()
@@ -258,6 +261,62 @@ fn check_option(
         return Err(format!("overcommitted: {used} requested (daemonsets included) of {}", t.allocatable()));
     }
     Ok(t.capacity.clone())
+}
+
+/// Required pod affinity and anti-affinity on zones, checked on where pods ended up.
+fn zone_affinity_violations(
+    problem: &Problem,
+    plan: &Plan,
+    pods: &BTreeMap<&str, &super::problem::PodSpec>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    // (zone, labels) of every pod in the cluster after the plan: existing ones and placed ones.
+    let mut zone_of: BTreeMap<&str, &str> = BTreeMap::new();
+    for p in &plan.placements {
+        if let Some(z) =
+            problem.existing.iter().find(|n| n.name == p.node).and_then(|n| n.labels.get(labels::ZONE))
+        {
+            zone_of.insert(&p.pod, z);
+        }
+    }
+    for n in &plan.new_nodes {
+        for p in &n.pods {
+            zone_of.insert(p, &n.launch.zone);
+        }
+    }
+    let mut everyone: Vec<(Option<&str>, &str, &BTreeMap<String, String>)> = Vec::new();
+    for n in &problem.existing {
+        for l in &n.pod_labels {
+            everyone.push((n.labels.get(labels::ZONE).map(String::as_str), "", l));
+        }
+    }
+    for (name, zone) in &zone_of {
+        if let Some(pod) = pods.get(name) {
+            everyone.push((Some(zone), name, &pod.labels));
+        }
+    }
+    let matches = |s: &BTreeMap<String, String>, l: &BTreeMap<String, String>| {
+        s.iter().all(|(k, v)| l.get(k) == Some(v))
+    };
+    for (name, zone) in &zone_of {
+        let Some(pod) = pods.get(name) else { continue };
+        for s in &pod.zone_affinity {
+            let others: Vec<Option<&str>> =
+                everyone.iter().filter(|(_, n, l)| n != name && matches(s, l)).map(|(z, _, _)| *z).collect();
+            let ok = others.contains(&Some(zone)) || (others.is_empty() && matches(s, &pod.labels));
+            if !ok {
+                out.push(format!(
+                    "pod {name} in {zone} has no pod matching its zone affinity {s:?} in its zone"
+                ));
+            }
+        }
+        for s in &pod.zone_anti_affinity {
+            if everyone.iter().any(|(z, n, l)| n != name && *z == Some(zone) && matches(s, l)) {
+                out.push(format!("pod {name} shares {zone} with a pod its zone anti-affinity {s:?} forbids"));
+            }
+        }
+    }
+    out
 }
 
 /// The first pair of pods on one node that hostname anti-affinity forbids, with the node's existing pods'

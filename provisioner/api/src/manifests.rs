@@ -442,22 +442,30 @@ pub fn pod_spec(
     }
 
     if let Some(affinity) = spec.affinity.as_ref() {
-        if affinity.pod_affinity.is_some() {
-            notes.push("pod affinity".to_owned());
+        // Required terms with a `matchLabels` selector (namespaces: the pod's own) are modelled on zone and
+        // hostname keys; anything else is reported.
+        let simple = |term: &k8s_openapi::api::core::v1::PodAffinityTerm| {
+            let selector = term.label_selector.as_ref();
+            let plain = selector.is_some_and(|s| s.match_expressions.as_ref().is_none_or(|e| e.is_empty()));
+            plain.then(|| selector.and_then(|s| s.match_labels.clone()).unwrap_or_default())
+        };
+        if let Some(aff) = &affinity.pod_affinity {
+            for term in aff.required_during_scheduling_ignored_during_execution.iter().flatten() {
+                match (labels::normalize_key(&term.topology_key), simple(term)) {
+                    (labels::ZONE, Some(selector)) => pod.zone_affinity.push(selector),
+                    (key, _) => notes.push(format!("pod affinity on {key} (or with matchExpressions)")),
+                }
+            }
+            if aff.preferred_during_scheduling_ignored_during_execution.is_some() {
+                notes.push("preferred pod affinity".to_owned());
+            }
         }
         if let Some(anti) = &affinity.pod_anti_affinity {
             for term in anti.required_during_scheduling_ignored_during_execution.iter().flatten() {
-                let selector = term.label_selector.as_ref();
-                let simple =
-                    selector.is_some_and(|s| s.match_expressions.as_ref().is_none_or(|e| e.is_empty()));
-                if term.topology_key == labels::HOSTNAME && simple {
-                    let match_labels = selector.and_then(|s| s.match_labels.clone()).unwrap_or_default();
-                    pod.hostname_anti_affinity.push(match_labels);
-                } else {
-                    notes.push(format!(
-                        "pod anti-affinity on {} with matchExpressions or other keys",
-                        term.topology_key
-                    ));
+                match (labels::normalize_key(&term.topology_key), simple(term)) {
+                    (labels::HOSTNAME, Some(selector)) => pod.hostname_anti_affinity.push(selector),
+                    (labels::ZONE, Some(selector)) => pod.zone_anti_affinity.push(selector),
+                    (key, _) => notes.push(format!("pod anti-affinity on {key} (or with matchExpressions)")),
                 }
             }
             if anti.preferred_during_scheduling_ignored_during_execution.is_some() {
@@ -695,6 +703,10 @@ spec:
     podAffinity:
       requiredDuringSchedulingIgnoredDuringExecution:
         - {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: cache}}}
+        - {topologyKey: topology.kubernetes.io/zone, labelSelector: {matchLabels: {app: cache}}}
+    podAntiAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        - {topologyKey: topology.kubernetes.io/zone, labelSelector: {matchLabels: {app: p}}}
   containers: [{name: c, image: x, ports: [{containerPort: 80, hostPort: 80}]}]
 "#,
         );
@@ -702,6 +714,8 @@ spec:
         assert!(m.warnings[0].contains("pod affinity"));
         // The host port is modelled: the pod repels others using it, itself included.
         let pod = &m.pending[0];
+        assert_eq!(pod.zone_affinity, [BTreeMap::from([("app".to_owned(), "cache".to_owned())])]);
+        assert_eq!(pod.zone_anti_affinity, [BTreeMap::from([("app".to_owned(), "p".to_owned())])]);
         assert_eq!(pod.per_node_cap(), 1);
         assert!(
             pod.repels(&[(cartwright_binpack::solver::host_port_label("TCP", 80), "used".to_owned())].into())
