@@ -32,6 +32,10 @@ const STALL_ROUNDS: usize = 4;
 const STALL_FRACTION: f64 = 0.002;
 /// Knapsack search budget per bin and round.
 const KNAPSACK_NODES: usize = 2_000;
+/// Pricing work allowed per round, in bins × classes: beyond it (hundreds of instance types times
+/// thousands of distinct pod shapes) a round costs seconds, so column generation is not run and the
+/// aggregate bound and the greedy plan stand.
+pub(crate) const MAX_PRICING_WORK: usize = 250_000;
 
 /// A (pool, type, offering set) a node can be, at its cheapest admitted price.
 #[derive(Debug, Clone)]
@@ -116,6 +120,13 @@ pub(crate) fn bins(index: &Index) -> Vec<Bin> {
 pub(crate) fn generate(index: &Index, demand: &[i64]) -> Result<Outcome, String> {
     let bins = bins(index);
     let classes: Vec<usize> = (0..demand.len()).filter(|&i| demand[i] > 0).collect();
+    if bins.len() * classes.len() > MAX_PRICING_WORK {
+        return Err(format!(
+            "pricing {} bins × {} classes per round is beyond the budget of {MAX_PRICING_WORK}",
+            bins.len(),
+            classes.len()
+        ));
+    }
     // Start with one column per class: as many of its pods as fit its cheapest bin.
     let mut columns: Vec<Column> = Vec::new();
     for &i in &classes {

@@ -222,6 +222,29 @@ fn alternatives(
     launch_options(state.index, p, requirements, requests, &state.limits[p])
 }
 
+/// Class evaluations one pattern search may spend packing candidate types. Packing is linear in the
+/// classes, so with hundreds of admitted types and thousands of distinct pod shapes trying every type
+/// costs seconds; past `PACK_BUDGET / classes` candidates (never fewer than `MIN_CANDIDATES`) the cheapest
+/// half are kept and the rest sampled evenly (the largest included), which keeps the small types that fit
+/// a few pods and the big ones that pack many. Problems with few classes try every type.
+const PACK_BUDGET: usize = 64_000;
+const MIN_CANDIDATES: usize = 64;
+
+fn sample_candidates(sorted: Vec<(Price, usize)>, classes: usize) -> Vec<(Price, usize)> {
+    let cap = (PACK_BUDGET / classes.max(1)).max(MIN_CANDIDATES);
+    if sorted.len() <= cap {
+        return sorted;
+    }
+    let head = cap / 2;
+    let rest = &sorted[head..];
+    let picks = cap - head;
+    let mut out: Vec<(Price, usize)> = sorted[..head].to_vec();
+    for k in 1..=picks {
+        out.push(rest[(k * rest.len()) / picks - 1]);
+    }
+    out
+}
+
 /// Finds the best pattern for the seed class in the first NodePool (by weight) that can hold it.
 fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Pattern, Vec<LaunchOption>)> {
     let index = state.index;
@@ -252,6 +275,7 @@ fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Patt
             continue;
         }
         candidates.sort();
+        let candidates = sample_candidates(candidates, index.classes.len());
         let mut frontier: Vec<&Resources> = Vec::new();
         let mut best: Option<Pattern> = None;
         for &(_, pos) in &candidates {

@@ -140,12 +140,23 @@ impl<'p> Index<'p> {
         extended.sort();
         extended.dedup();
         dims.extend(extended);
+        // Two classes in one hostname-spread group (pods of a Deployment whose requests differ) share the
+        // group's per-node allowance; keeping them on separate nodes holds the group to its `maxSkew` per
+        // node (each class is capped at it), at some cost in packing.
         let conflicts = classes
             .iter()
-            .map(|a| {
+            .enumerate()
+            .map(|(i, a)| {
                 classes
                     .iter()
-                    .map(|b| a.spec.repels(&b.spec.labels) || b.spec.repels(&a.spec.labels))
+                    .enumerate()
+                    .map(|(j, b)| {
+                        a.spec.repels(&b.spec.labels)
+                            || b.spec.repels(&a.spec.labels)
+                            || (i != j
+                                && (a.spec.hostname_spread_covers(b.spec)
+                                    || b.spec.hostname_spread_covers(a.spec)))
+                    })
                     .collect()
             })
             .collect();

@@ -125,6 +125,15 @@ impl PodSpec {
         self
     }
 
+    /// Whether this pod's enforced hostname spread counts `other` (its selector matches the other's labels).
+    pub fn hostname_spread_covers(&self, other: &PodSpec) -> bool {
+        self.topology_spread.iter().any(|s| {
+            s.topology_key == labels::HOSTNAME
+                && s.enforced_for(&self.labels)
+                && selector_matches(&s.selector, &other.labels)
+        })
+    }
+
     /// Builder: a label.
     pub fn with_label(mut self, key: &str, value: &str) -> Self {
         self.labels.insert(key.to_owned(), value.to_owned());

@@ -690,3 +690,17 @@ fn the_validator_catches_zone_affinity_broken_by_hand() {
     let v = validate::violations(&p, &plan);
     assert!(v.iter().any(|v| v.contains("zone anti-affinity")), "{v:?}");
 }
+
+#[test]
+fn a_hostname_spread_group_with_mixed_requests_stays_within_max_skew_per_node() {
+    // One group (same label and selector), two request shapes: two classes that must share the allowance.
+    let small = pods("small", 6).cpu(100).mem(128).label("app", "mixed").spread(labels::HOSTNAME, 1).build();
+    let big = pods("big", 6).cpu(400).mem(512).label("app", "mixed").spread(labels::HOSTNAME, 1).build();
+    let p = problem(vec![small, big], vec![pool("default")]);
+    for algorithm in Algorithm::ALL {
+        let plan = algorithm.solve(&p);
+        let violations = validate::violations(&p, &plan);
+        assert!(violations.is_empty(), "{}: {}", algorithm.name(), violations.join("\n"));
+        assert!(plan.new_nodes.iter().all(|n| n.pods.len() == 1), "{}", algorithm.name());
+    }
+}

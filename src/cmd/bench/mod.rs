@@ -141,7 +141,13 @@ fn summarize(
         cpu_utilization: ratio(req_cpu, alloc_cpu),
         memory_utilization: ratio(req_mem, alloc_mem),
         unschedulable: plan.unschedulable.len(),
-        violations: validate::violations(problem, plan).len(),
+        violations: {
+            let v = validate::violations(problem, plan);
+            for line in v.iter().take(5) {
+                tracing::warn!("{}: {line}", algorithm.name());
+            }
+            v.len()
+        },
     }
 }
 

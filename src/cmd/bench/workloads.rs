@@ -4,7 +4,8 @@ use cartwright_binpack::labels::{self, aws};
 use cartwright_binpack::resources::NVIDIA_GPU;
 use cartwright_binpack::solver::{NodePoolTemplate, PodSpec, Problem};
 use cartwright_binpack::{
-    Catalog, CatalogOptions, Operator, Requirement, Resources, Taint, TaintEffect, Toleration,
+    CapacityType, Catalog, CatalogOptions, InstanceType, Offering, Operator, Overhead, Price, Requirement,
+    Requirements, Resources, Taint, TaintEffect, Toleration,
 };
 
 /// The openb production trace (Alibaba cluster-trace-gpu-v2023; see data/README.md), embedded so the
@@ -12,7 +13,7 @@ use cartwright_binpack::{
 const OPENB_PODS: &str = include_str!("../../../data/traces/openb_pod_list_default.csv");
 
 /// The names `--workload` accepts.
-pub const NAMES: &[&str] = &["web-mix", "memory-heavy", "gpu", "constrained"];
+pub const NAMES: &[&str] = &["karpenter-diverse", "web-mix", "memory-heavy", "gpu", "constrained"];
 
 /// A Deployment's shape: name, cpu millicores, memory MiB, share of the pods, and what it requires.
 struct Shape {
@@ -75,6 +76,7 @@ pub fn build(name: &str, pods: usize) -> anyhow::Result<Problem> {
         "memory-heavy" => Ok(from_shapes(MEMORY_HEAVY, pods, catalog)),
         "gpu" => gpu(pods, catalog),
         "constrained" => Ok(constrained(pods, catalog)),
+        "karpenter-diverse" => Ok(karpenter_diverse(pods)),
         other => anyhow::bail!("unknown workload {other:?} (built in: {})", NAMES.join(", ")),
     }
 }
@@ -151,6 +153,103 @@ fn gpu(pods: usize, catalog: Catalog) -> anyhow::Result<Problem> {
         daemonsets: vec![],
         catalog: catalog.into(),
     })
+}
+
+/// Karpenter's scheduling benchmark (`scheduling_benchmark_test.go`), re-created: 400 synthetic instance
+/// types, type i with i+1 vCPU and 2(i+1) GiB, priced as Karpenter's KWOK provider prices them
+/// ($0.25 per vCPU + $0.01 per GiB an hour, spot at 0.7 of that), in three zones; pods one fifth each
+/// generic, zonal topology spread, hostname topology spread, zonal self-affinity and hostname
+/// anti-affinity (ten label groups per constrained kind), cpu from {100, 250, 500, 1000, 1500}m and memory
+/// from {100, 256, 512, 1024, 2048, 4096}Mi in a fixed pseudo-random pattern.
+fn karpenter_diverse(pods: usize) -> Problem {
+    let zones: Vec<String> = ["test-zone-a", "test-zone-b", "test-zone-c"].map(str::to_owned).to_vec();
+    let types = (0..400i64)
+        .map(|i| {
+            let vcpu = i + 1;
+            let gib = 2 * (i + 1);
+            let name = format!("fake-it-{vcpu}");
+            let on_demand =
+                Price(((0.25 * vcpu as f64 + 0.01 * gib as f64) * Price::NANOS_PER_USD as f64) as u64);
+            let spot = on_demand.discounted_ppm(300_000);
+            let offerings: Vec<Offering> = zones
+                .iter()
+                .flat_map(|z| {
+                    [(CapacityType::OnDemand, on_demand), (CapacityType::Spot, spot)].map(
+                        |(capacity_type, price)| Offering {
+                            zone: z.clone(),
+                            capacity_type,
+                            price,
+                            available: true,
+                        },
+                    )
+                })
+                .collect();
+            let mut requirements = Requirements::new();
+            requirements.add(single_in(labels::INSTANCE_TYPE, &name));
+            requirements.add(single_in(labels::ARCH, "amd64"));
+            requirements.add(single_in(labels::OS, "linux"));
+            requirements.add(single_in(aws::INSTANCE_CPU, &vcpu.to_string()));
+            let zone_values: Vec<&str> = zones.iter().map(String::as_str).collect();
+            requirements.add(Requirement::new(labels::ZONE, Operator::In, &zone_values).expect("values"));
+            requirements.add(
+                Requirement::new(labels::CAPACITY_TYPE, Operator::In, &["on-demand", "spot"])
+                    .expect("values"),
+            );
+            InstanceType {
+                name,
+                requirements,
+                capacity: Resources::new()
+                    .with_cpu_millis(vcpu * 1000)
+                    .with_memory_mib(gib * 1024)
+                    .with_pods(110),
+                overhead: Overhead::default(),
+                offerings,
+            }
+        })
+        .collect();
+    let catalog = Catalog::new("synthetic", zones, types);
+    const CPU: [i64; 5] = [100, 250, 500, 1000, 1500];
+    const MEM: [i64; 6] = [100, 256, 512, 1024, 2048, 4096];
+    let out = (0..pods)
+        .map(|i| {
+            // Deterministic, well-mixed picks (multiplicative hashing of the index).
+            let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let cpu = CPU[(h >> 33) as usize % CPU.len()];
+            let mem = MEM[(h >> 17) as usize % MEM.len()];
+            let kind = i % 5;
+            let group = format!("g{}", (i / 5) % 10);
+            let spec = PodSpec::new(
+                format!("diverse/{i}"),
+                Resources::new().with_cpu_millis(cpu).with_memory_mib(mem),
+            );
+            match kind {
+                0 => spec,
+                1 => {
+                    let app = format!("zone-spread-{group}");
+                    spec.with_label("app", &app).with_spread(labels::ZONE, 1, &[("app", app.as_str())])
+                }
+                2 => {
+                    let app = format!("host-spread-{group}");
+                    spec.with_label("app", &app).with_spread(labels::HOSTNAME, 1, &[("app", app.as_str())])
+                }
+                3 => {
+                    let app = format!("zone-affinity-{group}");
+                    spec.with_label("app", &app).with_zone_affinity(&[("app", app.as_str())])
+                }
+                _ => {
+                    let app = format!("anti-affinity-{group}");
+                    spec.with_label("app", &app).with_hostname_anti_affinity(&[("app", app.as_str())])
+                }
+            }
+        })
+        .collect();
+    Problem {
+        pods: out,
+        existing: vec![],
+        nodepools: vec![NodePoolTemplate::new("default")],
+        daemonsets: vec![],
+        catalog: catalog.into(),
+    }
 }
 
 /// Thirty Deployments with the constraints users combine, over three NodePools with limits: every Deployment
