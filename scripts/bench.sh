@@ -13,6 +13,9 @@ bench --workload gpu --pods 8152 --runs "$runs"
 echo
 bench --workload constrained --pods 3000 --runs "$runs"
 echo
+# Karpenter's own benchmark shape; one run each (Cartwright's solver takes seconds here, see docs).
+bench --workload karpenter-diverse --pods 5000 --runs 1
+echo
 # The simulator: a week of 20 HPA-driven services peaking near 20,000 pods (examples/scenarios/).
 for i in $(seq 1 3); do
   start=$(date +%s.%N)

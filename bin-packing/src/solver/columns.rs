@@ -35,7 +35,7 @@ const KNAPSACK_NODES: usize = 2_000;
 /// Pricing work allowed per round, in bins × classes: beyond it (hundreds of instance types times
 /// thousands of distinct pod shapes) a round costs seconds, so column generation is not run and the
 /// aggregate bound and the greedy plan stand.
-pub(crate) const MAX_PRICING_WORK: usize = 250_000;
+pub(crate) const MAX_PRICING_WORK: usize = 800_000;
 
 /// A (pool, type, offering set) a node can be, at its cheapest admitted price.
 #[derive(Debug, Clone)]
