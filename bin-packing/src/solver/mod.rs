@@ -19,8 +19,9 @@
 //! overhead per node, `minValues`, unavailable offerings, free room on existing nodes, and required pod
 //! anti-affinity on `kubernetes.io/hostname` (matchLabels; host ports are expressed as such), and hard
 //! topology spread on zone, capacity type and hostname for pods the selector matches, with `minDomains`,
-//! and required pod affinity and anti-affinity on zones (`affinity`). Hostname pod affinity and
-//! preferences are not yet modelled.
+//! required pod affinity and anti-affinity on zones (`affinity`), and preferred node affinity (relaxed
+//! heaviest term first, as Karpenter does). Hostname pod affinity and preferred pod affinity are not yet
+//! modelled.
 
 mod affinity;
 pub mod baselines;
@@ -34,7 +35,7 @@ mod reasons;
 mod spread;
 pub mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::instance_type::Price;
 use crate::resources::Resources;
@@ -82,6 +83,35 @@ impl Algorithm {
     /// Runs the algorithm. Zonal topology spread is applied the same way around every algorithm (see
     /// `spread`).
     pub fn solve(&self, problem: &Problem) -> Plan {
+        if !problem.pods.iter().any(|p| !p.preferred_affinity.is_empty()) {
+            return self.solve_required(problem);
+        }
+        // Preferences, Karpenter's way: every pod starts with its heaviest preferred term required; the
+        // pods that cannot be placed drop it and try the next, until they have none left. Each round plans
+        // the whole problem again, so pods that keep their preference get the same treatment throughout.
+        let mut level = vec![0usize; problem.pods.len()];
+        loop {
+            let mut round = problem.clone();
+            for (pod, &l) in round.pods.iter_mut().zip(&level) {
+                *pod = pod.with_preference_level(l);
+            }
+            let plan = self.solve_required(&round);
+            let refused: BTreeSet<&str> = plan.unschedulable.iter().map(|u| u.pod.as_str()).collect();
+            let mut relaxed = false;
+            for (i, pod) in problem.pods.iter().enumerate() {
+                if refused.contains(pod.name.as_str()) && level[i] < pod.preferred_affinity.len() {
+                    level[i] += 1;
+                    relaxed = true;
+                }
+            }
+            if !relaxed {
+                return plan;
+            }
+        }
+    }
+
+    /// Runs the algorithm with required constraints only (preferences already folded in or ignored).
+    fn solve_required(&self, problem: &Problem) -> Plan {
         let run = |p: &Problem| match self {
             Algorithm::Cartwright => solve_pinned(p),
             Algorithm::KarpenterGreedy => baselines::karpenter_greedy(p),

@@ -32,6 +32,9 @@ pub struct PodSpec {
     /// Required pod anti-affinity on `topology.kubernetes.io/zone`: no other pod matching a selector may run
     /// in the pod's zone.
     pub zone_anti_affinity: Vec<BTreeMap<String, String>>,
+    /// Preferred node affinity: `(weight, term)`. Planned as Karpenter does: the heaviest term is required
+    /// first; a pod that cannot be placed so drops it and tries the next, then none.
+    pub preferred_affinity: Vec<(i32, Requirements)>,
 }
 
 /// A topology spread constraint (`whenUnsatisfiable: DoNotSchedule` when `hard`). Honoured on
@@ -72,6 +75,7 @@ impl PodSpec {
             topology_spread: vec![],
             zone_affinity: vec![],
             zone_anti_affinity: vec![],
+            preferred_affinity: vec![],
         }
     }
 
@@ -132,6 +136,25 @@ impl PodSpec {
                 && s.enforced_for(&self.labels)
                 && selector_matches(&s.selector, &other.labels)
         })
+    }
+
+    /// Builder: a preferred node affinity term.
+    pub fn with_preference(mut self, weight: i32, term: Requirements) -> Self {
+        self.preferred_affinity.push((weight, term));
+        self
+    }
+
+    /// The pod with its `level`-th heaviest preference required (ties keep their order); past the last
+    /// level, the pod as written.
+    pub fn with_preference_level(&self, level: usize) -> PodSpec {
+        let mut terms: Vec<&(i32, Requirements)> = self.preferred_affinity.iter().collect();
+        terms.sort_by_key(|(w, _)| std::cmp::Reverse(*w));
+        let mut pod = self.clone();
+        if let Some((_, term)) = terms.get(level) {
+            let alternatives = pod.affinity.alternatives().iter().map(|a| a.intersection(term)).collect();
+            pod.affinity = NodeAffinity::from_alternatives(alternatives);
+        }
+        pod
     }
 
     /// Builder: a label.

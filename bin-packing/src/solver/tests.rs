@@ -704,3 +704,40 @@ fn a_hostname_spread_group_with_mixed_requests_stays_within_max_skew_per_node() 
         assert!(plan.new_nodes.iter().all(|n| n.pods.len() == 1), "{}", algorithm.name());
     }
 }
+
+#[test]
+fn preferred_node_affinity_is_honoured_when_possible_and_relaxed_heaviest_first() {
+    let prefer = |family: &str| Requirements::new().with(req(aws::INSTANCE_FAMILY, Operator::In, &[family]));
+    // Prefer m7i (weight 80), then r7i (weight 20): m7i holds them.
+    let web: Vec<PodSpec> = pods("web", 4)
+        .cpu(1000)
+        .mem(2048)
+        .build()
+        .into_iter()
+        .map(|p| p.with_preference(20, prefer("r7i")).with_preference(80, prefer("m7i")))
+        .collect();
+    let p = problem(vec![web.clone()], vec![pool("default")]);
+    let plan = expect_valid_plan(&p);
+    assert!(
+        plan.new_nodes.iter().all(|n| n.launch.instance_type.starts_with("m7i.")),
+        "{:?}",
+        node_pods(&plan)
+    );
+    // A NodePool that offers no m7i: the heaviest preference is dropped and r7i is used.
+    let mut no_m7i = pool("default");
+    no_m7i.requirements.add(req(aws::INSTANCE_FAMILY, Operator::NotIn, &["m7i"]));
+    let p = problem(vec![web.clone()], vec![no_m7i]);
+    let plan = expect_valid_plan(&p);
+    assert!(
+        plan.new_nodes.iter().all(|n| n.launch.instance_type.starts_with("r7i.")),
+        "{:?}",
+        node_pods(&plan)
+    );
+    // Neither offered: every preference is dropped and the pods still run.
+    let mut neither = pool("default");
+    neither.requirements.add(req(aws::INSTANCE_FAMILY, Operator::NotIn, &["m7i", "r7i"]));
+    let p = problem(vec![web], vec![neither]);
+    let plan = expect_valid_plan(&p);
+    assert!(plan.unschedulable.is_empty());
+    assert_eq!(plan.new_nodes.iter().map(|n| n.pods.len()).sum::<usize>(), 4);
+}

@@ -426,8 +426,24 @@ pub fn pod_spec(
     pod.affinity =
         NodeAffinity::from_pod_spec(selector.iter().map(|(k, v)| (k.as_str(), v.as_str())), terms.as_deref())
             .map_err(|e| format!("spec.affinity.nodeAffinity: {e}"))?;
-    if node_affinity.is_some_and(|na| na.preferred_during_scheduling_ignored_during_execution.is_some()) {
-        notes.push("preferred node affinity".to_owned());
+    let preferred =
+        node_affinity.and_then(|na| na.preferred_during_scheduling_ignored_during_execution.as_ref());
+    for (i, term) in preferred.into_iter().flatten().enumerate() {
+        let mut requirements = cartwright_binpack::Requirements::new();
+        for (j, e) in term.preference.match_expressions.iter().flatten().enumerate() {
+            let r = SelectorRequirement {
+                key: e.key.clone(),
+                operator: e.operator.clone(),
+                values: e.values.clone().unwrap_or_default(),
+                min_values: None,
+            }
+            .to_requirement()
+            .map_err(|e| {
+                format!("spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}].preference.matchExpressions[{j}]: {e}")
+            })?;
+            requirements.add(r);
+        }
+        pod.preferred_affinity.push((term.weight, requirements));
     }
 
     for (i, t) in spec.tolerations.iter().flatten().enumerate() {
@@ -707,10 +723,16 @@ spec:
     podAntiAffinity:
       requiredDuringSchedulingIgnoredDuringExecution:
         - {topologyKey: topology.kubernetes.io/zone, labelSelector: {matchLabels: {app: p}}}
+    nodeAffinity:
+      preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 50
+          preference: {matchExpressions: [{key: karpenter.sh/capacity-type, operator: In, values: [spot]}]}
   containers: [{name: c, image: x, ports: [{containerPort: 80, hostPort: 80}]}]
 "#,
         );
         assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+        assert_eq!(m.pending[0].preferred_affinity.len(), 1);
+        assert_eq!(m.pending[0].preferred_affinity[0].0, 50);
         assert!(m.warnings[0].contains("pod affinity"));
         // The host port is modelled: the pod repels others using it, itself included.
         let pod = &m.pending[0];
