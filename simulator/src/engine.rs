@@ -942,6 +942,12 @@ impl Engine {
                     capacity: &node.capacity,
                     requested,
                     pod_labels,
+                    repelled: node
+                        .pods
+                        .iter()
+                        .chain(&node.nominated)
+                        .flat_map(|&q| &self.pods[q].spec.hostname_anti_affinity)
+                        .collect(),
                     nodepool: node.nodepool.as_deref(),
                     ready: node.ready.is_some(),
                     cordoned: node.cordoned,

@@ -238,6 +238,9 @@ pub struct ExistingNode {
     pub initialized: bool,
     /// The labels of the pods already on it (what new pods' anti-affinity selectors see).
     pub pod_labels: Vec<BTreeMap<String, String>>,
+    /// The hostname anti-affinity selectors of the pods already on it: a new pod matching one may not join
+    /// (Kubernetes checks running pods' anti-affinity too).
+    pub repelled: Vec<BTreeMap<String, String>>,
 }
 
 impl ExistingNode {

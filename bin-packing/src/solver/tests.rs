@@ -158,6 +158,7 @@ fn existing_node_room_is_used_first() {
         nodepool: Some("default".into()),
         initialized: true,
         pod_labels: vec![],
+        repelled: vec![],
     });
     let plan = expect_valid_plan(&p);
     assert_eq!(plan.placements.len(), 2, "1430m free holds two 500m pods");
@@ -460,6 +461,7 @@ fn hostname_anti_affinity_puts_one_replica_per_node() {
         nodepool: None,
         initialized: true,
         pod_labels: vec![BTreeMap::from([("app".to_owned(), "db".to_owned())])],
+        repelled: vec![],
     });
     for algorithm in Algorithm::ALL {
         let plan = algorithm.solve(&p);
@@ -516,6 +518,7 @@ fn zone_spread_balances_across_zones_counting_existing_pods() {
         nodepool: None,
         initialized: true,
         pod_labels: vec![BTreeMap::from([("app".to_owned(), "web".to_owned())]); 3],
+        repelled: vec![],
     });
     let plan = expect_valid_plan(&p);
     let mut per_zone: BTreeMap<&str, usize> = BTreeMap::new();
@@ -632,6 +635,7 @@ fn zone_self_affinity_keeps_a_group_in_one_zone_and_follows_existing_pods() {
         nodepool: None,
         initialized: true,
         pod_labels: vec![BTreeMap::from([("app".to_owned(), "cache".to_owned())])],
+        repelled: vec![],
     });
     let plan = expect_valid_plan(&p);
     assert!(plan.new_nodes.iter().all(|n| n.launch.zone == "us-east-1c"));
@@ -740,4 +744,35 @@ fn preferred_node_affinity_is_honoured_when_possible_and_relaxed_heaviest_first(
     let plan = expect_valid_plan(&p);
     assert!(plan.unschedulable.is_empty());
     assert_eq!(plan.new_nodes.iter().map(|n| n.pods.len()).sum::<usize>(), 4);
+}
+
+#[test]
+fn running_pods_anti_affinity_keeps_matching_pods_off_their_node() {
+    // An existing node with room, running a pod that repels `app: noisy`.
+    let mut p = problem(
+        vec![
+            pods("noisy", 1).cpu(100).mem(64).label("app", "noisy").build(),
+            pods("quiet", 1).cpu(100).mem(64).label("app", "quiet").build(),
+        ],
+        vec![pool("default")],
+    );
+    p.existing.push(ExistingNode {
+        name: "node-1".into(),
+        labels: BTreeMap::from([(labels::ZONE.to_owned(), "us-east-1a".to_owned())]),
+        taints: vec![],
+        allocatable: Resources::new().with_cpu_millis(4000).with_memory_mib(8000).with_pods(20),
+        requested: Resources::new(),
+        nodepool: None,
+        initialized: true,
+        pod_labels: vec![BTreeMap::from([("app".to_owned(), "db".to_owned())])],
+        repelled: vec![BTreeMap::from([("app".to_owned(), "noisy".to_owned())])],
+    });
+    for algorithm in Algorithm::ALL {
+        let plan = algorithm.solve(&p);
+        let violations = validate::violations(&p, &plan);
+        assert!(violations.is_empty(), "{}: {}", algorithm.name(), violations.join("\n"));
+        let on_existing: Vec<&str> = plan.placements.iter().map(|x| x.pod.as_str()).collect();
+        assert_eq!(on_existing, ["quiet-0"], "{}", algorithm.name());
+        assert_eq!(plan.new_nodes.len(), 1, "{}", algorithm.name());
+    }
 }

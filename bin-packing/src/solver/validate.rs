@@ -67,6 +67,11 @@ pub fn violations(problem: &Problem, plan: &Plan) -> Vec<String> {
         if let Some(why) = anti_affinity_violation(placed, &node.pod_labels) {
             out.push(format!("node {name}: {why}"));
         }
+        for pod in placed {
+            if node.repelled.iter().any(|s| s.iter().all(|(k, v)| pod.labels.get(k) == Some(v))) {
+                out.push(format!("node {name}: pod {} joins a pod whose anti-affinity forbids it", pod.name));
+            }
+        }
     }
     for (name, used) in &load {
         let node = problem.existing.iter().find(|n| n.name == *name).expect("checked above");

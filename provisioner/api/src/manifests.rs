@@ -275,6 +275,7 @@ impl Manifests {
                     capacity: &node.capacity,
                     requested,
                     pod_labels: on_node.iter().map(|p| &p.labels).collect(),
+                    repelled: on_node.iter().flat_map(|p| &p.hostname_anti_affinity).collect(),
                     nodepool: node.labels.get(labels::NODEPOOL).map(String::as_str),
                     ready: true,
                     cordoned: !node.schedulable,

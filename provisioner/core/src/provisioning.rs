@@ -21,6 +21,8 @@ pub struct NodeView<'a> {
     pub requested: Resources,
     /// Labels of those pods (what anti-affinity and spread selectors see).
     pub pod_labels: Vec<&'a BTreeMap<String, String>>,
+    /// Their hostname anti-affinity selectors (new pods matching one may not join).
+    pub repelled: Vec<&'a BTreeMap<String, String>>,
     pub nodepool: Option<&'a str>,
     /// Registered and ready (false while launching).
     pub ready: bool,
@@ -99,6 +101,7 @@ pub fn problem(
             nodepool: n.nodepool.map(str::to_owned),
             initialized: n.ready,
             pod_labels: n.pod_labels.iter().map(|l| (*l).clone()).collect(),
+            repelled: n.repelled.iter().map(|s| (*s).clone()).collect(),
         })
         .collect();
     let nodepools = remaining_limits(nodepools, nodes.iter().map(|n| (n.nodepool, n.capacity)));
@@ -149,6 +152,7 @@ mod tests {
             capacity: alloc,
             requested,
             pod_labels: vec![],
+            repelled: vec![],
             nodepool: pool,
             ready: true,
             cordoned: false,
