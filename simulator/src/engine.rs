@@ -575,7 +575,8 @@ impl Engine {
         let now = self.now;
         let workload = &mut self.workloads[w];
         let Some((spec, state)) = workload.hpa.as_mut() else { return };
-        let decision = spec.sync(state, now, current, MetricSample { ready, utilization, unready });
+        let decision =
+            spec.sync(state, now, current, MetricSample { ready, utilization, unready, missing: 0 });
         self.collector.hpa(now, &workload.name, load, decision.replicas, ready);
         if decision.replicas != current {
             workload.desired = decision.replicas;

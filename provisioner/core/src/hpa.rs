@@ -116,6 +116,8 @@ pub struct MetricSample {
     pub utilization: f64,
     /// Pods not ready yet (pending or starting): set aside, assumed idle when scaling up.
     pub unready: i32,
+    /// Ready pods with no metric sample yet: assumed at the target when scaling down, idle when scaling up.
+    pub missing: i32,
 }
 
 /// Why the replica count is what it is, as in the HPA's `ScalingLimited` condition.
@@ -155,21 +157,29 @@ pub fn recommend(current: i32, sample: MetricSample, target_utilization: f64, to
     }
     let ratio = sample.utilization / target_utilization;
     let within = |r: f64| (r > 1.0 && r - 1.0 <= tol_up) || (r <= 1.0 && 1.0 - r <= tol_down);
-    if sample.unready == 0 || ratio <= 1.0 {
+    if sample.missing == 0 && (sample.unready == 0 || ratio <= 1.0) {
         // Unready pods only matter for scale-up.
         if within(ratio) {
             return current;
         }
         return (ratio * f64::from(sample.ready)).ceil() as i32;
     }
-    // Scale-up with unready pods: count them at 0 % and recompute over all pods.
-    let total = sample.ready + sample.unready;
-    let new_ratio = sample.utilization * f64::from(sample.ready) / (target_utilization * f64::from(total));
-    if within(new_ratio) || new_ratio < 1.0 {
+    // Conservative fill: pods without a metric count at 100 % of the target when scaling down and 0 % when
+    // scaling up; on scale-up, unready pods count at 0 % too. Recompute over every pod counted.
+    let used = sample.utilization * f64::from(sample.ready);
+    let (used, counted) = if ratio < 1.0 {
+        (used + target_utilization * f64::from(sample.missing), sample.ready + sample.missing)
+    } else {
+        (used, sample.ready + sample.missing + sample.unready)
+    };
+    let new_ratio = used / (target_utilization * f64::from(counted));
+    // Within tolerance, or the fill flipped the direction: keep the count.
+    if within(new_ratio) || (ratio < 1.0) != (new_ratio < 1.0) {
         return current;
     }
-    let desired = (new_ratio * f64::from(total)).ceil() as i32;
-    if desired < current { current } else { desired }
+    let desired = (new_ratio * f64::from(counted)).ceil() as i32;
+    // Never move against the raw ratio's direction.
+    if (ratio > 1.0 && desired < current) || (ratio < 1.0 && desired > current) { current } else { desired }
 }
 
 impl HpaSpec {
@@ -351,7 +361,7 @@ mod tests {
     use super::*;
 
     fn sample(ready: i32, utilization: f64) -> MetricSample {
-        MetricSample { ready, utilization, unready: 0 }
+        MetricSample { ready, utilization, unready: 0, missing: 0 }
     }
 
     fn legacy(min: i32, max: i32, target: f64) -> HpaSpec {
@@ -377,14 +387,27 @@ mod tests {
     #[test]
     fn unready_pods_count_as_idle_when_scaling_up() {
         // 4 ready at 150 %, 4 starting: 600 / (100 * 8) = 0.75 < 1, so no scale-up on top of the starting pods.
-        let s = MetricSample { ready: 4, utilization: 150.0, unready: 4 };
+        let s = MetricSample { ready: 4, utilization: 150.0, unready: 4, missing: 0 };
         assert_eq!(recommend(8, s, 100.0, (0.1, 0.1)), 8);
         // 4 ready at 300 %, 2 starting: 1200 / 600 = 2.0 -> 12.
-        let s = MetricSample { ready: 4, utilization: 300.0, unready: 2 };
+        let s = MetricSample { ready: 4, utilization: 300.0, unready: 2, missing: 0 };
         assert_eq!(recommend(6, s, 100.0, (0.1, 0.1)), 12);
         // Scale-down ignores unready pods: the ratio of the ready ones decides.
-        let s = MetricSample { ready: 4, utilization: 50.0, unready: 2 };
+        let s = MetricSample { ready: 4, utilization: 50.0, unready: 2, missing: 0 };
         assert_eq!(recommend(6, s, 100.0, (0.1, 0.1)), 2);
+    }
+
+    #[test]
+    fn pods_without_metrics_are_filled_conservatively() {
+        let s = |ready, utilization, missing| MetricSample { ready, utilization, unready: 0, missing };
+        // Scale-down: 4 pods at 50 %, 2 without metrics counted at 100 %: (200 + 200) / 600 = 0.67 -> 4.
+        assert_eq!(recommend(6, s(4, 50.0, 2), 100.0, (0.1, 0.1)), 4);
+        // Scale-up: 4 pods at 200 %, 2 without metrics counted at 0 %: 800 / 600 = 1.33 -> 8.
+        assert_eq!(recommend(6, s(4, 200.0, 2), 100.0, (0.1, 0.1)), 8);
+        // Scale-up that the fill flips into a scale-down: keep the count.
+        assert_eq!(recommend(6, s(2, 120.0, 4), 100.0, (0.1, 0.1)), 6);
+        // The fill lands within tolerance: 4 at 80 %, 6 missing at 100 %: (320 + 600) / 1000 = 0.92.
+        assert_eq!(recommend(10, s(4, 80.0, 6), 100.0, (0.1, 0.1)), 10);
     }
 
     #[test]
