@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod crds;
 pub mod plan;
 pub mod simulate;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Catalog(catalog::Args),
     /// Run Cartwright's solver and the re-implemented peers on a built-in workload and compare them.
     Bench(bench::Args),
+    /// Print the CustomResourceDefinitions of NodePool, NodeClaim and EC2NodeClass.
+    Crds(crds::Args),
     /// Plan nodes for Kubernetes manifests (pods, workloads, nodes, NodePools) and print the plan.
     Plan(plan::Args),
     /// Run the simulator (with no arguments: the embedded default scenario).
@@ -65,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Catalog(args) => catalog::run(args),
+        Command::Crds(args) => crds::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Simulate(args) => simulate::run(args),
     }
