@@ -52,6 +52,45 @@ fn peak_pods(report: &Report, workload: &str) -> usize {
     report.samples.iter().map(|s| s.workload_pods.get(workload).copied().unwrap_or(0)).max().unwrap_or(0)
 }
 
+/// A one-NodePool (on-demand) scenario with an HPA-driven `api` Deployment (250m pods, target 50 %,
+/// 100 load units per pod) under `load`, for `duration`, with `extra` appended.
+fn hpa_api(duration: &str, min: i32, max: i32, replicas: i32, load: &str, extra: &str) -> String {
+    format!(
+        r#"
+duration: {duration}
+cluster:
+  region: us-east-1
+  objects:
+    - apiVersion: karpenter.sh/v1
+      kind: NodePool
+      metadata: {{name: od}}
+      spec: {{template: {{spec: {{requirements: [{{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}}]}}}}}}
+workloads:
+  - deployment:
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata: {{name: api}}
+      spec:
+        replicas: {replicas}
+        selector: {{matchLabels: {{app: api}}}}
+        template:
+          metadata: {{labels: {{app: api}}}}
+          spec: {{containers: [{{name: api, image: api, resources: {{requests: {{cpu: 250m}}}}}}]}}
+    hpa:
+      apiVersion: autoscaling/v2
+      kind: HorizontalPodAutoscaler
+      metadata: {{name: api}}
+      spec:
+        scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: api}}
+        minReplicas: {min}
+        maxReplicas: {max}
+        metrics: [{{type: Resource, resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}}}]
+    load: {load}
+    podCapacity: 100
+{extra}"#
+    )
+}
+
 #[test]
 fn same_seed_same_report_and_a_different_seed_differs() {
     let body = format!(
@@ -143,39 +182,15 @@ fn a_spot_interruption_drains_the_node_and_replacement_capacity_is_launched() {
 
 #[test]
 fn hpa_follows_the_load_within_its_bounds() {
-    let body = r#"
-duration: 6h
-cluster:
-  region: us-east-1
-  objects:
-    - apiVersion: karpenter.sh/v1
-      kind: NodePool
-      metadata: {name: od}
-      spec: {template: {spec: {requirements: [{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}]}}}
-workloads:
-  - deployment:
-      apiVersion: apps/v1
-      kind: Deployment
-      metadata: {name: api}
-      spec:
-        replicas: 2
-        selector: {matchLabels: {app: api}}
-        template:
-          metadata: {labels: {app: api}}
-          spec: {containers: [{name: api, image: api, resources: {requests: {cpu: 250m}}}]}
-    hpa:
-      apiVersion: autoscaling/v2
-      kind: HorizontalPodAutoscaler
-      metadata: {name: api}
-      spec:
-        scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: api}
-        minReplicas: 2
-        maxReplicas: 12
-        metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}}]
-    load: {curve: step, steps: [{at: 0s, value: 100}, {at: 2h, value: 400}, {at: 4h, value: 5000}]}
-    podCapacity: 100
-"#;
-    let r = run(&scenario(body));
+    let body = hpa_api(
+        "6h",
+        2,
+        12,
+        2,
+        "{curve: step, steps: [{at: 0s, value: 100}, {at: 2h, value: 400}, {at: 4h, value: 5000}]}",
+        "",
+    );
+    let r = run(&scenario(&body));
     let at = |secs: u64| r.hpa.iter().rev().find(|p| p.t_seconds <= secs).unwrap().desired_replicas;
     assert_eq!(at(7000), 2, "100 / (2 x 100) = 50 %: on target");
     assert_eq!(at(4 * 3600 - 60), 8, "400 at 50 % of 100 per pod needs 8");
@@ -269,42 +284,15 @@ fn variants_replace_the_sections_they_give_and_are_validated() {
 #[test]
 fn canary_to_full_weight_with_an_hpa_never_loses_the_stable_copy_bookkeeping() {
     // An HPA resizing the workload after the stable copy is gone (weight 100) must not break the rollout.
-    let body = r#"
-duration: 3h
-cluster:
-  region: us-east-1
-  objects:
-    - apiVersion: karpenter.sh/v1
-      kind: NodePool
-      metadata: {name: od}
-      spec: {template: {spec: {requirements: [{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}]}}}
-workloads:
-  - deployment:
-      apiVersion: apps/v1
-      kind: Deployment
-      metadata: {name: api}
-      spec:
-        replicas: 4
-        selector: {matchLabels: {app: api}}
-        template:
-          metadata: {labels: {app: api}}
-          spec: {containers: [{name: api, image: api, resources: {requests: {cpu: 250m}}}]}
-    hpa:
-      apiVersion: autoscaling/v2
-      kind: HorizontalPodAutoscaler
-      metadata: {name: api}
-      spec:
-        scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: api}
-        minReplicas: 2
-        maxReplicas: 20
-        metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}}]
-    load: {curve: diurnal, base: 100, peak: 2000, peakAt: 3h}
-    podCapacity: 100
-rollouts:
-  - {workload: api, at: 30m, strategy: {type: canary, steps: [{setWeight: 50}, {setWeight: 100}]}}
-  - {workload: api, at: 90m, strategy: {type: canary, steps: [{setWeight: 100}]}}
-"#;
-    let r = run(&scenario(body));
+    let body = hpa_api(
+        "3h",
+        2,
+        20,
+        4,
+        "{curve: diurnal, base: 100, peak: 2000, peakAt: 3h}",
+        "rollouts:\n  - {workload: api, at: 30m, strategy: {type: canary, steps: [{setWeight: 50}, {setWeight: 100}]}}\n  - {workload: api, at: 90m, strategy: {type: canary, steps: [{setWeight: 100}]}}\n",
+    );
+    let r = run(&scenario(&body));
     let last_desired = r.hpa.last().unwrap().desired_replicas as usize;
     assert!(last_desired > 4, "the HPA kept resizing through the rollouts");
     assert_eq!(r.samples.last().unwrap().workload_pods["api"], last_desired, "one copy at the HPA's count");
@@ -384,43 +372,12 @@ fn a_csv_load_curve_drives_the_hpa() {
     let dir = std::env::temp_dir().join(format!("cartwright-csv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("load.csv"), "seconds,rps\n0,100\n3600,600\n").unwrap();
-    let body = r#"
-duration: 2h
-cluster:
-  region: us-east-1
-  objects:
-    - apiVersion: karpenter.sh/v1
-      kind: NodePool
-      metadata: {name: od}
-      spec: {template: {spec: {requirements: [{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}]}}}
-workloads:
-  - deployment:
-      apiVersion: apps/v1
-      kind: Deployment
-      metadata: {name: api}
-      spec:
-        replicas: 2
-        selector: {matchLabels: {app: api}}
-        template:
-          metadata: {labels: {app: api}}
-          spec: {containers: [{name: api, image: api, resources: {requests: {cpu: 250m}}}]}
-    hpa:
-      apiVersion: autoscaling/v2
-      kind: HorizontalPodAutoscaler
-      metadata: {name: api}
-      spec:
-        scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: api}
-        minReplicas: 2
-        maxReplicas: 20
-        metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}}]
-    load: {curve: csv, file: load.csv}
-    podCapacity: 100
-"#;
-    let r = crate::run(&scenario(body), &dir, Algorithm::Cartwright, |_| {}).unwrap();
+    let body = hpa_api("2h", 2, 20, 2, "{curve: csv, file: load.csv}", "");
+    let r = crate::run(&scenario(&body), &dir, Algorithm::Cartwright, |_| {}).unwrap();
     assert_eq!(r.hpa.last().unwrap().desired_replicas, 12, "600 at 50 % of 100 per pod");
     assert_eq!(r.hpa.iter().find(|p| p.t_seconds == 1800).unwrap().desired_replicas, 2);
     std::fs::write(dir.join("load.csv"), "seconds,rps\n10,1\n5,2\n").unwrap();
-    let err = crate::run(&scenario(body), &dir, Algorithm::Cartwright, |_| {}).unwrap_err();
+    let err = crate::run(&scenario(&body), &dir, Algorithm::Cartwright, |_| {}).unwrap_err();
     assert!(err.contains("line 3: seconds must not go backwards"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

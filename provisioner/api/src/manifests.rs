@@ -411,16 +411,7 @@ pub fn pod_spec(
                     if t.match_fields.as_ref().is_some_and(|f| !f.is_empty()) {
                         notes.push("nodeAffinity matchFields".to_owned());
                     }
-                    t.match_expressions
-                        .iter()
-                        .flatten()
-                        .map(|e| SelectorRequirement {
-                            key: e.key.clone(),
-                            operator: e.operator.clone(),
-                            values: e.values.clone().unwrap_or_default(),
-                            min_values: None,
-                        })
-                        .collect()
+                    t.match_expressions.iter().flatten().map(selector_requirement).collect()
                 })
                 .collect()
         });
@@ -432,13 +423,7 @@ pub fn pod_spec(
     for (i, term) in preferred.into_iter().flatten().enumerate() {
         let mut requirements = cartwright_binpack::Requirements::new();
         for (j, e) in term.preference.match_expressions.iter().flatten().enumerate() {
-            let r = SelectorRequirement {
-                key: e.key.clone(),
-                operator: e.operator.clone(),
-                values: e.values.clone().unwrap_or_default(),
-                min_values: None,
-            }
-            .to_requirement()
+            let r = selector_requirement(e).to_requirement()
             .map_err(|e| {
                 format!("spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}].preference.matchExpressions[{j}]: {e}")
             })?;
@@ -517,6 +502,16 @@ pub fn pod_spec(
     Ok((pod, notes))
 }
 
+/// A Kubernetes node selector requirement in the solver's API form.
+fn selector_requirement(e: &k8s_openapi::api::core::v1::NodeSelectorRequirement) -> SelectorRequirement {
+    SelectorRequirement {
+        key: e.key.clone(),
+        operator: e.operator.clone(),
+        values: e.values.clone().unwrap_or_default(),
+        min_values: None,
+    }
+}
+
 /// The PersistentVolumeClaims a pod spec mounts, as `namespace/claim`.
 fn claim_names(namespace: &str, spec: &K8sPodSpec) -> Vec<String> {
     spec.volumes
@@ -541,18 +536,7 @@ fn volume_affinity(pv: &PersistentVolume) -> Result<NodeAffinity, String> {
             |sel| {
                 sel.node_selector_terms
                     .iter()
-                    .map(|t| {
-                        t.match_expressions
-                            .iter()
-                            .flatten()
-                            .map(|e| SelectorRequirement {
-                                key: e.key.clone(),
-                                operator: e.operator.clone(),
-                                values: e.values.clone().unwrap_or_default(),
-                                min_values: None,
-                            })
-                            .collect()
-                    })
+                    .map(|t| t.match_expressions.iter().flatten().map(selector_requirement).collect())
                     .collect()
             },
         );
