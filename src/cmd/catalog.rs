@@ -2,11 +2,11 @@
 
 use std::io::Write;
 
+use crate::cmd::Output;
 use anyhow::{Context, bail};
 use cartwright_binpack::catalog::file::CatalogEntry;
 use cartwright_binpack::requirements::SelectorRequirement;
 use cartwright_binpack::{CapacityType, Catalog, CatalogOptions, InstanceType, Requirements, SpotPriceModel};
-use clap::ValueEnum;
 
 /// Arguments of `cartwright catalog`.
 #[derive(Debug, clap::Args)]
@@ -31,12 +31,6 @@ pub struct Args {
     /// Modelled spot discount off on-demand, a fraction in [0, 1).
     #[arg(long, default_value_t = 0.6)]
     pub spot_discount: f64,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
 }
 
 /// Prints the catalog.

@@ -85,15 +85,22 @@ pub fn init_logging(global: &GlobalArgs) {
     }
 }
 
+/// How a subcommand prints its result.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
 /// Prints `report` on stdout: pretty JSON, or the subcommand's table.
 pub fn emit<T: serde::Serialize>(
-    json: bool,
+    output: Output,
     report: &T,
     table: impl FnOnce(&mut std::io::StdoutLock<'static>, &T) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    if json {
+    if matches!(output, Output::Json) {
         serde_json::to_writer_pretty(&mut out, report)?;
         writeln!(out)?;
         Ok(())

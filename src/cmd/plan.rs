@@ -4,11 +4,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::cmd::Output;
 use anyhow::{Context, bail};
 use cartwright_api::Manifests;
 use cartwright_binpack::solver::{Algorithm, Plan};
 use cartwright_binpack::{CapacityType, Catalog, CatalogOptions, SpotPriceModel};
-use clap::ValueEnum;
 use serde::Serialize;
 
 /// Arguments of `cartwright plan`.
@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long, required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
     /// Which algorithm plans.
-    #[arg(long, default_value = "cartwright", value_parser = parse_solver)]
+    #[arg(long, default_value = "cartwright", value_parser = Algorithm::parse)]
     pub solver: Algorithm,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
@@ -37,19 +37,6 @@ pub struct Args {
     /// Modelled spot discount off on-demand, a fraction in [0, 1).
     #[arg(long, default_value_t = 0.6)]
     pub spot_discount: f64,
-}
-
-fn parse_solver(name: &str) -> Result<Algorithm, String> {
-    Algorithm::from_name(name).ok_or_else(|| {
-        let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
-        format!("unknown solver `{name}` (one of {})", names.join(", "))
-    })
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
 }
 
 /// The JSON form of a plan.
@@ -135,7 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let plan = args.solver.solve(&problem);
     let solve_ms = started.elapsed().as_secs_f64() * 1000.0;
     let report = report(args.solver, &plan, solve_ms, manifests.warnings.clone());
-    super::emit(matches!(args.output, Output::Json), &report, print_table)
+    super::emit(args.output, &report, print_table)
 }
 
 fn report(solver: Algorithm, plan: &Plan, solve_ms: f64, warnings: Vec<String>) -> Report {

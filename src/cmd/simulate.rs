@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+use crate::cmd::Output;
 use anyhow::{Context, bail};
 use cartwright_binpack::solver::Algorithm;
 use cartwright_sim::report::Summary;
@@ -27,12 +28,6 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
 }
 
 /// `report.json`.

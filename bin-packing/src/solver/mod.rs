@@ -80,6 +80,14 @@ impl Algorithm {
         Self::ALL.into_iter().find(|a| a.name() == name)
     }
 
+    /// Parses a name, or says which names exist.
+    pub fn parse(name: &str) -> Result<Algorithm, String> {
+        Self::from_name(name).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|a| a.name()).collect();
+            format!("unknown solver `{name}` (one of {})", names.join(", "))
+        })
+    }
+
     /// Runs the algorithm. Zonal topology spread is applied the same way around every algorithm (see
     /// `spread`).
     pub fn solve(&self, problem: &Problem) -> Plan {

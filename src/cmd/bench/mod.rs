@@ -8,9 +8,9 @@ mod workloads;
 use std::io::Write;
 use std::time::Instant;
 
+use crate::cmd::Output;
 use anyhow::Context;
 use cartwright_binpack::solver::{Algorithm, BoundKind, LowerBound, Plan, Problem, validate};
-use clap::ValueEnum;
 use serde::Serialize;
 
 /// Arguments of `cartwright bench`.
@@ -31,12 +31,6 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let algorithms: Vec<Algorithm> = args
         .solvers
         .iter()
-        .map(|s| Algorithm::from_name(s).with_context(|| format!("--solvers: unknown solver {s:?}")))
+        .map(|s| Algorithm::parse(s).map_err(|e| anyhow::anyhow!("--solvers: {e}")))
         .collect::<anyhow::Result<_>>()?;
     let problem = workloads::build(&args.workload, args.pods).context("--workload")?;
 
@@ -105,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|(algorithm, ms, plan)| summarize(&problem, *algorithm, *ms, plan, bound.map(|b| b.price)))
             .collect(),
     };
-    super::emit(matches!(args.output, Output::Json), &report, print_table)
+    super::emit(args.output, &report, print_table)
 }
 
 fn summarize(
