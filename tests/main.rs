@@ -1,3 +1,5 @@
 //! End-to-end tests of the `cartwright` binary: each runs the real executable, as a user would.
 
+mod apiserver;
 mod cli;
+mod controller;
