@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod controller;
 pub mod crds;
 pub mod plan;
 pub mod simulate;
@@ -41,6 +42,8 @@ pub enum Command {
     Catalog(catalog::Args),
     /// Run Cartwright's solver and the re-implemented peers on a built-in workload and compare them.
     Bench(bench::Args),
+    /// Run the controller against a cluster: turn Unschedulable pods into nodes and manage their lifecycle.
+    Controller(controller::Args),
     /// Print the CustomResourceDefinitions of NodePool, NodeClaim and EC2NodeClass.
     Crds(crds::Args),
     /// Plan nodes for Kubernetes manifests (pods, workloads, nodes, NodePools) and print the plan.
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Catalog(args) => catalog::run(args),
+        Command::Controller(args) => controller::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Simulate(args) => simulate::run(args),
@@ -78,7 +82,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn init_logging(global: &GlobalArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&global.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match global.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

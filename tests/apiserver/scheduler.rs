@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cartwright_binpack::solver::PodSpec;
-use cartwright_binpack::{Resources, Taint, TaintEffect, labels, taints};
+use cartwright_binpack::{Resources, Taint, TaintEffect, taints};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
@@ -100,8 +100,11 @@ fn spread_allows(pod: &PodSpec, node: &NodeInfo, eligible: &[&NodeInfo]) -> bool
 
 /// One scheduling round over every pending pod; returns how many were bound.
 pub fn schedule_once(server: &ApiServer) -> usize {
-    let mut nodes: Vec<NodeInfo> = server
-        .list("", "nodes")
+    let all_nodes = server.list("", "nodes");
+    // Spread domains come from every node, ready or not (kube-scheduler's default nodeTaintsPolicy
+    // ignores the not-ready taint), so pods do not pile into the zone whose nodes are ready first.
+    let mut domains: Vec<NodeInfo> = all_nodes.iter().map(node_info).collect();
+    let mut nodes: Vec<NodeInfo> = all_nodes
         .iter()
         .filter(|n| is_ready(n) && n.pointer("/spec/unschedulable") != Some(&json!(true)))
         .filter(|n| n.pointer("/metadata/deletionTimestamp").is_none())
@@ -110,10 +113,12 @@ pub fn schedule_once(server: &ApiServer) -> usize {
     let pods = server.list("", "pods");
     for pod in &pods {
         let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str) else { continue };
-        if let Some(n) = nodes.iter_mut().find(|n| n.name == node)
-            && let Some(spec) = spec_of(pod)
-        {
+        let Some(spec) = spec_of(pod) else { continue };
+        if let Some(n) = nodes.iter_mut().find(|n| n.name == node) {
             n.free = n.free.minus(&spec.requests);
+            n.pods.push(spec.labels.clone());
+        }
+        if let Some(n) = domains.iter_mut().find(|n| n.name == node) {
             n.pods.push(spec.labels);
         }
     }
@@ -140,7 +145,8 @@ pub fn schedule_once(server: &ApiServer) -> usize {
                 taints::tolerates_all(&spec.tolerations, &hard)
             })
             .collect();
-        let eligible_refs: Vec<&NodeInfo> = eligible.iter().map(|&i| &nodes[i]).collect();
+        let eligible_refs: Vec<&NodeInfo> =
+            domains.iter().filter(|n| spec.affinity.matches_labels(&n.labels)).collect();
         let choice = eligible
             .iter()
             .copied()
@@ -167,6 +173,9 @@ pub fn schedule_once(server: &ApiServer) -> usize {
                 if result.is_ok() {
                     nodes[i].free = nodes[i].free.minus(&spec.requests);
                     nodes[i].pods.push(spec.labels.clone());
+                    if let Some(n) = domains.iter_mut().find(|n| n.name == node) {
+                        n.pods.push(spec.labels.clone());
+                    }
                     bound += 1;
                 }
             }
@@ -187,7 +196,6 @@ pub fn schedule_once(server: &ApiServer) -> usize {
             }
         }
     }
-    let _ = labels::ZONE;
     bound
 }
 

@@ -180,16 +180,9 @@ impl Manifests {
             }
             "DaemonSet" => {
                 let ds: DaemonSet = typed(value, "")?;
-                let spec = ds.spec;
-                let pod_spec = spec.template.spec.as_ref().ok_or("missing field `spec.template.spec`")?;
-                let namespace = namespace_of(&ds.metadata.namespace);
-                let pod = self.pod(&format!("{namespace}/{name}"), pod_spec, BTreeMap::new())?;
-                self.daemonsets.push(DaemonSetSpec {
-                    name: pod.name,
-                    requests: pod.requests,
-                    affinity: pod.affinity,
-                    tolerations: pod.tolerations,
-                });
+                let (daemonset, notes) = daemonset_spec(name, &ds)?;
+                self.note(&daemonset.name, notes);
+                self.daemonsets.push(daemonset);
             }
             "Node" => {
                 let node: Node = typed(value, "")?;
@@ -245,13 +238,17 @@ impl Manifests {
         labels: BTreeMap<String, String>,
     ) -> Result<PodSpec, String> {
         let (pod, notes) = pod_spec(name, spec, labels)?;
+        self.note(name, notes);
+        Ok(pod)
+    }
+
+    fn note(&mut self, name: &str, notes: Vec<String>) {
         for note in notes {
             let warning = format!("{name}: {note} is not modelled yet and is ignored");
             if !self.warnings.contains(&warning) {
                 self.warnings.push(warning);
             }
         }
-        Ok(pod)
     }
 
     /// The solver's view: pending pods, nodes (with the requests of their bound pods and daemonsets),
@@ -544,7 +541,23 @@ fn volume_affinity(pv: &PersistentVolume) -> Result<NodeAffinity, String> {
         .map_err(|e| format!("spec.nodeAffinity.required: {e}"))
 }
 
-fn node_manifest(name: &str, node: &Node) -> Result<NodeManifest, String> {
+/// A DaemonSet as the solver sees it (its pod's requests, affinity and tolerations), with the constraints
+/// not modelled.
+pub fn daemonset_spec(name: &str, ds: &DaemonSet) -> Result<(DaemonSetSpec, Vec<String>), String> {
+    let pod_spec = ds.spec.template.spec.as_ref().ok_or("missing field `spec.template.spec`")?;
+    let namespace = namespace_of(&ds.metadata.namespace);
+    let (pod, notes) = self::pod_spec(&format!("{namespace}/{name}"), pod_spec, BTreeMap::new())?;
+    let daemonset = DaemonSetSpec {
+        name: pod.name,
+        requests: pod.requests,
+        affinity: pod.affinity,
+        tolerations: pod.tolerations,
+    };
+    Ok((daemonset, notes))
+}
+
+/// A Node's scheduling view and capacity.
+pub fn node_manifest(name: &str, node: &Node) -> Result<NodeManifest, String> {
     let status = node.status.as_ref();
     let allocatable =
         status.and_then(|s| s.allocatable.as_ref()).ok_or("missing field `status.allocatable`")?;

@@ -1,7 +1,31 @@
-//! `cartwright-kube`: the kube-rs adapter (watchers feeding the state index, `ClusterApi` over the API
-//! server, leader election, the kwok provider). For now it holds the process-wide TLS set-up every kube
-//! client in the binary relies on.
+//! `cartwright-kube`: the kube-rs adapter: the controller's live loop ([`controller`]: watchers, batching,
+//! NodeClaim lifecycle, termination with PDB-respecting drains), leader election with a Lease
+//! ([`leader`]), Prometheus metrics and health endpoints ([`metrics`]), the kwok cloud provider
+//! ([`kwok`]), and the process-wide TLS set-up every kube client in the binary relies on.
 #![forbid(unsafe_code)]
+
+pub mod controller;
+pub mod kwok;
+pub mod leader;
+pub mod metrics;
+
+/// A kube client for a kubeconfig file, or the in-cluster / `KUBECONFIG` configuration when `None`.
+///
+/// The client's built-in retry of 429 responses is turned off: an eviction refused by a
+/// PodDisruptionBudget answers 429 and must come back at once (the drain tries again on its next pass),
+/// and every other call is retried by the loops that make it.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    config.default_retry = false;
+    Ok(kube::Client::try_from(config)?)
+}
 
 /// Installs aws-lc-rs as the process-wide rustls crypto provider.
 ///

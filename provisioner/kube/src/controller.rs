@@ -1,0 +1,1049 @@
+//! The live loop: watchers fill caches; every pass the leader (1) readies kwok nodes, (2) moves each
+//! NodeClaim through launch, registration and initialization, (3) terminates deleted NodeClaims through a
+//! PDB-respecting drain, and (4) batches Unschedulable pods, plans them with the solver and creates
+//! NodeClaims. The decisions come from `cartwright-core`; this module gathers facts and calls the API.
+//!
+//! State lives in the API server, never only in memory: a NodeClaim is created before anything is
+//! launched, providers launch idempotently per NodeClaim name, and in-flight NodeClaims count as nodes when
+//! planning. A restart at any point therefore neither launches twice nor forgets a machine.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cartwright_api::manifests::{daemonset_spec, node_manifest, nodepool_template, pod_spec};
+use cartwright_api::nodeclaim::{Condition, NodeClaim, NodeClaimSpec, NodeClaimStatus, ResourceRequirements};
+use cartwright_api::nodepool::{self, NodePool, NodeSelectorRequirementWithMinValues};
+use cartwright_binpack::requirements::SelectorRequirement;
+use cartwright_binpack::solver::{self, DaemonSetSpec, LaunchOption, NewNode, NodePoolTemplate, PodSpec};
+use cartwright_binpack::{CapacityType, Catalog, Requirements, Resources, Taint, labels, taints};
+use cartwright_core::batcher::{BatchWindow, Batcher};
+use cartwright_core::cloud::{CloudError, CloudProvider, LaunchRequest, UnavailableOfferings};
+use cartwright_core::hpa::Millis;
+use cartwright_core::lifecycle::{self, ClaimFacts, ClaimStep, PodFacts, TerminationStep, Timeouts};
+use cartwright_core::provisioning::{self, NodeView};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::kwok::{self, KwokProvider};
+use crate::leader::LeaderElector;
+use crate::metrics::{Metrics, labels as metric_labels};
+
+/// The finalizer on NodeClaims and Nodes: the machine is terminated before either goes.
+pub const FINALIZER: &str = "cartwright.sh/termination";
+/// The taint on a node being drained (Karpenter v1 uses `karpenter.sh/disrupted`).
+pub const DISRUPTED_TAINT: &str = "cartwright.sh/disrupted";
+/// How long a kwok node may exist without its NodeClaim before it is collected.
+const ORPHAN_GRACE_MS: Millis = 30_000;
+
+/// Leader election settings.
+#[derive(Clone, Debug)]
+pub struct LeaseSettings {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub duration: Duration,
+}
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub catalog: Arc<Catalog>,
+    pub batch: BatchWindow,
+    pub timeouts: Timeouts,
+    /// Pods still pending are planned again this often (in-flight capacity is counted, so nothing is
+    /// launched twice).
+    pub replan_every: Duration,
+    /// Pause between passes.
+    pub tick: Duration,
+    pub lease: Option<LeaseSettings>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The watched objects.
+#[derive(Clone)]
+struct Stores {
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    claims: Store<NodeClaim>,
+    pools: Store<NodePool>,
+    daemonsets: Store<DaemonSet>,
+}
+
+fn reflect<K>(api: Api<K>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, kind = %K::kind(&K::DynamicType::default()), "watch failed; retrying");
+            }
+        }
+    });
+    reader
+}
+
+fn now_ms() -> Millis {
+    Timestamp::now().as_millisecond().max(0) as Millis
+}
+
+fn ms(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Millis {
+    t.0.as_millisecond().max(0) as Millis
+}
+
+fn pod_facts(pod: &Pod) -> PodFacts {
+    let status = pod.status.as_ref();
+    let conditions = status.and_then(|s| s.conditions.as_ref());
+    PodFacts {
+        bound: pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty()),
+        unschedulable: conditions.into_iter().flatten().any(|c| {
+            c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+        }),
+        daemonset: pod.owner_references().iter().any(|o| o.kind == "DaemonSet"),
+        mirror: pod.annotations().contains_key("kubernetes.io/config.mirror"),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        finished: matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")),
+    }
+}
+
+fn pod_key(pod: &Pod) -> String {
+    format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+fn condition_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+}
+
+fn with_condition(status: Option<&NodeClaimStatus>, type_: &str, reason: &str) -> Vec<Condition> {
+    let mut conditions: Vec<Condition> = status
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ != type_)
+        .collect();
+    conditions.push(Condition {
+        type_: type_.to_owned(),
+        status: "True".into(),
+        reason: Some(reason.to_owned()),
+        message: None,
+        last_transition_time: Some(Timestamp::now().to_string()),
+        observed_generation: None,
+    });
+    conditions
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+fn provider_id(node: &Node) -> Option<&str> {
+    node.spec.as_ref().and_then(|s| s.provider_id.as_deref())
+}
+
+fn api_taint(t: &nodepool::Taint) -> Option<Taint> {
+    Taint::new(&t.key, t.value.as_deref().unwrap_or_default(), t.effect.parse().ok()?).ok()
+}
+
+fn claim_requirements(spec: &NodeClaimSpec) -> Requirements {
+    let mut requirements = Requirements::default();
+    for r in &spec.requirements {
+        let selector = SelectorRequirement {
+            key: r.key.clone(),
+            operator: r.operator.clone(),
+            values: r.values.clone(),
+            min_values: r.min_values,
+        };
+        if let Ok(requirement) = selector.to_requirement() {
+            requirements.add(requirement);
+        }
+    }
+    requirements
+}
+
+/// A short random suffix for NodeClaim names.
+fn suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(now_ms()));
+    let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut n = h.finish();
+    (0..5)
+        .map(|_| {
+            let c = alphabet[(n % alphabet.len() as u64) as usize] as char;
+            n /= alphabet.len() as u64;
+            c
+        })
+        .collect()
+}
+
+struct Controller<P> {
+    client: kube::Client,
+    provider: P,
+    kwok: Option<KwokProvider>,
+    settings: Settings,
+    stores: Stores,
+    metrics: Arc<Metrics>,
+    batcher: Batcher,
+    seen: HashSet<String>,
+    last_plan: Option<Millis>,
+    unavailable: UnavailableOfferings,
+    /// NodeClaims created by this process that the cache may not show yet.
+    created: BTreeMap<String, NodeClaim>,
+    claims: Api<NodeClaim>,
+    nodes: Api<Node>,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run<P: CloudProvider + 'static>(
+    client: kube::Client,
+    provider: P,
+    kwok: Option<KwokProvider>,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = settings.metrics_addr {
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, metrics, ready).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    let stores = Stores {
+        pods: reflect(Api::<Pod>::all(client.clone())),
+        nodes: reflect(Api::<Node>::all(client.clone())),
+        claims: reflect(Api::<NodeClaim>::all(client.clone())),
+        pools: reflect(Api::<NodePool>::all(client.clone())),
+        daemonsets: reflect(Api::<DaemonSet>::all(client.clone())),
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    let synced = async {
+        let _ = futures::join!(
+            stores.pods.wait_until_ready(),
+            stores.nodes.wait_until_ready(),
+            stores.claims.wait_until_ready(),
+            stores.pools.wait_until_ready(),
+            stores.daemonsets.wait_until_ready(),
+        );
+    };
+    tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        _ = synced => {}
+    }
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!("caches synced");
+    let elector = settings
+        .lease
+        .as_ref()
+        .map(|l| LeaderElector::new(client.clone(), &l.namespace, &l.name, &l.identity, l.duration));
+    let mut controller = Controller {
+        claims: Api::all(client.clone()),
+        nodes: Api::all(client.clone()),
+        client,
+        provider,
+        kwok,
+        batcher: Batcher::new(settings.batch),
+        settings,
+        stores,
+        metrics: metrics.clone(),
+        seen: HashSet::new(),
+        last_plan: None,
+        unavailable: UnavailableOfferings::default(),
+        created: BTreeMap::new(),
+    };
+    let mut leading = elector.is_none();
+    let mut last_renewal: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(controller.settings.tick) => {}
+        }
+        if let Some(elector) = &elector {
+            let due = last_renewal.is_none_or(|t| t.elapsed() >= elector.renew_every());
+            if due || !leading {
+                match elector.try_acquire_or_renew().await {
+                    Ok(now_leading) => {
+                        if now_leading && !leading {
+                            tracing::info!(identity = elector.identity(), "became the leader");
+                        } else if !now_leading && leading {
+                            tracing::warn!(identity = elector.identity(), "lost the leader lease");
+                        }
+                        leading = now_leading;
+                        if leading {
+                            last_renewal = Some(Instant::now());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing the leader lease failed");
+                        // Step down before the lease can expire and another replica take it.
+                        let lease =
+                            controller.settings.lease.as_ref().map(|l| l.duration).unwrap_or_default();
+                        if last_renewal.is_none_or(|t| t.elapsed() >= lease * 2 / 3) {
+                            leading = false;
+                        }
+                    }
+                }
+            }
+        }
+        metrics.leader.set(i64::from(leading));
+        if leading {
+            controller.pass().await;
+        }
+    }
+    if let Some(elector) = &elector
+        && leading
+        && let Err(e) = elector.release().await
+    {
+        tracing::warn!(error = %e, "releasing the leader lease failed");
+    }
+    Ok(())
+}
+
+impl<P: CloudProvider> Controller<P> {
+    async fn pass(&mut self) {
+        let now = now_ms();
+        let claims = self.stores.claims.state();
+        for c in &claims {
+            self.created.remove(&c.name_any());
+        }
+        self.ready_kwok_nodes(&claims, now).await;
+        for claim in &claims {
+            if claim.metadata.deletion_timestamp.is_some() {
+                self.terminate(claim).await;
+            } else {
+                self.advance(claim, now).await;
+            }
+        }
+        self.deleted_nodes(&claims).await;
+        self.provision(now).await;
+        self.update_gauges(&claims);
+    }
+
+    fn node_for(&self, claim: &NodeClaim) -> Option<Arc<Node>> {
+        let status = claim.status.as_ref()?;
+        let id = status.provider_id.as_deref()?;
+        self.stores.nodes.state().into_iter().find(|n| provider_id(n) == Some(id))
+    }
+
+    /// kwok: marks kwok nodes Ready when due and collects kwok nodes whose NodeClaim is gone.
+    async fn ready_kwok_nodes(&self, claims: &[Arc<NodeClaim>], now: Millis) {
+        let Some(kwok) = &self.kwok else { return };
+        for node in self.stores.nodes.state() {
+            if !provider_id(&node).is_some_and(|p| p.starts_with(kwok::SCHEME)) {
+                continue;
+            }
+            if !node_ready(&node)
+                && node.status.as_ref().and_then(|s| s.allocatable.as_ref()).is_some()
+                && let Err(e) = kwok.mark_ready_if_due(&node).await
+            {
+                tracing::warn!(node = node.name_any(), error = %e, "marking the kwok node ready failed");
+            }
+            let owned = claims.iter().any(|c| c.name_any() == node.name_any())
+                || self.created.contains_key(&node.name_any());
+            let age =
+                node.metadata.creation_timestamp.as_ref().map(|t| now.saturating_sub(ms(t))).unwrap_or(0);
+            if !owned && node.labels().contains_key(labels::NODEPOOL) && age >= ORPHAN_GRACE_MS {
+                tracing::info!(node = node.name_any(), "deleting a kwok node without a NodeClaim");
+                self.release_node(&node).await;
+            }
+        }
+    }
+
+    /// Removes our finalizer from the Node and deletes it.
+    async fn release_node(&self, node: &Node) {
+        let name = node.name_any();
+        if node.finalizers().iter().any(|f| f == FINALIZER) {
+            let rest: Vec<&String> = node.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+            let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": node.resource_version()}});
+            if let Err(e) = self.nodes.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+                tracing::warn!(node = name, error = %e, "removing the node finalizer failed");
+                return;
+            }
+        }
+        if node.metadata.deletion_timestamp.is_none()
+            && let Err(e) = self.nodes.delete(&name, &DeleteParams::default()).await
+            && !matches!(&e, kube::Error::Api(s) if s.code == 404)
+        {
+            tracing::warn!(node = name, error = %e, "deleting the node failed");
+        }
+    }
+
+    /// One step of a live NodeClaim's lifecycle.
+    async fn advance(&mut self, claim: &NodeClaim, now: Millis) {
+        let name = claim.name_any();
+        let status = claim.status.as_ref();
+        let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+        let node = self.node_for(claim);
+        let launched_ms = conditions.iter().find(|c| c.type_ == "Launched" && c.status == "True").map(|c| {
+            c.last_transition_time
+                .as_deref()
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .map_or(now, |t| t.as_millisecond().max(0) as Millis)
+        });
+        let facts = ClaimFacts {
+            created_ms: claim.metadata.creation_timestamp.as_ref().map_or(now, ms),
+            launched_ms,
+            node_exists: node.is_some(),
+            registered: condition_true(conditions, "Registered"),
+            node_ready: node.as_deref().is_some_and(node_ready),
+            initialized: condition_true(conditions, "Initialized"),
+        };
+        match lifecycle::next_step(&facts, now, &self.settings.timeouts) {
+            ClaimStep::Launch => self.launch(claim, now).await,
+            step @ (ClaimStep::LaunchTimedOut | ClaimStep::RegistrationTimedOut) => {
+                let reason =
+                    if step == ClaimStep::LaunchTimedOut { "launch_timeout" } else { "registration_timeout" };
+                tracing::warn!(nodeclaim = name, reason, "giving up on the NodeClaim");
+                if let Some(option) = self.claim_option(claim) {
+                    self.unavailable.mark(&option, now);
+                }
+                self.delete_claim(&name, reason).await;
+            }
+            ClaimStep::Register => {
+                let node = node.expect("a registered step has a node");
+                let mut node_labels = claim.labels().clone();
+                node_labels.retain(|k, _| k != labels::HOSTNAME);
+                let mut finalizers: Vec<String> = node.finalizers().to_vec();
+                if !finalizers.iter().any(|f| f == FINALIZER) {
+                    finalizers.push(FINALIZER.into());
+                }
+                let patch = json!({"metadata": {"labels": node_labels, "finalizers": finalizers,
+                    "resourceVersion": node.resource_version()}});
+                if let Err(e) =
+                    self.nodes.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await
+                {
+                    tracing::warn!(nodeclaim = name, error = %e, "labelling the node failed");
+                    return;
+                }
+                let status = json!({"status": {"nodeName": node.name_any(),
+                    "conditions": with_condition(status, "Registered", "Registered")}});
+                self.patch_claim_status(&name, status).await;
+                tracing::info!(nodeclaim = name, node = node.name_any(), "registered");
+            }
+            ClaimStep::Initialize => {
+                let node = node.expect("an initialize step has a node");
+                let startup: Vec<(String, String)> =
+                    claim.spec.startup_taints.iter().map(|t| (t.key.clone(), t.effect.clone())).collect();
+                let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+                let kept: Vec<_> =
+                    taints.iter().filter(|t| !startup.contains(&(t.key.clone(), t.effect.clone()))).collect();
+                if kept.len() != taints.len() {
+                    let patch = json!({"metadata": {"resourceVersion": node.resource_version()},
+                        "spec": {"taints": kept}});
+                    if let Err(e) = self
+                        .nodes
+                        .patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                    {
+                        tracing::warn!(nodeclaim = name, error = %e, "removing start-up taints failed");
+                        return;
+                    }
+                }
+                let status =
+                    json!({"status": {"conditions": with_condition(status, "Initialized", "Initialized")}});
+                self.patch_claim_status(&name, status).await;
+                tracing::info!(nodeclaim = name, "initialized");
+            }
+            ClaimStep::AwaitNode | ClaimStep::AwaitReady | ClaimStep::Done => {}
+        }
+    }
+
+    async fn patch_claim_status(&self, name: &str, status: serde_json::Value) {
+        if let Err(e) = self.claims.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await {
+            tracing::warn!(nodeclaim = name, error = %e, "updating the NodeClaim status failed");
+        }
+    }
+
+    async fn delete_claim(&mut self, name: &str, reason: &str) {
+        match self.claims.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {
+                self.metrics.nodeclaims_terminated.get_or_create(&metric_labels(&[("reason", reason)])).inc();
+            }
+            Err(e) => tracing::warn!(nodeclaim = name, error = %e, "deleting the NodeClaim failed"),
+        }
+    }
+
+    /// The offering the claim's labels say it launched as (or was planned as).
+    fn claim_option(&self, claim: &NodeClaim) -> Option<LaunchOption> {
+        let l = claim.labels();
+        let instance_type = l.get(labels::INSTANCE_TYPE)?.clone();
+        let zone = l.get(labels::ZONE)?.clone();
+        let capacity_type: CapacityType = l.get(labels::CAPACITY_TYPE)?.parse().ok()?;
+        let price = self
+            .settings
+            .catalog
+            .get(&instance_type)?
+            .offerings
+            .iter()
+            .find(|o| o.zone == zone && o.capacity_type == capacity_type)?
+            .price;
+        Some(LaunchOption { instance_type, zone, capacity_type, price })
+    }
+
+    /// The offerings a claim may launch as, cheapest first: its requirements over the catalog, without
+    /// the ones that recently ran out of capacity.
+    fn launch_options(&self, claim: &NodeClaim, now: Millis) -> Vec<LaunchOption> {
+        let requirements = claim_requirements(&claim.spec);
+        let mut options: Vec<LaunchOption> = self
+            .settings
+            .catalog
+            .compatible(&requirements)
+            .flat_map(|t| {
+                t.offerings.iter().filter(|o| o.available && o.is_compatible(&requirements)).map(|o| {
+                    LaunchOption {
+                        instance_type: t.name.clone(),
+                        zone: o.zone.clone(),
+                        capacity_type: o.capacity_type,
+                        price: o.price,
+                    }
+                })
+            })
+            .filter(|o| !self.unavailable.is_unavailable(o, now))
+            .collect();
+        // The planned offering first, then the rest cheapest first.
+        let planned = self.claim_option(claim);
+        options.sort_by(|a, b| {
+            let pa = Some(a) != planned.as_ref();
+            let pb = Some(b) != planned.as_ref();
+            (pa, a.order_key()).cmp(&(pb, b.order_key()))
+        });
+        options
+    }
+
+    async fn launch(&mut self, claim: &NodeClaim, now: Millis) {
+        let name = claim.name_any();
+        let options = self.launch_options(claim, now);
+        if options.is_empty() {
+            tracing::warn!(
+                nodeclaim = name,
+                "no offering left for the NodeClaim; its pods will be planned again"
+            );
+            self.delete_claim(&name, "no_offerings").await;
+            return;
+        }
+        let mut request_labels = claim.labels().clone();
+        for key in [labels::INSTANCE_TYPE, labels::ZONE, labels::CAPACITY_TYPE] {
+            request_labels.remove(key);
+        }
+        let request = LaunchRequest {
+            nodeclaim: name.clone(),
+            nodepool: claim.labels().get(labels::NODEPOOL).cloned().unwrap_or_default(),
+            options,
+            labels: request_labels,
+            taints: claim.spec.taints.iter().filter_map(api_taint).collect(),
+            startup_taints: claim.spec.startup_taints.iter().filter_map(api_taint).collect(),
+        };
+        let method = metric_labels(&[("provider", self.provider.name()), ("method", "create")]);
+        self.metrics.cloud_calls.get_or_create(&method).inc();
+        match self.provider.create(&request).await {
+            Ok(launched) => {
+                let o = &launched.option;
+                let patch = json!({"metadata": {"labels": {
+                    labels::INSTANCE_TYPE: o.instance_type, labels::ZONE: o.zone,
+                    labels::CAPACITY_TYPE: o.capacity_type.as_str()}}});
+                if let Err(e) = self.claims.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await
+                {
+                    tracing::warn!(nodeclaim = name, error = %e, "labelling the NodeClaim failed");
+                }
+                let status = json!({"status": {
+                    "providerID": launched.provider_id,
+                    "capacity": launched.capacity.to_quantity_strings(),
+                    "allocatable": launched.allocatable.to_quantity_strings(),
+                    "conditions": with_condition(claim.status.as_ref(), "Launched", "Launched"),
+                }});
+                self.patch_claim_status(&name, status).await;
+                tracing::info!(
+                    nodeclaim = name,
+                    instance_type = o.instance_type,
+                    zone = o.zone,
+                    capacity_type = o.capacity_type.as_str(),
+                    "launched"
+                );
+            }
+            Err(CloudError::InsufficientCapacity(options)) => {
+                self.metrics.cloud_errors.get_or_create(&method).inc();
+                for o in &options {
+                    self.unavailable.mark(o, now);
+                }
+                tracing::warn!(
+                    nodeclaim = name,
+                    count = options.len(),
+                    "insufficient capacity; offerings unavailable for 3 minutes"
+                );
+            }
+            Err(e) => {
+                self.metrics.cloud_errors.get_or_create(&method).inc();
+                tracing::warn!(nodeclaim = name, error = %e, "launch failed; retrying");
+            }
+        }
+    }
+
+    /// One step of a deleted NodeClaim's termination: taint, drain (PDBs respected), terminate.
+    async fn terminate(&mut self, claim: &NodeClaim) {
+        let name = claim.name_any();
+        if !claim.finalizers().iter().any(|f| f == FINALIZER) {
+            return;
+        }
+        let node = self.node_for(claim).or_else(|| {
+            let node_name = claim.status.as_ref()?.node_name.as_deref()?;
+            self.stores.nodes.state().into_iter().find(|n| n.name_any() == node_name)
+        });
+        let evictable: Vec<Arc<Pod>> = match &node {
+            Some(node) => self
+                .stores
+                .pods
+                .state()
+                .into_iter()
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.name_any().as_str())
+                })
+                .filter(|p| pod_facts(p).evictable())
+                .collect(),
+            None => Vec::new(),
+        };
+        let taints =
+            node.as_ref().and_then(|n| n.spec.as_ref()).and_then(|s| s.taints.clone()).unwrap_or_default();
+        let tainted = taints.iter().any(|t| t.key == DISRUPTED_TAINT);
+        match lifecycle::termination_step(node.is_some(), tainted, evictable.len()) {
+            TerminationStep::Taint => {
+                let node = node.expect("a node to taint");
+                let mut taints = serde_json::to_value(&taints).unwrap_or_default();
+                if let Some(list) = taints.as_array_mut() {
+                    list.push(json!({"key": DISRUPTED_TAINT, "effect": "NoSchedule"}));
+                }
+                let patch = json!({"metadata": {"resourceVersion": node.resource_version()}, "spec": {"taints": taints}});
+                match self.nodes.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await
+                {
+                    Ok(_) => tracing::info!(nodeclaim = name, node = node.name_any(), "tainted for draining"),
+                    Err(e) => tracing::warn!(nodeclaim = name, error = %e, "tainting the node failed"),
+                }
+            }
+            TerminationStep::Drain => {
+                for pod in evictable {
+                    let api: Api<Pod> =
+                        Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+                    match api.evict(&pod.name_any(), &EvictParams::default()).await {
+                        Ok(_) => tracing::info!(pod = pod_key(&pod), nodeclaim = name, "evicted"),
+                        Err(kube::Error::Api(s)) if s.code == 429 => {
+                            tracing::info!(
+                                pod = pod_key(&pod),
+                                nodeclaim = name,
+                                message = s.message,
+                                "eviction refused by a PodDisruptionBudget; retrying"
+                            );
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Err(e) => tracing::warn!(pod = pod_key(&pod), error = %e, "eviction failed"),
+                    }
+                }
+            }
+            TerminationStep::Terminate => {
+                if let Some(id) = claim.status.as_ref().and_then(|s| s.provider_id.as_deref()) {
+                    let method = metric_labels(&[("provider", self.provider.name()), ("method", "delete")]);
+                    self.metrics.cloud_calls.get_or_create(&method).inc();
+                    match self.provider.delete(id).await {
+                        Ok(()) | Err(CloudError::NotFound(_)) => {}
+                        Err(e) => {
+                            self.metrics.cloud_errors.get_or_create(&method).inc();
+                            tracing::warn!(nodeclaim = name, error = %e, "terminating failed; retrying");
+                            return;
+                        }
+                    }
+                }
+                if let Some(node) = &node {
+                    self.release_node(node).await;
+                }
+                let rest: Vec<&String> = claim.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+                let patch =
+                    json!({"metadata": {"finalizers": rest, "resourceVersion": claim.resource_version()}});
+                match self.claims.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+                    Ok(_) => {
+                        self.metrics
+                            .nodeclaims_terminated
+                            .get_or_create(&metric_labels(&[("reason", "deleted")]))
+                            .inc();
+                        tracing::info!(nodeclaim = name, "terminated");
+                    }
+                    Err(e) => {
+                        tracing::warn!(nodeclaim = name, error = %e, "removing the NodeClaim finalizer failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Nodes deleted by someone else: their NodeClaim is deleted (and terminates the node); nodes without
+    /// a NodeClaim just lose our finalizer.
+    async fn deleted_nodes(&mut self, claims: &[Arc<NodeClaim>]) {
+        for node in self.stores.nodes.state() {
+            if node.metadata.deletion_timestamp.is_none() || !node.finalizers().iter().any(|f| f == FINALIZER)
+            {
+                continue;
+            }
+            let id = provider_id(&node);
+            match claims.iter().find(|c| c.status.as_ref().and_then(|s| s.provider_id.as_deref()) == id) {
+                Some(claim) if claim.metadata.deletion_timestamp.is_none() => {
+                    let claim_name = claim.name_any();
+                    self.delete_claim(&claim_name, "node_deleted").await;
+                }
+                Some(_) => {}
+                None => self.release_node(&node).await,
+            }
+        }
+    }
+
+    fn update_gauges(&self, claims: &[Arc<NodeClaim>]) {
+        let pods = self.stores.pods.state();
+        self.metrics.pods_scheduled.set(pods.iter().filter(|p| pod_facts(p).bound).count() as i64);
+        let mut cost: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for pool in self.stores.pools.state() {
+            for ct in [CapacityType::Spot, CapacityType::OnDemand] {
+                cost.insert((pool.name_any(), ct.as_str().to_owned()), 0.0);
+            }
+        }
+        for claim in claims {
+            let launched = claim.status.as_ref().is_some_and(|s| s.provider_id.is_some());
+            if let (true, Some(o)) = (launched, self.claim_option(claim)) {
+                let pool = claim.labels().get(labels::NODEPOOL).cloned().unwrap_or_default();
+                *cost.entry((pool, o.capacity_type.as_str().to_owned())).or_default() += o.price.usd();
+            }
+        }
+        for ((pool, ct), usd) in cost {
+            self.metrics
+                .cost_per_hour
+                .get_or_create(&metric_labels(&[("nodepool", &pool), ("capacity_type", &ct)]))
+                .set(usd);
+        }
+    }
+
+    /// Batches provisionable pods and, when the batch closes, plans them and creates NodeClaims.
+    async fn provision(&mut self, now: Millis) {
+        let pods = self.stores.pods.state();
+        let provisionable: Vec<Arc<Pod>> =
+            pods.iter().filter(|p| pod_facts(p).provisionable()).cloned().collect();
+        self.metrics.pods_pending.set(provisionable.len() as i64);
+        let uids: HashSet<String> = provisionable.iter().filter_map(|p| p.uid()).collect();
+        for uid in &uids {
+            if self.seen.insert(uid.clone()) {
+                self.batcher.observe(now);
+            }
+        }
+        self.seen.retain(|u| uids.contains(u));
+        let replan = self.settings.replan_every.as_millis() as Millis;
+        if !uids.is_empty()
+            && self.batcher.deadline().is_none()
+            && self.last_plan.is_none_or(|t| now >= t + replan)
+        {
+            self.batcher.observe(now);
+        }
+        if !self.batcher.close_if_due(now) || provisionable.is_empty() {
+            return;
+        }
+        self.last_plan = Some(now);
+        let Some((problem, pools)) = self.problem(&provisionable, now) else { return };
+        let pending: BTreeMap<String, PodSpec> =
+            problem.pods.iter().map(|p| (p.name.clone(), p.clone())).collect();
+        let started = Instant::now();
+        let plan = match tokio::task::spawn_blocking(move || solver::solve(&problem)).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::error!(error = %e, "the solver failed");
+                return;
+            }
+        };
+        self.metrics.solve_duration.observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            pods = pending.len(),
+            new_nodes = plan.new_nodes.len(),
+            placed = plan.placements.len(),
+            unschedulable = plan.unschedulable.len(),
+            cost_per_hour = plan.cost.usd(),
+            solve_ms = started.elapsed().as_millis() as u64,
+            "planned"
+        );
+        for u in &plan.unschedulable {
+            tracing::warn!(pod = u.pod, reason = u.reason, "cannot provision for the pod");
+        }
+        for new in &plan.new_nodes {
+            self.create_claim(new, &pools, &pending).await;
+        }
+    }
+
+    /// The solver problem: provisionable pods over live nodes and in-flight NodeClaims.
+    fn problem(
+        &mut self,
+        provisionable: &[Arc<Pod>],
+        now: Millis,
+    ) -> Option<(solver::Problem, BTreeMap<String, Arc<NodePool>>)> {
+        let mut pools = BTreeMap::new();
+        let mut templates: Vec<NodePoolTemplate> = Vec::new();
+        for pool in self.stores.pools.state() {
+            if pool.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            match nodepool_template(&pool.name_any(), &pool.spec) {
+                Ok(t) => {
+                    templates.push(t);
+                    pools.insert(pool.name_any(), pool);
+                }
+                Err(e) => tracing::warn!(nodepool = pool.name_any(), error = e, "NodePool ignored"),
+            }
+        }
+        if templates.is_empty() {
+            tracing::warn!(pods = provisionable.len(), "pods are pending but there is no usable NodePool");
+            return None;
+        }
+        let daemonsets: Vec<DaemonSetSpec> = self
+            .stores
+            .daemonsets
+            .state()
+            .iter()
+            .filter_map(|ds| daemonset_spec(&ds.name_any(), ds).ok().map(|(d, _)| d))
+            .collect();
+        let mut pending = Vec::new();
+        for pod in provisionable {
+            let labels = pod.labels().clone();
+            match pod.spec.as_ref().map(|s| pod_spec(&pod_key(pod), s, labels)) {
+                Some(Ok((spec, _))) => pending.push(spec),
+                Some(Err(e)) => tracing::warn!(pod = pod_key(pod), error = e, "pod ignored"),
+                None => {}
+            }
+        }
+        // Live nodes with what is bound to them.
+        let mut bound: BTreeMap<String, Vec<PodSpec>> = BTreeMap::new();
+        for pod in self.stores.pods.state() {
+            let facts = pod_facts(&pod);
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+            if let (Some(node), false) = (node, facts.finished) {
+                if let Some(Ok((spec, _))) =
+                    pod.spec.as_ref().map(|s| pod_spec(&pod_key(&pod), s, pod.labels().clone()))
+                {
+                    bound.entry(node).or_default().push(spec);
+                }
+            }
+        }
+        struct Owned {
+            name: String,
+            labels: BTreeMap<String, String>,
+            taints: Vec<Taint>,
+            allocatable: Resources,
+            capacity: Resources,
+            ready: bool,
+            cordoned: bool,
+            pods: Vec<PodSpec>,
+        }
+        let mut owned: Vec<Owned> = Vec::new();
+        let mut registered: BTreeSet<String> = BTreeSet::new();
+        for node in self.stores.nodes.state() {
+            let Ok(m) = node_manifest(&node.name_any(), &node) else { continue };
+            if let Some(id) = provider_id(&node) {
+                registered.insert(id.to_owned());
+            }
+            let draining = node.metadata.deletion_timestamp.is_some()
+                || m.taints.iter().any(|t| t.key == DISRUPTED_TAINT);
+            owned.push(Owned {
+                pods: bound.remove(&m.name).unwrap_or_default(),
+                name: m.name,
+                labels: m.labels,
+                taints: m.taints,
+                allocatable: m.allocatable,
+                capacity: m.capacity,
+                ready: node_ready(&node),
+                cordoned: !m.schedulable || draining,
+            });
+        }
+        // In-flight NodeClaims: capacity on its way, daemonsets included.
+        let claims: Vec<NodeClaim> = self
+            .stores
+            .claims
+            .state()
+            .iter()
+            .map(|c| (**c).clone())
+            .chain(self.created.values().cloned())
+            .collect();
+        for claim in claims {
+            if claim
+                .status
+                .as_ref()
+                .and_then(|s| s.provider_id.as_ref())
+                .is_some_and(|id| registered.contains(id))
+            {
+                continue;
+            }
+            let Some(option) = self.claim_option(&claim) else { continue };
+            let Some(instance_type) = self.settings.catalog.get(&option.instance_type) else { continue };
+            let mut node_labels = claim.labels().clone();
+            node_labels.insert(labels::HOSTNAME.into(), claim.name_any());
+            let node_taints: Vec<Taint> = claim.spec.taints.iter().filter_map(api_taint).collect();
+            let mut daemon_pods = Vec::new();
+            for ds in &daemonsets {
+                if ds.affinity.matches_labels(&node_labels)
+                    && taints::tolerates_all(&ds.tolerations, &node_taints)
+                {
+                    daemon_pods.push(PodSpec::new(ds.name.clone(), ds.requests.clone()));
+                }
+            }
+            owned.push(Owned {
+                name: claim.name_any(),
+                labels: node_labels,
+                taints: node_taints,
+                allocatable: instance_type.allocatable(),
+                capacity: instance_type.capacity.clone(),
+                ready: false,
+                cordoned: claim.metadata.deletion_timestamp.is_some(),
+                pods: daemon_pods,
+            });
+        }
+        let views: Vec<NodeView<'_>> = owned
+            .iter()
+            .map(|n| {
+                let mut requested = Resources::new();
+                for p in &n.pods {
+                    requested.add_assign(&p.requests);
+                }
+                NodeView {
+                    name: &n.name,
+                    labels: &n.labels,
+                    taints: &n.taints,
+                    allocatable: &n.allocatable,
+                    capacity: &n.capacity,
+                    requested,
+                    pod_labels: n.pods.iter().map(|p| &p.labels).collect(),
+                    repelled: n.pods.iter().flat_map(|p| &p.hostname_anti_affinity).collect(),
+                    nodepool: n.labels.get(labels::NODEPOOL).map(String::as_str),
+                    ready: n.ready,
+                    cordoned: n.cordoned,
+                }
+            })
+            .collect();
+        let mut catalog = (*self.settings.catalog).clone();
+        self.unavailable.apply(&mut catalog, now);
+        let catalog = provisioning::launchable(&catalog, &templates);
+        let problem = provisioning::problem(pending, &views, &templates, &daemonsets, Arc::new(catalog));
+        Some((problem, pools))
+    }
+
+    async fn create_claim(
+        &mut self,
+        new: &NewNode,
+        pools: &BTreeMap<String, Arc<NodePool>>,
+        pending: &BTreeMap<String, PodSpec>,
+    ) {
+        let Some(pool) = pools.get(&new.nodepool) else { return };
+        let name = format!("{}-{}", new.nodepool, suffix());
+        let template = &pool.spec.template;
+        let mut requirements: Vec<NodeSelectorRequirementWithMinValues> = template
+            .spec
+            .requirements
+            .iter()
+            .filter(|r| {
+                ![labels::INSTANCE_TYPE, labels::ZONE, labels::CAPACITY_TYPE].contains(&r.key.as_str())
+            })
+            .cloned()
+            .collect();
+        let mut narrowed = |key: &str, values: Vec<String>| {
+            let min_values =
+                template.spec.requirements.iter().find(|r| r.key == key).and_then(|r| r.min_values);
+            requirements.push(NodeSelectorRequirementWithMinValues {
+                key: key.to_owned(),
+                operator: "In".into(),
+                values,
+                min_values,
+            });
+        };
+        let mut types: Vec<String> = Vec::new();
+        let mut zones: BTreeSet<String> = BTreeSet::new();
+        let mut capacity_types: BTreeSet<&str> = BTreeSet::new();
+        for o in &new.alternatives {
+            if !types.contains(&o.instance_type) {
+                types.push(o.instance_type.clone());
+            }
+            zones.insert(o.zone.clone());
+            capacity_types.insert(o.capacity_type.as_str());
+        }
+        narrowed(labels::INSTANCE_TYPE, types);
+        narrowed(labels::ZONE, zones.into_iter().collect());
+        narrowed(labels::CAPACITY_TYPE, capacity_types.into_iter().map(str::to_owned).collect());
+        let mut claim_labels = new.labels.clone();
+        claim_labels.insert(labels::NODEPOOL.into(), new.nodepool.clone());
+        claim_labels.insert(labels::INSTANCE_TYPE.into(), new.launch.instance_type.clone());
+        claim_labels.insert(labels::ZONE.into(), new.launch.zone.clone());
+        claim_labels.insert(labels::CAPACITY_TYPE.into(), new.launch.capacity_type.as_str().into());
+        let mut requests = Resources::new();
+        for pod in &new.pods {
+            if let Some(p) = pending.get(pod) {
+                requests.add_assign(&p.requests);
+            }
+        }
+        let claim = NodeClaim {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(claim_labels),
+                finalizers: Some(vec![FINALIZER.into()]),
+                owner_references: Some(vec![
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                        api_version: format!("{}/v1", nodepool::GROUP),
+                        kind: "NodePool".into(),
+                        name: pool.name_any(),
+                        uid: pool.uid().unwrap_or_default(),
+                        block_owner_deletion: Some(true),
+                        controller: None,
+                    },
+                ]),
+                ..Default::default()
+            },
+            spec: NodeClaimSpec {
+                requirements,
+                taints: template.spec.taints.clone(),
+                startup_taints: template.spec.startup_taints.clone(),
+                resources: Some(ResourceRequirements { requests: requests.to_quantity_strings() }),
+                node_class_ref: template.spec.node_class_ref.clone().unwrap_or_default(),
+                termination_grace_period: template.spec.termination_grace_period.clone(),
+                expire_after: template.spec.expire_after.clone(),
+            },
+            status: None,
+        };
+        match self.claims.create(&PostParams::default(), &claim).await {
+            Ok(created) => {
+                self.metrics
+                    .nodeclaims_created
+                    .get_or_create(&metric_labels(&[("nodepool", &new.nodepool)]))
+                    .inc();
+                tracing::info!(
+                    nodeclaim = name,
+                    nodepool = new.nodepool,
+                    instance_type = new.launch.instance_type,
+                    zone = new.launch.zone,
+                    pods = new.pods.len(),
+                    "created NodeClaim"
+                );
+                self.created.insert(name, created);
+            }
+            Err(e) => tracing::warn!(nodeclaim = name, error = %e, "creating the NodeClaim failed"),
+        }
+    }
+}
