@@ -69,7 +69,7 @@ impl Selector {
         Ok(Selector { terms, field })
     }
 
-    fn value<'a>(&self, object: &'a Value, key: &str) -> Option<String> {
+    fn value(&self, object: &Value, key: &str) -> Option<String> {
         if self.field {
             let pointer = format!("/{}", key.replace('.', "/"));
             match object.pointer(&pointer) {

@@ -96,7 +96,6 @@ impl ApiError {
 pub struct Change {
     pub rv: u64,
     pub resource: String,
-    pub kind: &'static str,
     pub object: Value,
     /// The object before the change (`None` when created).
     pub previous: Option<Value>,
@@ -149,14 +148,7 @@ impl Store {
     }
 
     fn record(&mut self, r: &ResourceType, object: Value, previous: Option<Value>, deleted: bool) {
-        self.history.push_back(Change {
-            rv: self.rv,
-            resource: key(r),
-            kind: r.kind,
-            object,
-            previous,
-            deleted,
-        });
+        self.history.push_back(Change { rv: self.rv, resource: key(r), object, previous, deleted });
         while self.history.len() > HISTORY {
             let dropped = self.history.pop_front().unwrap();
             self.compacted = dropped.rv;

@@ -5,7 +5,6 @@ pub mod apiserver_protocol;
 mod scenarios;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,9 +146,4 @@ pub async fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut()
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Runs `f` with a per-scenario time limit.
-pub async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f).await.expect("the scenario finished in time")
 }

@@ -90,6 +90,17 @@ async fn scale_out_from_zero_spreads_a_200_replica_deployment_over_three_zones()
         .sum();
     assert!(100.0 / allocatable > 0.7, "CPU utilisation {:.2}", 100.0 / allocatable);
 
+    let events = cluster.server.list("events.k8s.io", "events");
+    let count = |reason: &str, kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["reason"] == reason && e.pointer("/regarding/kind") == Some(&json!(kind)))
+            .count()
+    };
+    assert_eq!(count("Nominated", "Pod"), 200, "every pod is told which NodeClaim it waits for");
+    let claim_events: Vec<&Value> = events.iter().filter(|e| e["reason"] != "Nominated").collect();
+    assert_eq!(count("Launched", "NodeClaim"), nodes.len(), "{claim_events:#?}");
+
     let metrics = reqwest_metrics("127.0.0.1:18391").await;
     assert!(metrics.contains("cartwright_nodeclaims_created_total{nodepool=\"default\"}"), "{metrics}");
     assert!(metrics.contains("cartwright_solve_duration_seconds_count"), "{metrics}");
@@ -105,4 +116,263 @@ async fn reqwest_metrics(addr: &str) -> String {
     stream.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
     out
+}
+
+fn cpu_cores(quantity: &str) -> f64 {
+    quantity
+        .strip_suffix('m')
+        .map_or_else(|| quantity.parse::<f64>().unwrap(), |m| m.parse::<f64>().unwrap() / 1000.0)
+}
+
+/// CPU capacity of the nodes of each NodePool.
+fn capacity_by_pool(cluster: &Cluster) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for n in cluster.nodes() {
+        let cpu = n.pointer("/status/capacity/cpu").and_then(Value::as_str).unwrap_or("0");
+        *out.entry(label(&n, "karpenter.sh/nodepool").to_owned()).or_default() += cpu_cores(cpu);
+    }
+    out
+}
+
+/// Waits until the NodeClaim count has not changed for `quiet`.
+async fn settle(cluster: &Cluster, quiet: Duration) {
+    let mut last = (cluster.claims().len(), cluster.bound_pods());
+    let mut since = tokio::time::Instant::now();
+    let deadline = since + MINUTE;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = (cluster.claims().len(), cluster.bound_pods());
+        if now != last {
+            last = now;
+            since = tokio::time::Instant::now();
+        } else if since.elapsed() >= quiet {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the cluster never settled");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodepools_are_used_by_weight_and_their_limits_are_never_exceeded() {
+    let mut cluster = Cluster::start().await;
+    let mut preferred = general_pool(
+        json!([{"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": ["m5"]}]),
+    );
+    preferred["weight"] = json!(50);
+    preferred["limits"] = json!({"cpu": "8"});
+    cluster.nodepool("preferred", preferred);
+    let mut fallback = general_pool(json!([]));
+    fallback["weight"] = json!(10);
+    fallback["limits"] = json!({"cpu": "16"});
+    cluster.nodepool("fallback", fallback);
+    let _controller = cluster.controller(&[]);
+    cluster.run_replicas("batch", 40, pod_template("1", "1Gi"));
+    wait_for("some pods bound", MINUTE, || cluster.bound_pods() > 0).await;
+    settle(&cluster, Duration::from_secs(4)).await;
+
+    let capacity = capacity_by_pool(&cluster);
+    assert!(capacity["preferred"] <= 8.0 && capacity["fallback"] <= 16.0, "limits exceeded: {capacity:?}");
+    assert!(capacity["preferred"] >= 4.0, "the heavier pool is filled first: {capacity:?}");
+    assert!(capacity["fallback"] > 0.0, "the rest spills to the lighter pool: {capacity:?}");
+    for n in cluster.nodes() {
+        if label(&n, "karpenter.sh/nodepool") == "preferred" {
+            assert_eq!(label(&n, "karpenter.k8s.aws/instance-family"), "m5");
+        }
+    }
+    let bound = cluster.bound_pods();
+    let per_node = cluster.pods_per_node();
+    let types: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {}: {} pods",
+                label(n, "karpenter.sh/nodepool"),
+                label(n, "node.kubernetes.io/instance-type"),
+                per_node[name(n)]
+            )
+        })
+        .collect();
+    assert!((15..40).contains(&bound), "the limits leave some pods pending: {bound} bound on {types:?}");
+    cluster.assert_no_orphans_or_duplicates();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_during_the_batch_window_gets_no_capacity() {
+    let cluster = Cluster::start().await;
+    cluster.nodepool("default", general_pool(json!([])));
+    let _controller = cluster.controller(&[("--batch-idle-duration", "2s"), ("--batch-max-duration", "5s")]);
+    for i in 0..10 {
+        let mut pod = pod_template("1", "1Gi");
+        pod["metadata"]["name"] = json!(format!("job-{i}"));
+        cluster.server.create("", "pods", "default", pod).unwrap();
+    }
+    wait_for("the pods marked unschedulable", MINUTE, || {
+        cluster
+            .pods()
+            .iter()
+            .all(|p| p.pointer("/status/conditions/0/reason") == Some(&json!("Unschedulable")))
+    })
+    .await;
+    assert!(cluster.claims().is_empty(), "the batch is still open");
+    for i in 0..4 {
+        cluster.server.delete("", "pods", "default", &format!("job-{i}")).unwrap();
+    }
+    wait_for("the 6 remaining pods bound", MINUTE, || cluster.bound_pods() == 6).await;
+    let planned: f64 = cluster
+        .claims()
+        .iter()
+        .map(|c| cpu_cores(c.pointer("/spec/resources/requests/cpu").and_then(Value::as_str).unwrap_or("0")))
+        .sum();
+    assert!((planned - 6.0).abs() < 1e-9, "claims were planned for the 6 live pods only: {planned} cores");
+    cluster.assert_no_orphans_or_duplicates();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_restarted_mid_provisioning_neither_duplicates_nor_orphans() {
+    let mut cluster = Cluster::start().await;
+    cluster.nodepool("default", general_pool(json!([])));
+    let slow = [("--kwok-ready-after", "4s")];
+    let mut first = cluster.controller(&slow);
+    cluster.run_replicas("web", 60, pod_template("500m", "1Gi"));
+    wait_for("the first NodeClaim", MINUTE, || !cluster.claims().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill().await.unwrap();
+    let before: Vec<String> = cluster.claims().iter().map(|c| name(c).to_owned()).collect();
+    assert_eq!(cluster.bound_pods(), 0, "killed while the nodes were still starting");
+    let _second = cluster.controller(&slow);
+    wait_for("60 pods bound", MINUTE, || cluster.bound_pods() == 60).await;
+    settle(&cluster, Duration::from_secs(2)).await;
+    let after: Vec<String> = cluster.claims().iter().map(|c| name(c).to_owned()).collect();
+    for claim in &before {
+        assert!(after.contains(claim), "{claim} was adopted after the restart");
+    }
+    cluster.assert_no_orphans_or_duplicates();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_nodeclaim_drains_its_node_within_the_pod_disruption_budget() {
+    let mut cluster = Cluster::start().await;
+    cluster.nodepool("default", general_pool(json!([])));
+    let _controller = cluster.controller(&[]);
+    cluster
+        .server
+        .create(
+            "policy",
+            "poddisruptionbudgets",
+            "default",
+            json!({"metadata": {"name": "db"},
+            "spec": {"minAvailable": 5, "selector": {"matchLabels": {"app": "db"}}}}),
+        )
+        .unwrap();
+    cluster.run_replicas("db", 6, pod_template("1", "2Gi"));
+    wait_for("6 pods bound", MINUTE, || cluster.bound_pods() == 6).await;
+    let per_node = cluster.pods_per_node();
+    let (victim, on_victim) = per_node.iter().max_by_key(|(_, n)| **n).map(|(k, v)| (k.clone(), *v)).unwrap();
+    assert!(on_victim >= 2, "a node with several pods to drain: {per_node:?}");
+
+    // Watch the running count while the node drains.
+    let server = cluster.server.clone();
+    let lowest = tokio::spawn(async move {
+        let mut lowest = usize::MAX;
+        for _ in 0..300 {
+            let running = server
+                .list("", "pods")
+                .iter()
+                .filter(|p| p.pointer("/status/phase") == Some(&json!("Running")))
+                .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+                .count();
+            lowest = lowest.min(running);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lowest
+    });
+    cluster.server.delete("cartwright.sh", "nodeclaims", "", &victim).unwrap();
+    wait_for("the NodeClaim and its node gone", MINUTE, || {
+        !cluster.claims().iter().any(|c| name(c) == victim)
+            && !cluster.nodes().iter().any(|n| name(n) == victim)
+    })
+    .await;
+    wait_for("6 pods bound again", MINUTE, || cluster.bound_pods() == 6).await;
+    let lowest = lowest.await.unwrap();
+    assert!(lowest >= 5, "the budget kept 5 pods running; the lowest seen was {lowest}");
+    let evictions = cluster.server.requests(&axum::http::Method::POST, "/eviction");
+    assert!(
+        evictions > on_victim,
+        "some evictions were refused and retried ({evictions} for {on_victim} pods)"
+    );
+    let blocked = cluster
+        .server
+        .list("events.k8s.io", "events")
+        .iter()
+        .filter(|e| e["reason"] == "DisruptionBlocked")
+        .count();
+    assert!(blocked >= 1, "the refused eviction is reported as an event on the pod");
+    cluster.assert_no_orphans_or_duplicates();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
+    let mut cluster = Cluster::start().await;
+    cluster.nodepool("default", general_pool(json!([])));
+    let lease = [("--leader-election-namespace", "default"), ("--lease-duration", "2s")];
+    let mut a = cluster.controller(&[lease[0], lease[1], ("--identity", "replica-a")]);
+    wait_for("replica-a holds the lease", MINUTE, || {
+        cluster.server.get("coordination.k8s.io", "leases", "default", "cartwright-leader-election").is_some()
+    })
+    .await;
+    let _b = cluster.controller(&[lease[0], lease[1], ("--identity", "replica-b")]);
+    cluster.run_replicas("web", 30, pod_template("500m", "1Gi"));
+    wait_for("30 pods bound", MINUTE, || cluster.bound_pods() == 30).await;
+    settle(&cluster, Duration::from_secs(2)).await;
+    let holder = |c: &Cluster| {
+        c.server
+            .get("coordination.k8s.io", "leases", "default", "cartwright-leader-election")
+            .and_then(|l| l.pointer("/spec/holderIdentity").and_then(Value::as_str).map(str::to_owned))
+    };
+    assert_eq!(holder(&cluster).as_deref(), Some("replica-a"));
+    cluster.assert_no_orphans_or_duplicates();
+
+    a.kill().await.unwrap();
+    cluster.run_replicas("api", 20, pod_template("500m", "1Gi"));
+    wait_for("50 pods bound after the takeover", MINUTE, || cluster.bound_pods() == 50).await;
+    assert_eq!(holder(&cluster).as_deref(), Some("replica-b"));
+    settle(&cluster, Duration::from_secs(2)).await;
+    cluster.assert_no_orphans_or_duplicates();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_faults_and_dropped_watches_delay_but_do_not_break_provisioning() {
+    use axum::http::Method;
+
+    use crate::apiserver::Fault;
+    let mut cluster = Cluster::start().await;
+    cluster.nodepool("default", general_pool(json!([])));
+    cluster.server.inject(Fault {
+        method: Some(Method::POST),
+        path_contains: "/nodeclaims".into(),
+        status: 500,
+        count: 2,
+    });
+    cluster.server.inject(Fault {
+        method: Some(Method::PATCH),
+        path_contains: "/nodeclaims/".into(),
+        status: 503,
+        count: 2,
+    });
+    cluster.server.inject(Fault {
+        method: Some(Method::GET),
+        path_contains: "/pods?".into(),
+        status: 429,
+        count: 2,
+    });
+    let _controller = cluster.controller(&[]);
+    cluster.run_replicas("web", 40, pod_template("500m", "1Gi"));
+    wait_for("a NodeClaim despite the failed creations", MINUTE, || !cluster.claims().is_empty()).await;
+    cluster.server.compact();
+    cluster.server.drop_watches();
+    wait_for("40 pods bound", MINUTE, || cluster.bound_pods() == 40).await;
+    settle(&cluster, Duration::from_secs(2)).await;
+    assert_eq!(cluster.server.faults_injected(), 6, "every injected fault was hit");
+    cluster.assert_no_orphans_or_duplicates();
 }

@@ -38,6 +38,8 @@ pub(crate) struct Decisions {
 /// A candidate node: a pool type, an offering and how many pods of each class it holds.
 struct Pattern {
     pool: usize,
+    /// The instance type it was packed for (a position in the pool's types).
+    position: usize,
     counts: Vec<(usize, i64)>,
     requirements: Requirements,
     requests: Resources,
@@ -170,6 +172,7 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
     }
     (!counts.is_empty() && counts[0].0 == seed).then_some(Pattern {
         pool: p,
+        position: pos,
         counts,
         requirements,
         requests,
@@ -246,6 +249,50 @@ fn sample_candidates(sorted: Vec<(Price, usize)>, classes: usize) -> Vec<(Price,
     out
 }
 
+/// The limits of a NodePool that the pods still to place would exhaust: then a node's worth is the
+/// pods it holds per share of what the limits have left, not value per dollar, so the limited pool places as
+/// many pods as it can (Karpenter users expect a `cpu: 16` limit to hold about 16 cores of pods, not
+/// half that on the cheapest small nodes).
+struct Scarce {
+    /// (dimension, what is left) for the binding resource limits.
+    resources: Vec<(crate::resources::ResourceName, i64)>,
+    /// Nodes left when the node-count limit binds.
+    nodes: Option<i64>,
+}
+
+impl Scarce {
+    /// The largest share of a binding limit one node of this capacity uses.
+    fn share(&self, capacity: &Resources) -> f64 {
+        let mut share = self.nodes.map_or(0.0, |n| 1.0 / n.max(1) as f64);
+        for (dim, left) in &self.resources {
+            share = share.max(capacity.get(dim) as f64 / (*left).max(1) as f64);
+        }
+        share.max(f64::MIN_POSITIVE)
+    }
+}
+
+fn scarce_limits(state: &State, p: usize) -> Option<Scarce> {
+    let index = state.index;
+    let limits = &state.limits[p];
+    let mut demand = Resources::new();
+    let mut pods = 0i64;
+    for (c, class) in index.classes.iter().enumerate() {
+        if state.remaining[c] > 0 && class.per_pool[p].is_ok() {
+            demand.add_assign(&class.requests.times(state.remaining[c]));
+            pods += state.remaining[c];
+        }
+    }
+    let resources: Vec<_> = limits
+        .resources
+        .iter()
+        .filter(|(dim, left)| demand.get(dim) > **left)
+        .map(|(dim, left)| (dim.clone(), *left))
+        .collect();
+    // Without pod density facts, a node limit binds when fewer nodes are left than a tenth of the pods.
+    let nodes = limits.nodes.filter(|&n| n.saturating_mul(10) < pods);
+    (!resources.is_empty() || nodes.is_some()).then_some(Scarce { resources, nodes })
+}
+
 /// Finds the best pattern for the seed class in the first NodePool (by weight) that can hold it.
 fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Pattern, Vec<LaunchOption>)> {
     let index = state.index;
@@ -277,20 +324,31 @@ fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Patt
         }
         candidates.sort();
         let candidates = sample_candidates(candidates, index.classes.len());
+        let scarce = scarce_limits(state, p);
         let mut frontier: Vec<&Resources> = Vec::new();
         let mut best: Option<Pattern> = None;
         for &(_, pos) in &candidates {
             let usable = &index.pools[p].types[pos].usable;
-            if frontier.iter().any(|f| usable.fits_in(f)) {
-                continue; // a cheaper type offers at least as much room
+            // A cheaper type offers at least as much room (under binding limits, room per limit matters
+            // and the cheaper type may use more of the limit, so every candidate is tried).
+            if scarce.is_none() && frontier.iter().any(|f| usable.fits_in(f)) {
+                continue;
             }
             frontier.push(usable);
             let Some(pattern) = pack(state, order, seed, p, pos) else { continue };
+            let capacity = &index.instance_type(&index.pools[p].types[pos]).capacity;
+            let score = |pattern: &Pattern, capacity: &Resources| match &scarce {
+                None => pattern.value / pattern.price.0.max(1) as f64,
+                // Pods held per share of the limit (pod prices may all be zero when the limit binds).
+                Some(scarce) => {
+                    pattern.counts.iter().map(|&(_, k)| k).sum::<i64>() as f64 / scarce.share(capacity)
+                }
+            };
             let better = match &best {
                 None => true,
                 Some(b) => {
-                    let (s, bs) =
-                        (pattern.value / pattern.price.0.max(1) as f64, b.value / b.price.0.max(1) as f64);
+                    let b_capacity = &index.instance_type(&index.pools[b.pool].types[b.position]).capacity;
+                    let (s, bs) = (score(&pattern, capacity), score(b, b_capacity));
                     s > bs * (1.0 + 1e-9) || ((s - bs).abs() <= bs * 1e-9 && pattern.price < b.price)
                 }
             };

@@ -188,7 +188,9 @@ fn a_reached_limit_leaves_pods_unschedulable_with_the_reason() {
     let p = problem(vec![pods("batch", 20).cpu(1000).mem(1024).build()], vec![limited]);
     let plan = expect_valid_plan(&p);
     let placed = node_pods(&plan).len();
-    assert!(placed > 0 && placed < 20, "{placed} placed");
+    // The limit is spent on nodes that hold the most pods per core, not on the cheapest per pod: 8 cores
+    // bought as one 8-vCPU node hold 7 pods of 1 core (as 2-vCPU nodes only 4).
+    assert!((6..20).contains(&placed), "{placed} placed: {:?}", plan.new_nodes);
     let cpu_bought: i64 = plan
         .new_nodes
         .iter()

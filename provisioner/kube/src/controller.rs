@@ -31,6 +31,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -213,6 +214,9 @@ struct Controller<P> {
     created: BTreeMap<String, NodeClaim>,
     claims: Api<NodeClaim>,
     nodes: Api<Node>,
+    recorder: Recorder,
+    /// What each pending pod (by uid) was last told: the node it is nominated to, or why it cannot get one.
+    told: BTreeMap<String, String>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -260,7 +264,13 @@ pub async fn run<P: CloudProvider + 'static>(
         .lease
         .as_ref()
         .map(|l| LeaderElector::new(client.clone(), &l.namespace, &l.name, &l.identity, l.duration));
+    let reporter = Reporter {
+        controller: "cartwright".into(),
+        instance: settings.lease.as_ref().map(|l| l.identity.clone()),
+    };
     let mut controller = Controller {
+        recorder: Recorder::new(client.clone(), reporter),
+        told: BTreeMap::new(),
         claims: Api::all(client.clone()),
         nodes: Api::all(client.clone()),
         client,
@@ -467,9 +477,71 @@ impl<P: CloudProvider> Controller<P> {
                     json!({"status": {"conditions": with_condition(status, "Initialized", "Initialized")}});
                 self.patch_claim_status(&name, status).await;
                 tracing::info!(nodeclaim = name, "initialized");
+                self.event(claim, false, "Initialized", format!("Node {} is ready", node.name_any())).await;
             }
             ClaimStep::AwaitNode | ClaimStep::AwaitReady | ClaimStep::Done => {}
         }
+    }
+
+    /// Publishes an event about `object` (failures are logged: events are best effort).
+    async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: reason.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::debug!(error = %e, reason, "publishing an event failed");
+        }
+    }
+
+    /// Tells each pod, once per change, which node it is nominated to or why none can be launched.
+    async fn tell_pods(
+        &mut self,
+        pods: &BTreeMap<String, Arc<Pod>>,
+        plan: &solver::Plan,
+        claim_of: &BTreeMap<String, String>,
+    ) {
+        let mut messages: Vec<(&Arc<Pod>, bool, &str, String)> = Vec::new();
+        for p in &plan.placements {
+            if let Some(pod) = pods.get(&p.pod) {
+                messages.push((pod, false, "Nominated", format!("Pod should schedule on node {}", p.node)));
+            }
+        }
+        for (pod_name, claim) in claim_of {
+            if let Some(pod) = pods.get(pod_name) {
+                messages.push((pod, false, "Nominated", format!("Pod should schedule on nodeclaim {claim}")));
+            }
+        }
+        for u in &plan.unschedulable {
+            if let Some(pod) = pods.get(&u.pod) {
+                messages.push((
+                    pod,
+                    true,
+                    "FailedProvisioning",
+                    format!("cannot provision a node: {}", u.reason),
+                ));
+            }
+        }
+        let mut sent = 0;
+        for (pod, warning, reason, note) in messages {
+            let uid = pod.uid().unwrap_or_default();
+            if self.told.get(&uid) == Some(&note) {
+                continue;
+            }
+            self.event(pod.as_ref(), warning, reason, note.clone()).await;
+            self.told.insert(uid, note);
+            sent += 1;
+        }
+        tracing::debug!(events = sent, "pod events published");
     }
 
     async fn patch_claim_status(&self, name: &str, status: serde_json::Value) {
@@ -583,6 +655,9 @@ impl<P: CloudProvider> Controller<P> {
                     capacity_type = o.capacity_type.as_str(),
                     "launched"
                 );
+                let note =
+                    format!("Launched {} in {} ({})", o.instance_type, o.zone, o.capacity_type.as_str());
+                self.event(claim, false, "Launched", note).await;
             }
             Err(CloudError::InsufficientCapacity(options)) => {
                 self.metrics.cloud_errors.get_or_create(&method).inc();
@@ -655,6 +730,8 @@ impl<P: CloudProvider> Controller<P> {
                                 message = s.message,
                                 "eviction refused by a PodDisruptionBudget; retrying"
                             );
+                            let note = format!("Draining nodeclaim {name} waits: {}", s.message);
+                            self.event(pod.as_ref(), true, "DisruptionBlocked", note).await;
                         }
                         Err(kube::Error::Api(s)) if s.code == 404 => {}
                         Err(e) => tracing::warn!(pod = pod_key(&pod), error = %e, "eviction failed"),
@@ -753,6 +830,7 @@ impl<P: CloudProvider> Controller<P> {
             }
         }
         self.seen.retain(|u| uids.contains(u));
+        self.told.retain(|u, _| uids.contains(u));
         let replan = self.settings.replan_every.as_millis() as Millis;
         if !uids.is_empty()
             && self.batcher.deadline().is_none()
@@ -785,12 +863,25 @@ impl<P: CloudProvider> Controller<P> {
             solve_ms = started.elapsed().as_millis() as u64,
             "planned"
         );
-        for u in &plan.unschedulable {
-            tracing::warn!(pod = u.pod, reason = u.reason, "cannot provision for the pod");
+        if let Some(first) = plan.unschedulable.first() {
+            tracing::warn!(
+                pods = plan.unschedulable.len(),
+                first_pod = first.pod,
+                reason = first.reason,
+                "cannot provision nodes for some pods"
+            );
         }
+        let mut claim_of = BTreeMap::new();
         for new in &plan.new_nodes {
-            self.create_claim(new, &pools, &pending).await;
+            if let Some(claim) = self.create_claim(new, &pools, &pending).await {
+                for pod in &new.pods {
+                    claim_of.insert(pod.clone(), claim.clone());
+                }
+            }
         }
+        let by_name: BTreeMap<String, Arc<Pod>> =
+            provisionable.iter().map(|p| (pod_key(p), p.clone())).collect();
+        self.tell_pods(&by_name, &plan, &claim_of).await;
     }
 
     /// The solver problem: provisionable pods over live nodes and in-flight NodeClaims.
@@ -838,12 +929,11 @@ impl<P: CloudProvider> Controller<P> {
         for pod in self.stores.pods.state() {
             let facts = pod_facts(&pod);
             let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-            if let (Some(node), false) = (node, facts.finished) {
-                if let Some(Ok((spec, _))) =
+            if let (Some(node), false) = (node, facts.finished)
+                && let Some(Ok((spec, _))) =
                     pod.spec.as_ref().map(|s| pod_spec(&pod_key(&pod), s, pod.labels().clone()))
-                {
-                    bound.entry(node).or_default().push(spec);
-                }
+            {
+                bound.entry(node).or_default().push(spec);
             }
         }
         struct Owned {
@@ -947,13 +1037,14 @@ impl<P: CloudProvider> Controller<P> {
         Some((problem, pools))
     }
 
+    /// Creates the NodeClaim for a planned node; returns its name.
     async fn create_claim(
         &mut self,
         new: &NewNode,
         pools: &BTreeMap<String, Arc<NodePool>>,
         pending: &BTreeMap<String, PodSpec>,
-    ) {
-        let Some(pool) = pools.get(&new.nodepool) else { return };
+    ) -> Option<String> {
+        let pool = pools.get(&new.nodepool)?;
         let name = format!("{}-{}", new.nodepool, suffix());
         let template = &pool.spec.template;
         let mut requirements: Vec<NodeSelectorRequirementWithMinValues> = template
@@ -1041,9 +1132,13 @@ impl<P: CloudProvider> Controller<P> {
                     pods = new.pods.len(),
                     "created NodeClaim"
                 );
-                self.created.insert(name, created);
+                self.created.insert(name.clone(), created);
+                Some(name)
             }
-            Err(e) => tracing::warn!(nodeclaim = name, error = %e, "creating the NodeClaim failed"),
+            Err(e) => {
+                tracing::warn!(nodeclaim = name, error = %e, "creating the NodeClaim failed");
+                None
+            }
         }
     }
 }
