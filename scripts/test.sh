@@ -12,6 +12,21 @@ export CARGO_INCREMENTAL=0
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Cargo decides whether a workspace crate is up to date from its dep-info, which names the source files by
+# absolute path: after a build from another checkout sharing this target directory it would compare
+# *that* checkout's files and reuse artifacts built from them (with its paths baked in). So when the
+# checkout changes, the workspace's own crates are rebuilt; the dependencies stay cached.
+mkdir -p "$CARGO_TARGET_DIR"
+stamp="$CARGO_TARGET_DIR/.checkout"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$PWD" ]; then
+  step "the last build came from another checkout (or an unknown one): rebuilding the workspace crates"
+  for crate in cartwright cartwright-binpack cartwright-core cartwright-api cartwright-kube cartwright-aws \
+    cartwright-sim cartwright-catalog-gen; do
+    cargo clean --quiet -p "$crate"
+  done
+fi
+echo "$PWD" > "$stamp"
+
 step "system packages (cmake and libclang for HiGHS, chromium for the HTML report test)"
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)

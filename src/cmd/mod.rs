@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod catalog;
 pub mod controller;
+pub mod convert;
 pub mod crds;
 pub mod plan;
 pub mod simulate;
@@ -44,6 +45,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Run the controller against a cluster: turn Unschedulable pods into nodes and manage their lifecycle.
     Controller(controller::Args),
+    /// Rewrite Karpenter v1 NodePools, NodeClaims and EC2NodeClasses for Cartwright (prints to stdout).
+    Convert(convert::Args),
     /// Print the CustomResourceDefinitions of NodePool, NodeClaim and EC2NodeClass.
     Crds(crds::Args),
     /// Plan nodes for Kubernetes manifests (pods, workloads, nodes, NodePools) and print the plan.
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Catalog(args) => catalog::run(args),
         Command::Controller(args) => controller::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Simulate(args) => simulate::run(args),

@@ -16,8 +16,12 @@ use serde::Serialize;
 pub struct Args {
     /// Kubernetes YAML files (multi-document): Pods, Deployments, StatefulSets, Jobs, DaemonSets, Nodes,
     /// NodePools (`cartwright.sh/v1` or `karpenter.sh/v1`). `-` reads standard input.
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, required_unless_present = "kubeconfig", conflicts_with = "kubeconfig", num_args = 1..)]
     pub input: Vec<PathBuf>,
+    /// Plan for the live cluster of this kubeconfig instead: its Unschedulable pods over its nodes,
+    /// in-flight NodeClaims and NodePools. Reads only; nothing is created.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// Which algorithm plans.
     #[arg(long, default_value = "cartwright", value_parser = Algorithm::parse)]
     pub solver: Algorithm,
@@ -84,8 +88,11 @@ struct ReportUnschedulable {
     reason: String,
 }
 
-/// Reads the manifests, plans, prints.
+/// Reads the manifests (or the live cluster), plans, prints.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(kubeconfig) = &args.kubeconfig {
+        return run_live(&args, kubeconfig);
+    }
     let mut manifests = Manifests::default();
     for path in &args.input {
         let (name, text) = if path.as_os_str() == "-" {
@@ -108,20 +115,54 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for warning in &manifests.warnings {
         tracing::warn!("{warning}");
     }
+    let problem = manifests.to_problem(catalog(&args)?);
+    let started = Instant::now();
+    let plan = args.solver.solve(&problem);
+    let solve_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let report = report(args.solver, &plan, solve_ms, manifests.warnings.clone());
+    super::emit(args.output, &report, print_table)
+}
+
+fn catalog(args: &Args) -> anyhow::Result<Catalog> {
     let options = CatalogOptions {
         zones: args.zones.clone(),
         spot: SpotPriceModel::flat(args.spot_discount).context("--spot-discount")?,
         ..CatalogOptions::default()
     };
-    let catalog = match &args.catalog {
+    Ok(match &args.catalog {
         Some(path) => cartwright_api::catalog_file::read(path, &args.region).map_err(anyhow::Error::msg)?,
         None => Catalog::embedded(&args.region, &options)?,
-    };
-    let problem = manifests.to_problem(catalog);
+    })
+}
+
+/// `--kubeconfig`: the controller's own planning over a one-time read of the cluster.
+fn run_live(args: &Args, kubeconfig: &std::path::Path) -> anyhow::Result<()> {
+    let catalog = catalog(args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let snapshot = runtime.block_on(async {
+        let client = cartwright_kube::client(Some(kubeconfig)).await?;
+        let snapshot =
+            cartwright_kube::controller::Snapshot::list(&client).await.context("reading the cluster")?;
+        anyhow::Ok(snapshot)
+    })?;
+    let pending = snapshot.provisionable();
     let started = Instant::now();
-    let plan = args.solver.solve(&problem);
+    let plan = if pending.is_empty() {
+        Plan {
+            placements: Vec::new(),
+            new_nodes: Vec::new(),
+            unschedulable: Vec::new(),
+            cost: cartwright_binpack::Price(0),
+            lower_bound: None,
+        }
+    } else {
+        let Some((problem, _)) = cartwright_kube::controller::problem(&snapshot, &pending, &catalog) else {
+            bail!("{} pods are pending but the cluster has no usable NodePool", pending.len());
+        };
+        args.solver.solve(&problem)
+    };
     let solve_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let report = report(args.solver, &plan, solve_ms, manifests.warnings.clone());
+    let report = report(args.solver, &plan, solve_ms, Vec::new());
     super::emit(args.output, &report, print_table)
 }
 

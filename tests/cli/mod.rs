@@ -1,6 +1,7 @@
 //! The command-line surface: subcommands, their output formats and their errors.
 
 mod catalog;
+mod convert;
 mod crds;
 mod plan;
 mod simulate;

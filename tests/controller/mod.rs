@@ -17,7 +17,7 @@ use crate::apiserver::{ApiServer, scheduler};
 /// A cluster: the API server, the scheduler stand-in and a kubeconfig for the controller.
 pub struct Cluster {
     pub server: Arc<ApiServer>,
-    kubeconfig: PathBuf,
+    pub kubeconfig: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 

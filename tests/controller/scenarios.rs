@@ -376,3 +376,35 @@ async fn api_faults_and_dropped_watches_delay_but_do_not_break_provisioning() {
     assert_eq!(cluster.server.faults_injected(), 6, "every injected fault was hit");
     cluster.assert_no_orphans_or_duplicates();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_with_a_kubeconfig_shows_what_would_launch_and_writes_nothing() {
+    let cluster = Cluster::start().await;
+    cluster.nodepool("default", general_pool(json!([])));
+    for i in 0..5 {
+        let mut pod = pod_template("2", "4Gi");
+        pod["metadata"]["name"] = json!(format!("api-{i}"));
+        cluster.server.create("", "pods", "default", pod).unwrap();
+    }
+    wait_for("the pods marked unschedulable", MINUTE, || {
+        cluster
+            .pods()
+            .iter()
+            .all(|p| p.pointer("/status/conditions/0/reason") == Some(&json!("Unschedulable")))
+    })
+    .await;
+    let writes_before = cluster.server.requests(&axum::http::Method::POST, "/");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartwright"))
+        .args(["plan", "--output", "json", "--kubeconfig", cluster.kubeconfig.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let planned: usize =
+        plan["new_nodes"].as_array().unwrap().iter().map(|n| n["pods"].as_array().unwrap().len()).sum();
+    assert_eq!(planned, 5, "{plan:#}");
+    assert!(plan["cost_per_hour"].as_f64().unwrap() > 0.0);
+    assert!(cluster.claims().is_empty() && cluster.nodes().is_empty(), "a dry run creates nothing");
+    assert_eq!(cluster.server.requests(&axum::http::Method::POST, "/"), writes_before);
+}

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::nodeclaim::Condition;
 
+/// The API group of EC2NodeClass.
+pub const GROUP: &str = "aws.cartwright.sh";
+
 /// Subnets, security groups, AMIs, role, user data and instance settings for the nodes of a NodePool.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog_file;
+pub mod convert;
 pub mod crds;
 pub mod ec2nodeclass;
 pub mod manifests;

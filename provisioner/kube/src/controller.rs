@@ -199,6 +199,197 @@ fn suffix() -> String {
         .collect()
 }
 
+/// The offering the claim's labels say it launched as (or was planned as).
+pub fn claim_option(catalog: &Catalog, claim: &NodeClaim) -> Option<LaunchOption> {
+    let l = claim.labels();
+    let instance_type = l.get(labels::INSTANCE_TYPE)?.clone();
+    let zone = l.get(labels::ZONE)?.clone();
+    let capacity_type: CapacityType = l.get(labels::CAPACITY_TYPE)?.parse().ok()?;
+    let price = catalog
+        .get(&instance_type)?
+        .offerings
+        .iter()
+        .find(|o| o.zone == zone && o.capacity_type == capacity_type)?
+        .price;
+    Some(LaunchOption { instance_type, zone, capacity_type, price })
+}
+
+/// Everything planning reads from the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub pods: Vec<Arc<Pod>>,
+    pub nodes: Vec<Arc<Node>>,
+    pub claims: Vec<NodeClaim>,
+    pub pools: Vec<Arc<NodePool>>,
+    pub daemonsets: Vec<Arc<DaemonSet>>,
+}
+
+impl Snapshot {
+    /// Lists every object once (for `cartwright plan --kubeconfig`).
+    pub async fn list(client: &kube::Client) -> Result<Snapshot, kube::Error> {
+        async fn all<K>(client: &kube::Client) -> Result<Vec<K>, kube::Error>
+        where
+            K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+        {
+            Ok(Api::<K>::all(client.clone()).list(&Default::default()).await?.items)
+        }
+        Ok(Snapshot {
+            pods: all::<Pod>(client).await?.into_iter().map(Arc::new).collect(),
+            nodes: all::<Node>(client).await?.into_iter().map(Arc::new).collect(),
+            claims: all::<NodeClaim>(client).await?,
+            pools: all::<NodePool>(client).await?.into_iter().map(Arc::new).collect(),
+            daemonsets: all::<DaemonSet>(client).await?.into_iter().map(Arc::new).collect(),
+        })
+    }
+
+    /// The pods provisioning acts on.
+    pub fn provisionable(&self) -> Vec<Arc<Pod>> {
+        self.pods.iter().filter(|p| pod_facts(p).provisionable()).cloned().collect()
+    }
+}
+
+/// The solver problem: provisionable pods over live nodes and in-flight NodeClaims (counted as nodes, so
+/// planning again never launches twice), over `catalog` (unavailable offerings already marked).
+pub fn problem(
+    snapshot: &Snapshot,
+    provisionable: &[Arc<Pod>],
+    catalog: &Catalog,
+) -> Option<(solver::Problem, BTreeMap<String, Arc<NodePool>>)> {
+    let mut pools = BTreeMap::new();
+    let mut templates: Vec<NodePoolTemplate> = Vec::new();
+    for pool in snapshot.pools.iter().cloned() {
+        if pool.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        match nodepool_template(&pool.name_any(), &pool.spec) {
+            Ok(t) => {
+                templates.push(t);
+                pools.insert(pool.name_any(), pool);
+            }
+            Err(e) => tracing::warn!(nodepool = pool.name_any(), error = e, "NodePool ignored"),
+        }
+    }
+    if templates.is_empty() {
+        tracing::warn!(pods = provisionable.len(), "pods are pending but there is no usable NodePool");
+        return None;
+    }
+    let daemonsets: Vec<DaemonSetSpec> = snapshot
+        .daemonsets
+        .iter()
+        .filter_map(|ds| daemonset_spec(&ds.name_any(), ds).ok().map(|(d, _)| d))
+        .collect();
+    let mut pending = Vec::new();
+    for pod in provisionable {
+        let labels = pod.labels().clone();
+        match pod.spec.as_ref().map(|s| pod_spec(&pod_key(pod), s, labels)) {
+            Some(Ok((spec, _))) => pending.push(spec),
+            Some(Err(e)) => tracing::warn!(pod = pod_key(pod), error = e, "pod ignored"),
+            None => {}
+        }
+    }
+    // Live nodes with what is bound to them.
+    let mut bound: BTreeMap<String, Vec<PodSpec>> = BTreeMap::new();
+    for pod in snapshot.pods.iter().cloned() {
+        let facts = pod_facts(&pod);
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        if let (Some(node), false) = (node, facts.finished)
+            && let Some(Ok((spec, _))) =
+                pod.spec.as_ref().map(|s| pod_spec(&pod_key(&pod), s, pod.labels().clone()))
+        {
+            bound.entry(node).or_default().push(spec);
+        }
+    }
+    struct Owned {
+        name: String,
+        labels: BTreeMap<String, String>,
+        taints: Vec<Taint>,
+        allocatable: Resources,
+        capacity: Resources,
+        ready: bool,
+        cordoned: bool,
+        pods: Vec<PodSpec>,
+    }
+    let mut owned: Vec<Owned> = Vec::new();
+    let mut registered: BTreeSet<String> = BTreeSet::new();
+    for node in snapshot.nodes.iter().cloned() {
+        let Ok(m) = node_manifest(&node.name_any(), &node) else { continue };
+        if let Some(id) = provider_id(&node) {
+            registered.insert(id.to_owned());
+        }
+        let draining =
+            node.metadata.deletion_timestamp.is_some() || m.taints.iter().any(|t| t.key == DISRUPTED_TAINT);
+        owned.push(Owned {
+            pods: bound.remove(&m.name).unwrap_or_default(),
+            name: m.name,
+            labels: m.labels,
+            taints: m.taints,
+            allocatable: m.allocatable,
+            capacity: m.capacity,
+            ready: node_ready(&node),
+            cordoned: !m.schedulable || draining,
+        });
+    }
+    // In-flight NodeClaims: capacity on its way, daemonsets included.
+    for claim in &snapshot.claims {
+        if claim
+            .status
+            .as_ref()
+            .and_then(|s| s.provider_id.as_ref())
+            .is_some_and(|id| registered.contains(id))
+        {
+            continue;
+        }
+        let Some(option) = claim_option(catalog, claim) else { continue };
+        let Some(instance_type) = catalog.get(&option.instance_type) else { continue };
+        let mut node_labels = claim.labels().clone();
+        node_labels.insert(labels::HOSTNAME.into(), claim.name_any());
+        let node_taints: Vec<Taint> = claim.spec.taints.iter().filter_map(api_taint).collect();
+        let mut daemon_pods = Vec::new();
+        for ds in &daemonsets {
+            if ds.affinity.matches_labels(&node_labels)
+                && taints::tolerates_all(&ds.tolerations, &node_taints)
+            {
+                daemon_pods.push(PodSpec::new(ds.name.clone(), ds.requests.clone()));
+            }
+        }
+        owned.push(Owned {
+            name: claim.name_any(),
+            labels: node_labels,
+            taints: node_taints,
+            allocatable: instance_type.allocatable(),
+            capacity: instance_type.capacity.clone(),
+            ready: false,
+            cordoned: claim.metadata.deletion_timestamp.is_some(),
+            pods: daemon_pods,
+        });
+    }
+    let views: Vec<NodeView<'_>> = owned
+        .iter()
+        .map(|n| {
+            let mut requested = Resources::new();
+            for p in &n.pods {
+                requested.add_assign(&p.requests);
+            }
+            NodeView {
+                name: &n.name,
+                labels: &n.labels,
+                taints: &n.taints,
+                allocatable: &n.allocatable,
+                capacity: &n.capacity,
+                requested,
+                pod_labels: n.pods.iter().map(|p| &p.labels).collect(),
+                repelled: n.pods.iter().flat_map(|p| &p.hostname_anti_affinity).collect(),
+                nodepool: n.labels.get(labels::NODEPOOL).map(String::as_str),
+                ready: n.ready,
+                cordoned: n.cordoned,
+            }
+        })
+        .collect();
+    let catalog = provisioning::launchable(catalog, &templates);
+    let problem = provisioning::problem(pending, &views, &templates, &daemonsets, Arc::new(catalog));
+    Some((problem, pools))
+}
+
 struct Controller<P> {
     client: kube::Client,
     provider: P,
@@ -428,7 +619,7 @@ impl<P: CloudProvider> Controller<P> {
                 let reason =
                     if step == ClaimStep::LaunchTimedOut { "launch_timeout" } else { "registration_timeout" };
                 tracing::warn!(nodeclaim = name, reason, "giving up on the NodeClaim");
-                if let Some(option) = self.claim_option(claim) {
+                if let Some(option) = claim_option(&self.settings.catalog, claim) {
                     self.unavailable.mark(&option, now);
                 }
                 self.delete_claim(&name, reason).await;
@@ -559,23 +750,6 @@ impl<P: CloudProvider> Controller<P> {
         }
     }
 
-    /// The offering the claim's labels say it launched as (or was planned as).
-    fn claim_option(&self, claim: &NodeClaim) -> Option<LaunchOption> {
-        let l = claim.labels();
-        let instance_type = l.get(labels::INSTANCE_TYPE)?.clone();
-        let zone = l.get(labels::ZONE)?.clone();
-        let capacity_type: CapacityType = l.get(labels::CAPACITY_TYPE)?.parse().ok()?;
-        let price = self
-            .settings
-            .catalog
-            .get(&instance_type)?
-            .offerings
-            .iter()
-            .find(|o| o.zone == zone && o.capacity_type == capacity_type)?
-            .price;
-        Some(LaunchOption { instance_type, zone, capacity_type, price })
-    }
-
     /// The offerings a claim may launch as, cheapest first: its requirements over the catalog, without
     /// the ones that recently ran out of capacity.
     fn launch_options(&self, claim: &NodeClaim, now: Millis) -> Vec<LaunchOption> {
@@ -597,7 +771,7 @@ impl<P: CloudProvider> Controller<P> {
             .filter(|o| !self.unavailable.is_unavailable(o, now))
             .collect();
         // The planned offering first, then the rest cheapest first.
-        let planned = self.claim_option(claim);
+        let planned = claim_option(&self.settings.catalog, claim);
         options.sort_by(|a, b| {
             let pa = Some(a) != planned.as_ref();
             let pb = Some(b) != planned.as_ref();
@@ -804,7 +978,7 @@ impl<P: CloudProvider> Controller<P> {
         }
         for claim in claims {
             let launched = claim.status.as_ref().is_some_and(|s| s.provider_id.is_some());
-            if let (true, Some(o)) = (launched, self.claim_option(claim)) {
+            if let (true, Some(o)) = (launched, claim_option(&self.settings.catalog, claim)) {
                 let pool = claim.labels().get(labels::NODEPOOL).cloned().unwrap_or_default();
                 *cost.entry((pool, o.capacity_type.as_str().to_owned())).or_default() += o.price.usd();
             }
@@ -842,7 +1016,23 @@ impl<P: CloudProvider> Controller<P> {
             return;
         }
         self.last_plan = Some(now);
-        let Some((problem, pools)) = self.problem(&provisionable, now) else { return };
+        let snapshot = Snapshot {
+            pods: self.stores.pods.state(),
+            nodes: self.stores.nodes.state(),
+            claims: self
+                .stores
+                .claims
+                .state()
+                .iter()
+                .map(|c| (**c).clone())
+                .chain(self.created.values().cloned())
+                .collect(),
+            pools: self.stores.pools.state(),
+            daemonsets: self.stores.daemonsets.state(),
+        };
+        let mut catalog = (*self.settings.catalog).clone();
+        self.unavailable.apply(&mut catalog, now);
+        let Some((problem, pools)) = problem(&snapshot, &provisionable, &catalog) else { return };
         let pending: BTreeMap<String, PodSpec> =
             problem.pods.iter().map(|p| (p.name.clone(), p.clone())).collect();
         let started = Instant::now();
@@ -882,159 +1072,6 @@ impl<P: CloudProvider> Controller<P> {
         let by_name: BTreeMap<String, Arc<Pod>> =
             provisionable.iter().map(|p| (pod_key(p), p.clone())).collect();
         self.tell_pods(&by_name, &plan, &claim_of).await;
-    }
-
-    /// The solver problem: provisionable pods over live nodes and in-flight NodeClaims.
-    fn problem(
-        &mut self,
-        provisionable: &[Arc<Pod>],
-        now: Millis,
-    ) -> Option<(solver::Problem, BTreeMap<String, Arc<NodePool>>)> {
-        let mut pools = BTreeMap::new();
-        let mut templates: Vec<NodePoolTemplate> = Vec::new();
-        for pool in self.stores.pools.state() {
-            if pool.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            match nodepool_template(&pool.name_any(), &pool.spec) {
-                Ok(t) => {
-                    templates.push(t);
-                    pools.insert(pool.name_any(), pool);
-                }
-                Err(e) => tracing::warn!(nodepool = pool.name_any(), error = e, "NodePool ignored"),
-            }
-        }
-        if templates.is_empty() {
-            tracing::warn!(pods = provisionable.len(), "pods are pending but there is no usable NodePool");
-            return None;
-        }
-        let daemonsets: Vec<DaemonSetSpec> = self
-            .stores
-            .daemonsets
-            .state()
-            .iter()
-            .filter_map(|ds| daemonset_spec(&ds.name_any(), ds).ok().map(|(d, _)| d))
-            .collect();
-        let mut pending = Vec::new();
-        for pod in provisionable {
-            let labels = pod.labels().clone();
-            match pod.spec.as_ref().map(|s| pod_spec(&pod_key(pod), s, labels)) {
-                Some(Ok((spec, _))) => pending.push(spec),
-                Some(Err(e)) => tracing::warn!(pod = pod_key(pod), error = e, "pod ignored"),
-                None => {}
-            }
-        }
-        // Live nodes with what is bound to them.
-        let mut bound: BTreeMap<String, Vec<PodSpec>> = BTreeMap::new();
-        for pod in self.stores.pods.state() {
-            let facts = pod_facts(&pod);
-            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-            if let (Some(node), false) = (node, facts.finished)
-                && let Some(Ok((spec, _))) =
-                    pod.spec.as_ref().map(|s| pod_spec(&pod_key(&pod), s, pod.labels().clone()))
-            {
-                bound.entry(node).or_default().push(spec);
-            }
-        }
-        struct Owned {
-            name: String,
-            labels: BTreeMap<String, String>,
-            taints: Vec<Taint>,
-            allocatable: Resources,
-            capacity: Resources,
-            ready: bool,
-            cordoned: bool,
-            pods: Vec<PodSpec>,
-        }
-        let mut owned: Vec<Owned> = Vec::new();
-        let mut registered: BTreeSet<String> = BTreeSet::new();
-        for node in self.stores.nodes.state() {
-            let Ok(m) = node_manifest(&node.name_any(), &node) else { continue };
-            if let Some(id) = provider_id(&node) {
-                registered.insert(id.to_owned());
-            }
-            let draining = node.metadata.deletion_timestamp.is_some()
-                || m.taints.iter().any(|t| t.key == DISRUPTED_TAINT);
-            owned.push(Owned {
-                pods: bound.remove(&m.name).unwrap_or_default(),
-                name: m.name,
-                labels: m.labels,
-                taints: m.taints,
-                allocatable: m.allocatable,
-                capacity: m.capacity,
-                ready: node_ready(&node),
-                cordoned: !m.schedulable || draining,
-            });
-        }
-        // In-flight NodeClaims: capacity on its way, daemonsets included.
-        let claims: Vec<NodeClaim> = self
-            .stores
-            .claims
-            .state()
-            .iter()
-            .map(|c| (**c).clone())
-            .chain(self.created.values().cloned())
-            .collect();
-        for claim in claims {
-            if claim
-                .status
-                .as_ref()
-                .and_then(|s| s.provider_id.as_ref())
-                .is_some_and(|id| registered.contains(id))
-            {
-                continue;
-            }
-            let Some(option) = self.claim_option(&claim) else { continue };
-            let Some(instance_type) = self.settings.catalog.get(&option.instance_type) else { continue };
-            let mut node_labels = claim.labels().clone();
-            node_labels.insert(labels::HOSTNAME.into(), claim.name_any());
-            let node_taints: Vec<Taint> = claim.spec.taints.iter().filter_map(api_taint).collect();
-            let mut daemon_pods = Vec::new();
-            for ds in &daemonsets {
-                if ds.affinity.matches_labels(&node_labels)
-                    && taints::tolerates_all(&ds.tolerations, &node_taints)
-                {
-                    daemon_pods.push(PodSpec::new(ds.name.clone(), ds.requests.clone()));
-                }
-            }
-            owned.push(Owned {
-                name: claim.name_any(),
-                labels: node_labels,
-                taints: node_taints,
-                allocatable: instance_type.allocatable(),
-                capacity: instance_type.capacity.clone(),
-                ready: false,
-                cordoned: claim.metadata.deletion_timestamp.is_some(),
-                pods: daemon_pods,
-            });
-        }
-        let views: Vec<NodeView<'_>> = owned
-            .iter()
-            .map(|n| {
-                let mut requested = Resources::new();
-                for p in &n.pods {
-                    requested.add_assign(&p.requests);
-                }
-                NodeView {
-                    name: &n.name,
-                    labels: &n.labels,
-                    taints: &n.taints,
-                    allocatable: &n.allocatable,
-                    capacity: &n.capacity,
-                    requested,
-                    pod_labels: n.pods.iter().map(|p| &p.labels).collect(),
-                    repelled: n.pods.iter().flat_map(|p| &p.hostname_anti_affinity).collect(),
-                    nodepool: n.labels.get(labels::NODEPOOL).map(String::as_str),
-                    ready: n.ready,
-                    cordoned: n.cordoned,
-                }
-            })
-            .collect();
-        let mut catalog = (*self.settings.catalog).clone();
-        self.unavailable.apply(&mut catalog, now);
-        let catalog = provisioning::launchable(&catalog, &templates);
-        let problem = provisioning::problem(pending, &views, &templates, &daemonsets, Arc::new(catalog));
-        Some((problem, pools))
     }
 
     /// Creates the NodeClaim for a planned node; returns its name.
