@@ -180,6 +180,11 @@ impl ApiServer {
         self.shared.faults.lock().unwrap().rules.push(fault);
     }
 
+    /// Removes the injected faults not yet used up.
+    pub fn clear_faults(&self) {
+        self.shared.faults.lock().unwrap().rules.clear();
+    }
+
     /// Ends every open watch stream, as a restarting API server or a broken connection does.
     pub fn drop_watches(&self) {
         self.shared.faults.lock().unwrap().watch_generation += 1;

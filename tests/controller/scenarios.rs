@@ -408,3 +408,44 @@ async fn plan_with_a_kubeconfig_shows_what_would_launch_and_writes_nothing() {
     assert!(cluster.claims().is_empty() && cluster.nodes().is_empty(), "a dry run creates nothing");
     assert_eq!(cluster.server.requests(&axum::http::Method::POST, "/"), writes_before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_that_times_out_is_replaced_on_another_offering() {
+    use axum::http::Method;
+
+    use crate::apiserver::Fault;
+    let mut cluster = Cluster::start().await;
+    cluster.nodepool("default", general_pool(json!([])));
+    // The kwok provider cannot create Nodes: every launch fails until the fault is cleared.
+    cluster.server.inject(Fault {
+        method: Some(Method::POST),
+        path_contains: "/api/v1/nodes".into(),
+        status: 500,
+        count: 10_000,
+    });
+    let _controller =
+        cluster.controller(&[("--launch-timeout", "2s"), ("--metrics-address", "127.0.0.1:18392")]);
+    cluster.run_replicas("web", 4, pod_template("1", "2Gi"));
+    wait_for("a NodeClaim", MINUTE, || !cluster.claims().is_empty()).await;
+    let first = cluster.claims()[0].clone();
+    let offering = |c: &Value| {
+        ["node.kubernetes.io/instance-type", "topology.kubernetes.io/zone", "karpenter.sh/capacity-type"]
+            .map(|k| label(c, k).to_owned())
+    };
+    let first_offering = offering(&first);
+    wait_for("the timed-out NodeClaim replaced", MINUTE, || {
+        let claims = cluster.claims();
+        !claims.iter().any(|c| name(c) == name(&first))
+            && claims.iter().any(|c| offering(c) != first_offering)
+    })
+    .await;
+    let metrics = reqwest_metrics("127.0.0.1:18392").await;
+    assert!(
+        metrics.contains("cartwright_nodeclaims_terminated_total{reason=\"launch_timeout\"}"),
+        "{metrics}"
+    );
+    cluster.server.clear_faults();
+    wait_for("4 pods bound once launches work", MINUTE, || cluster.bound_pods() == 4).await;
+    settle(&cluster, Duration::from_secs(2)).await;
+    cluster.assert_no_orphans_or_duplicates();
+}

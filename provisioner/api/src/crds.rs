@@ -45,6 +45,52 @@ mod tests {
     }
 
     #[test]
+    fn nodepool_schema_carries_karpenters_defaults_enums_and_validation_rules() {
+        let crd = all().into_iter().find(|c| c.spec.names.kind == "NodePool").unwrap();
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+        let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let disruption = &spec["disruption"];
+        assert_eq!(disruption["default"]["consolidationPolicy"], "WhenEmptyOrUnderutilized");
+        assert_eq!(disruption["default"]["budgets"][0]["nodes"], "10%");
+        // The defaults are values Cartwright itself reads.
+        let parsed: crate::nodepool::Disruption =
+            serde_json::from_value(disruption["default"].clone()).unwrap();
+        assert_eq!(parsed.consolidate_after.as_deref(), Some("0s"));
+        let d = &disruption["properties"];
+        assert_eq!(
+            d["consolidationPolicy"]["enum"],
+            serde_json::json!(["WhenEmpty", "WhenEmptyOrUnderutilized"])
+        );
+        assert_eq!(d["consolidateAfter"]["pattern"], "^(([0-9]+(s|m|h))+|Never)$");
+        assert_eq!(d["budgets"]["items"]["properties"]["nodes"]["default"], "10%");
+        assert!(
+            disruption["x-kubernetes-validations"][0]["rule"]
+                .as_str()
+                .unwrap()
+                .contains("has(x.schedule) == has(x.duration)")
+        );
+        assert_eq!(spec["weight"]["minimum"], 1.0);
+        assert_eq!(spec["weight"]["maximum"], 100.0);
+        let template = &spec["template"]["properties"]["spec"]["properties"];
+        assert_eq!(template["expireAfter"]["default"], "720h");
+        let requirement = &template["requirements"]["items"];
+        assert_eq!(template["requirements"]["maxItems"], 100);
+        assert_eq!(requirement["properties"]["operator"]["enum"].as_array().unwrap().len(), 8);
+        let rules: Vec<&str> = requirement["x-kubernetes-validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["message"].as_str().unwrap())
+            .collect();
+        assert!(rules.iter().any(|m| m.contains("'In' must have a value")), "{rules:?}");
+        assert!(rules.iter().any(|m| m.contains("minValues")), "{rules:?}");
+        assert_eq!(
+            template["taints"]["items"]["properties"]["effect"]["enum"],
+            serde_json::json!(["NoSchedule", "PreferNoSchedule", "NoExecute"])
+        );
+    }
+
+    #[test]
     fn crds_have_status_printer_columns_and_descriptions() {
         for crd in all() {
             let version = &crd.spec.versions[0];

@@ -31,6 +31,8 @@ pub struct NodePoolSpec {
     pub template: NodeClaimTemplate,
     /// How nodes of this pool may be disrupted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "0s",
+        "budgets": [{"nodes": "10%"}]}))]
     pub disruption: Option<Disruption>,
     /// Resource totals (cpu, memory, nodes, any resource) the pool's nodes may never exceed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -67,6 +69,7 @@ pub struct TemplateMetadata {
 pub struct NodeClaimTemplateSpec {
     /// Node selector requirements every node of the pool satisfies (Karpenter operators, `minValues`).
     #[serde(default)]
+    #[schemars(length(max = 100))]
     pub requirements: Vec<NodeSelectorRequirementWithMinValues>,
     /// Taints put on every node; pods must tolerate them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -76,9 +79,11 @@ pub struct NodeClaimTemplateSpec {
     pub startup_taints: Vec<Taint>,
     /// Node lifetime before it is replaced (`720h` by default, or `Never`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(([0-9]+(s|m|h))+|Never)$"), extend("default" = "720h"))]
     pub expire_after: Option<String>,
     /// Longest a drain may take before pods are deleted regardless of PDBs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
     pub termination_grace_period: Option<String>,
     /// The cloud-specific node class (an `EC2NodeClass`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,14 +93,27 @@ pub struct NodeClaimTemplateSpec {
 /// A node selector requirement with Karpenter's `minValues`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.operator != 'In' || (has(self.values) && self.values.size() != 0)",
+     "message": "requirements with operator 'In' must have a value defined"},
+    {"rule": "!(self.operator in ['Gt', 'Lt', 'Gte', 'Lte']) || (has(self.values) && self.values.size() == 1 && int(self.values[0]) >= 0)",
+     "message": "requirements with operator 'Gt', 'Lt', 'Gte' or 'Lte' must have a single non-negative integer value"},
+    {"rule": "!(self.operator == 'In' && has(self.minValues)) || self.values.size() >= self.minValues",
+     "message": "requirements with 'minValues' must have at least that many values specified in the 'values' field"},
+]))]
 pub struct NodeSelectorRequirementWithMinValues {
+    /// The label key.
+    #[schemars(length(min = 1, max = 316))]
     pub key: String,
     /// In, NotIn, Exists, DoesNotExist, Gt, Lt, Gte, Lte.
+    #[schemars(extend("enum" = ["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt", "Gte", "Lte"]))]
     pub operator: String,
+    /// The values (for In, NotIn: a set; for Gt, Lt, Gte, Lte: one integer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
     /// At least this many distinct values of the key must remain among a node's launch options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 50))]
     pub min_values: Option<u32>,
 }
 
@@ -103,10 +121,14 @@ pub struct NodeSelectorRequirementWithMinValues {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Taint {
+    /// The taint key.
+    #[schemars(length(min = 1))]
     pub key: String,
+    /// The taint value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     /// NoSchedule, PreferNoSchedule or NoExecute.
+    #[schemars(extend("enum" = ["NoSchedule", "PreferNoSchedule", "NoExecute"]))]
     pub effect: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_added: Option<String>,
@@ -116,23 +138,36 @@ pub struct Taint {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeClassRef {
+    /// The API group of the node class (`aws.cartwright.sh`).
+    #[schemars(length(min = 1))]
     pub group: String,
+    /// Its kind (`EC2NodeClass`).
+    #[schemars(length(min = 1))]
     pub kind: String,
+    /// Its name.
+    #[schemars(length(min = 1))]
     pub name: String,
 }
 
 /// `spec.disruption`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.budgets) || self.budgets.all(x, has(x.schedule) == has(x.duration))",
+     "message": "'schedule' must be set with 'duration'"},
+]))]
 pub struct Disruption {
     /// `WhenEmpty` or `WhenEmptyOrUnderutilized` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["WhenEmpty", "WhenEmptyOrUnderutilized"], "default" = "WhenEmptyOrUnderutilized"))]
     pub consolidation_policy: Option<String>,
     /// How long a node must be consolidatable before it is acted on (a duration or `Never`; `0s` default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(([0-9]+(s|m|h))+|Never)$"), extend("default" = "0s"))]
     pub consolidate_after: Option<String>,
     /// How many nodes may be disrupted at once (the most restrictive active budget wins).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50), extend("default" = [{"nodes": "10%"}]))]
     pub budgets: Vec<Budget>,
 }
 
@@ -140,16 +175,22 @@ pub struct Disruption {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Budget {
-    /// A count or a percentage of the pool's nodes.
+    /// A count or a percentage of the pool's nodes (`10%` by default).
+    #[schemars(regex(pattern = r"^((100|[0-9]{1,2})%|[0-9]+)$"), extend("default" = "10%"))]
     pub nodes: String,
-    /// Cron schedule at which the budget becomes active.
+    /// Cron schedule at which the budget becomes active (UTC; `@daily` style macros allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^(@(annually|yearly|monthly|weekly|daily|midnight|hourly))|((.+)\s(.+)\s(.+)\s(.+)\s(.+))$"
+    ))]
     pub schedule: Option<String>,
     /// How long it stays active after each scheduled start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^((([0-9]+(h|m))|([0-9]+h[0-9]+m))(0s)?)$"))]
     pub duration: Option<String>,
     /// Which disruption reasons it limits (Empty, Underutilized, Drifted); all when absent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("items" = {"type": "string", "enum": ["Empty", "Underutilized", "Drifted"]}))]
     pub reasons: Vec<String>,
 }
 
