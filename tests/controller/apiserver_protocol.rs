@@ -113,6 +113,20 @@ async fn watches_resume_get_410_after_compaction_and_survive_dropped_streams_and
     }
     drop(stream);
 
+    // An idle watch that allows bookmarks gets one carrying the current version.
+    let params = WatchParams::default().timeout(5);
+    assert!(params.bookmarks, "kube-rs asks for bookmarks by default");
+    let mut stream = pods.watch(&params, &version).await.unwrap().boxed();
+    let mut bookmark = None;
+    while let Some(event) = stream.try_next().await.unwrap() {
+        if let WatchEvent::Bookmark(b) = event {
+            bookmark = Some(b.metadata.resource_version);
+            break;
+        }
+    }
+    assert!(bookmark.is_some_and(|v| v.parse::<u64>().unwrap() > version.parse::<u64>().unwrap()));
+    drop(stream);
+
     // After compaction the old version is gone: 410 in an ERROR event.
     server.compact();
     let mut stream = pods.watch(&WatchParams::default().timeout(5), &version).await.unwrap().boxed();

@@ -449,3 +449,37 @@ async fn a_launch_that_times_out_is_replaced_on_another_offering() {
     settle(&cluster, Duration::from_secs(2)).await;
     cluster.assert_no_orphans_or_duplicates();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_node_terminates_its_nodeclaim_and_its_pods_move() {
+    let mut cluster = Cluster::start().await;
+    let mut pool = general_pool(json!([]));
+    pool["template"]["spec"]["taints"] =
+        json!([{"key": "dedicated", "value": "web", "effect": "NoSchedule"}]);
+    cluster.nodepool("default", pool);
+    let _controller = cluster.controller(&[]);
+    let mut template = pod_template("1", "2Gi");
+    template["spec"]["tolerations"] =
+        json!([{"key": "dedicated", "operator": "Equal", "value": "web", "effect": "NoSchedule"}]);
+    cluster.run_replicas("web", 3, template);
+    wait_for("3 pods bound", MINUTE, || cluster.bound_pods() == 3).await;
+    let node = cluster.nodes()[0].clone();
+    let taints = node.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
+    assert!(
+        taints.iter().any(|t| t["key"] == "dedicated"),
+        "the NodePool's taint is on the node: {taints:?}"
+    );
+    let finalizers =
+        node.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+    assert!(finalizers.contains(&json!("cartwright.sh/termination")));
+    let victim = name(&node).to_owned();
+    cluster.server.delete("", "nodes", "", &victim).unwrap();
+    wait_for("the node and its NodeClaim gone", MINUTE, || {
+        !cluster.nodes().iter().any(|n| name(n) == victim)
+            && !cluster.claims().iter().any(|c| name(c) == victim)
+    })
+    .await;
+    wait_for("3 pods bound elsewhere", MINUTE, || cluster.bound_pods() == 3).await;
+    settle(&cluster, Duration::from_secs(2)).await;
+    cluster.assert_no_orphans_or_duplicates();
+}

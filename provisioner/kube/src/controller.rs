@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use cartwright_api::EC2NodeClass;
 use cartwright_api::manifests::{daemonset_spec, node_manifest, nodepool_template, pod_spec};
 use cartwright_api::nodeclaim::{Condition, NodeClaim, NodeClaimSpec, NodeClaimStatus, ResourceRequirements};
 use cartwright_api::nodepool::{self, NodePool, NodeSelectorRequirementWithMinValues};
@@ -28,7 +29,9 @@ use cartwright_core::lifecycle::{self, ClaimFacts, ClaimStep, PodFacts, Terminat
 use cartwright_core::provisioning::{self, NodeView};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -81,6 +84,11 @@ struct Stores {
     claims: Store<NodeClaim>,
     pools: Store<NodePool>,
     daemonsets: Store<DaemonSet>,
+    // Watched so the caches are complete before acting; disruption (PDBs, node classes) and HPA headroom
+    // read them.
+    node_classes: Store<EC2NodeClass>,
+    pdbs: Store<PodDisruptionBudget>,
+    hpas: Store<HorizontalPodAutoscaler>,
 }
 
 fn reflect<K>(api: Api<K>) -> Store<K>
@@ -434,6 +442,9 @@ pub async fn run<P: CloudProvider + 'static>(
         claims: reflect(Api::<NodeClaim>::all(client.clone())),
         pools: reflect(Api::<NodePool>::all(client.clone())),
         daemonsets: reflect(Api::<DaemonSet>::all(client.clone())),
+        node_classes: reflect(Api::<EC2NodeClass>::all(client.clone())),
+        pdbs: reflect(Api::<PodDisruptionBudget>::all(client.clone())),
+        hpas: reflect(Api::<HorizontalPodAutoscaler>::all(client.clone())),
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let synced = async {
@@ -443,6 +454,9 @@ pub async fn run<P: CloudProvider + 'static>(
             stores.claims.wait_until_ready(),
             stores.pools.wait_until_ready(),
             stores.daemonsets.wait_until_ready(),
+            stores.node_classes.wait_until_ready(),
+            stores.pdbs.wait_until_ready(),
+            stores.hpas.wait_until_ready(),
         );
     };
     tokio::select! {
@@ -632,8 +646,21 @@ impl<P: CloudProvider> Controller<P> {
                 if !finalizers.iter().any(|f| f == FINALIZER) {
                     finalizers.push(FINALIZER.into());
                 }
+                // The claim's taints (and start-up taints, until initialized) on the node, whatever the
+                // kubelet registered with.
+                let mut taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+                for t in claim.spec.taints.iter().chain(&claim.spec.startup_taints) {
+                    if !taints.iter().any(|n| n.key == t.key && n.effect == t.effect) {
+                        taints.push(k8s_openapi::api::core::v1::Taint {
+                            key: t.key.clone(),
+                            value: t.value.clone(),
+                            effect: t.effect.clone(),
+                            time_added: None,
+                        });
+                    }
+                }
                 let patch = json!({"metadata": {"labels": node_labels, "finalizers": finalizers,
-                    "resourceVersion": node.resource_version()}});
+                    "resourceVersion": node.resource_version()}, "spec": {"taints": taints}});
                 if let Err(e) =
                     self.nodes.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await
                 {
