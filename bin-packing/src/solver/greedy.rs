@@ -288,8 +288,9 @@ fn scarce_limits(state: &State, p: usize) -> Option<Scarce> {
         .filter(|(dim, left)| demand.get(dim) > **left)
         .map(|(dim, left)| (dim.clone(), *left))
         .collect();
-    // Without pod density facts, a node limit binds when fewer nodes are left than a tenth of the pods.
-    let nodes = limits.nodes.filter(|&n| n.saturating_mul(10) < pods);
+    // Without pod density facts, a node limit binds when fewer nodes are left than a tenth of the pods, or
+    // when one node is left for several pods (a consolidation's single replacement).
+    let nodes = limits.nodes.filter(|&n| n.saturating_mul(10) < pods || (n <= 1 && pods > 1));
     (!resources.is_empty() || nodes.is_some()).then_some(Scarce { resources, nodes })
 }
 

@@ -10,6 +10,7 @@
 
 pub mod batcher;
 pub mod cloud;
+pub mod disruption;
 pub mod hpa;
 pub mod lifecycle;
 pub mod provisioning;

@@ -1,0 +1,687 @@
+//! Disruption decisions: which nodes to remove or replace to save money, and why every other node stays.
+//!
+//! Methods, in order, the first that finds something acts (one command per pass):
+//! 1. **Emptiness**: nodes without reschedulable pods (daemonset and mirror pods do not count) for their
+//!    NodePool's `consolidateAfter` are deleted, as many as the budgets allow.
+//! 2. **Multi-node consolidation** (`WhenEmptyOrUnderutilized`): candidates ordered by disruption cost
+//!    (fewest pods, then the most expensive first); the largest prefix whose pods fit on the remaining
+//!    nodes plus at most one new, cheaper node is found by binary search with the solver — never every
+//!    subset.
+//! 3. **Single-node consolidation**: the first candidate whose pods fit elsewhere (delete) or on one cheaper
+//!    node (replace). A spot node is replaced by spot only when at least 15 cheaper offerings exist.
+//!
+//! Safety: disruption budgets per NodePool (count or percent of its nodes, optional cron schedule and
+//! duration, reasons), the most restrictive active one wins; nodes with a do-not-disrupt pod or annotation,
+//! not yet initialized, or already being disrupted are never chosen. Every node not acted on gets a reason
+//! ([`Outcome::kept`]) for `cartwright explain`. Pure: the caller supplies the clock and executes the
+//! command (replacements launched and initialized before anything is drained).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cartwright_binpack::solver::{self, DaemonSetSpec, NewNode, NodePoolTemplate, PodSpec};
+use cartwright_binpack::{CapacityType, Catalog, Price};
+
+use crate::hpa::Millis;
+use crate::provisioning::{self, NodeView};
+
+/// Karpenter's rule: a spot node is replaced by a cheaper spot node only with this many cheaper offerings,
+/// so the replacement is not itself interrupted at once.
+pub const SPOT_TO_SPOT_MIN_ALTERNATIVES: usize = 15;
+/// How many candidates multi-node consolidation considers at once.
+pub const MULTI_NODE_MAX: usize = 100;
+/// How many candidates single-node consolidation tries per pass.
+pub const SINGLE_NODE_TRIES: usize = 30;
+
+/// Why a node is disrupted (what budgets name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    Empty,
+    Underutilized,
+    Drifted,
+}
+
+impl Reason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::Empty => "Empty",
+            Reason::Underutilized => "Underutilized",
+            Reason::Drifted => "Drifted",
+        }
+    }
+}
+
+/// `WhenEmpty` or `WhenEmptyOrUnderutilized`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    WhenEmpty,
+    WhenEmptyOrUnderutilized,
+}
+
+/// How many nodes a budget lets go at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nodes {
+    Count(i64),
+    /// A percentage of the pool's nodes, rounded up (Karpenter's rounding).
+    Percent(i64),
+}
+
+/// One disruption budget. `active` is whether its schedule covers now (always, without one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub nodes: Nodes,
+    /// The reasons it limits; all when empty.
+    pub reasons: Vec<Reason>,
+    pub active: bool,
+}
+
+impl Budget {
+    /// Parses `nodes` ("10%", "3") with an optional cron `schedule` and `duration` (Go duration syntax,
+    /// e.g. `8h`), evaluated at `now_ms` (Unix milliseconds, UTC).
+    pub fn parse(
+        nodes: &str,
+        reasons: &[String],
+        schedule: Option<&str>,
+        duration: Option<&str>,
+        now_ms: Millis,
+    ) -> Result<Budget, String> {
+        let parsed = match nodes.strip_suffix('%') {
+            Some(p) => {
+                Nodes::Percent(p.parse().map_err(|_| format!("nodes: {nodes:?} is not a percentage"))?)
+            }
+            None => Nodes::Count(nodes.parse().map_err(|_| format!("nodes: {nodes:?} is not a count"))?),
+        };
+        let reasons = reasons
+            .iter()
+            .map(|r| match r.as_str() {
+                "Empty" => Ok(Reason::Empty),
+                "Underutilized" => Ok(Reason::Underutilized),
+                "Drifted" => Ok(Reason::Drifted),
+                other => Err(format!("reasons: unknown reason {other:?} (Empty, Underutilized or Drifted)")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let active = match (schedule, duration) {
+            (None, None) => true,
+            (Some(schedule), Some(duration)) => schedule_active(schedule, duration, now_ms)?,
+            _ => return Err("schedule and duration must be set together".into()),
+        };
+        Ok(Budget { nodes: parsed, reasons, active })
+    }
+
+    fn allowed(&self, pool_nodes: usize) -> i64 {
+        match self.nodes {
+            Nodes::Count(n) => n,
+            Nodes::Percent(p) => (p * pool_nodes as i64 + 99) / 100,
+        }
+    }
+}
+
+/// Whether a window of `duration` opened by the cron `schedule` (UTC) covers `now_ms`.
+fn schedule_active(schedule: &str, duration: &str, now_ms: Millis) -> Result<bool, String> {
+    use std::str::FromStr;
+    let window =
+        parse_duration(duration).ok_or_else(|| format!("duration: {duration:?} is not a duration"))?;
+    let cron = croner::Cron::from_str(schedule).map_err(|e| format!("schedule: {schedule:?}: {e}"))?;
+    let now = chrono::DateTime::from_timestamp_millis(now_ms as i64).ok_or("the clock is out of range")?;
+    let from = now - chrono::Duration::milliseconds(window as i64);
+    let next = cron.find_next_occurrence(&from, true).map_err(|e| format!("schedule: {schedule:?}: {e}"))?;
+    Ok(next <= now)
+}
+
+/// A Kubernetes/Go duration as used by Karpenter (`30s`, `15m`, `8h`, `1h30m`) in milliseconds.
+pub fn parse_duration(text: &str) -> Option<Millis> {
+    let mut total: Millis = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: Millis = number.parse().ok()?;
+        number.clear();
+        total += n * match c {
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            _ => return None,
+        };
+    }
+    (number.is_empty() && !text.is_empty()).then_some(total)
+}
+
+/// A NodePool's disruption settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolPolicy {
+    pub policy: Policy,
+    /// `None` is `Never`.
+    pub consolidate_after_ms: Option<Millis>,
+    pub budgets: Vec<Budget>,
+}
+
+impl Default for PoolPolicy {
+    /// Karpenter's defaults: `WhenEmptyOrUnderutilized`, `consolidateAfter: 0s`, one budget of 10 %.
+    fn default() -> Self {
+        PoolPolicy {
+            policy: Policy::WhenEmptyOrUnderutilized,
+            consolidate_after_ms: Some(0),
+            budgets: vec![Budget { nodes: Nodes::Percent(10), reasons: Vec::new(), active: true }],
+        }
+    }
+}
+
+/// A node as disruption sees it.
+#[derive(Clone, Debug)]
+pub struct Candidate<'a> {
+    pub view: NodeView<'a>,
+    pub price: Price,
+    pub capacity_type: CapacityType,
+    /// Reschedulable pods on it (not daemonset or mirror pods).
+    pub pods: Vec<&'a PodSpec>,
+    /// Set when something forbids voluntary disruption (a do-not-disrupt pod or annotation).
+    pub blocked: Option<String>,
+    pub initialized: bool,
+    /// Already being disrupted (deleting, or part of a command in progress).
+    pub disrupting: bool,
+    /// When its pods last changed (or it became ready): `consolidateAfter` counts from here.
+    pub settled_since: Millis,
+}
+
+/// The cluster as disruption sees it.
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    /// Every node, managed (with a NodePool) or not.
+    pub nodes: Vec<Candidate<'a>>,
+    pub nodepools: Vec<NodePoolTemplate>,
+    pub policies: BTreeMap<String, PoolPolicy>,
+    pub daemonsets: Vec<DaemonSetSpec>,
+    pub catalog: Arc<Catalog>,
+}
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command {
+    pub reason: Reason,
+    /// Names of the nodes to remove.
+    pub nodes: Vec<String>,
+    /// Nodes to launch (and see initialized) first.
+    pub replacements: Vec<NewNode>,
+    /// Hourly savings.
+    pub savings: Price,
+}
+
+/// The decision of one pass.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub command: Option<Command>,
+    /// Why each managed node not in the command stays.
+    pub kept: BTreeMap<String, String>,
+}
+
+/// What each pool may still disrupt for `reason`: the most restrictive active budget, minus what is
+/// being disrupted already.
+fn allowances(input: &Input, reason: Reason) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for pool in &input.nodepools {
+        let members: Vec<&Candidate> =
+            input.nodes.iter().filter(|n| n.view.nodepool == Some(pool.name.as_str())).collect();
+        let disrupting = members.iter().filter(|n| n.disrupting).count() as i64;
+        let default = PoolPolicy::default();
+        let policy = input.policies.get(&pool.name).unwrap_or(&default);
+        let allowed = policy
+            .budgets
+            .iter()
+            .filter(|b| b.active && (b.reasons.is_empty() || b.reasons.contains(&reason)))
+            .map(|b| b.allowed(members.len()))
+            .min()
+            .unwrap_or(i64::MAX);
+        out.insert(pool.name.clone(), allowed.saturating_sub(disrupting));
+    }
+    out
+}
+
+/// Decides one pass at `now`.
+pub fn decide(input: &Input, now: Millis) -> Outcome {
+    let mut kept: BTreeMap<String, String> = BTreeMap::new();
+    let default = PoolPolicy::default();
+    // Eligibility shared by every method.
+    let mut eligible: Vec<usize> = Vec::new();
+    for (i, n) in input.nodes.iter().enumerate() {
+        let Some(pool) = n.view.nodepool else { continue };
+        let policy = input.policies.get(pool).unwrap_or(&default);
+        let why = if n.disrupting {
+            Some("already being disrupted".to_owned())
+        } else if let Some(b) = &n.blocked {
+            Some(b.clone())
+        } else if !n.initialized {
+            Some("not initialized yet".to_owned())
+        } else {
+            match policy.consolidate_after_ms {
+                None => Some(format!("NodePool {pool} has consolidateAfter: Never")),
+                Some(after) if now.saturating_sub(n.settled_since) < after => Some(format!(
+                    "consolidateAfter not reached ({} s of {} s)",
+                    now.saturating_sub(n.settled_since) / 1000,
+                    after / 1000
+                )),
+                _ => None,
+            }
+        };
+        match why {
+            Some(why) => {
+                kept.insert(n.view.name.to_owned(), why);
+            }
+            None => eligible.push(i),
+        }
+    }
+
+    // 1. Emptiness.
+    let mut left = allowances(input, Reason::Empty);
+    let mut empty = Vec::new();
+    for &i in &eligible {
+        let n = &input.nodes[i];
+        if !n.pods.is_empty() {
+            continue;
+        }
+        let pool = n.view.nodepool.unwrap_or_default();
+        let allowance = left.entry(pool.to_owned()).or_insert(0);
+        if *allowance > 0 {
+            *allowance -= 1;
+            empty.push(i);
+        } else {
+            kept.insert(
+                n.view.name.to_owned(),
+                format!("disruption budget of NodePool {pool} exhausted (Empty)"),
+            );
+        }
+    }
+    if !empty.is_empty() {
+        let savings = Price(empty.iter().map(|&i| input.nodes[i].price.0).sum());
+        return finish(
+            input,
+            kept,
+            Command {
+                reason: Reason::Empty,
+                nodes: empty.iter().map(|&i| input.nodes[i].view.name.to_owned()).collect(),
+                replacements: Vec::new(),
+                savings,
+            },
+        );
+    }
+
+    // Candidates for consolidation: pools that allow it, within budgets, cheapest to disrupt first.
+    let left = allowances(input, Reason::Underutilized);
+    let mut candidates: Vec<usize> = Vec::new();
+    for &i in &eligible {
+        let n = &input.nodes[i];
+        let pool = n.view.nodepool.unwrap_or_default();
+        let policy = input.policies.get(pool).unwrap_or(&default);
+        if policy.policy == Policy::WhenEmpty {
+            kept.insert(n.view.name.to_owned(), format!("NodePool {pool} consolidates only empty nodes"));
+        } else if left.get(pool).copied().unwrap_or(0) <= 0 {
+            kept.insert(
+                n.view.name.to_owned(),
+                format!("disruption budget of NodePool {pool} exhausted (Underutilized)"),
+            );
+        } else {
+            candidates.push(i);
+        }
+    }
+    candidates.sort_by(|&a, &b| {
+        let (x, y) = (&input.nodes[a], &input.nodes[b]);
+        (x.pods.len(), std::cmp::Reverse(x.price), x.view.name).cmp(&(
+            y.pods.len(),
+            std::cmp::Reverse(y.price),
+            y.view.name,
+        ))
+    });
+
+    // 2. Multi-node: the largest feasible prefix (within each pool's budget), by binary search.
+    let mut prefix: Vec<usize> = Vec::new();
+    let mut budget = left.clone();
+    for &i in candidates.iter().take(MULTI_NODE_MAX) {
+        let pool = input.nodes[i].view.nodepool.unwrap_or_default().to_owned();
+        let b = budget.entry(pool).or_insert(0);
+        if *b > 0 {
+            *b -= 1;
+            prefix.push(i);
+        }
+    }
+    if prefix.len() >= 2 {
+        let (mut lo, mut hi) = (2, prefix.len());
+        let mut best: Option<Command> = None;
+        while lo <= hi {
+            let mid = (lo + hi) / 2;
+            match evaluate(input, &prefix[..mid]) {
+                Some(c) => {
+                    best = Some(c);
+                    lo = mid + 1;
+                }
+                None => hi = mid - 1,
+            }
+        }
+        if let Some(command) = best {
+            return finish(input, kept, command);
+        }
+    }
+
+    // 3. Single node.
+    for &i in candidates.iter().take(SINGLE_NODE_TRIES) {
+        if let Some(command) = evaluate(input, &[i]) {
+            return finish(input, kept, command);
+        }
+    }
+    for &i in &candidates {
+        kept.entry(input.nodes[i].view.name.to_owned())
+            .or_insert_with(|| "its pods fit nowhere cheaper".to_owned());
+    }
+    Outcome { command: None, kept }
+}
+
+fn finish(input: &Input, mut kept: BTreeMap<String, String>, command: Command) -> Outcome {
+    for n in &input.nodes {
+        if n.view.nodepool.is_some() && !command.nodes.iter().any(|c| c == n.view.name) {
+            kept.entry(n.view.name.to_owned())
+                .or_insert_with(|| "another disruption acts first this pass".into());
+        }
+    }
+    for name in &command.nodes {
+        kept.remove(name);
+    }
+    Outcome { command: Some(command), kept }
+}
+
+/// Whether removing `chosen` saves money: their pods re-planned over the other nodes (never onto nodes
+/// being disrupted) fit with at most one new node, cheaper than what is removed.
+fn evaluate(input: &Input, chosen: &[usize]) -> Option<Command> {
+    let removed: Vec<&Candidate> = chosen.iter().map(|&i| &input.nodes[i]).collect();
+    let pods: Vec<PodSpec> = removed.iter().flat_map(|n| n.pods.iter().map(|p| (*p).clone())).collect();
+    let removed_cost: u64 = removed.iter().map(|n| n.price.0).sum();
+    let others: Vec<NodeView> = input
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| !chosen.contains(i) && !n.disrupting)
+        .map(|(_, n)| n.view.clone())
+        .collect();
+    let mut problem =
+        provisioning::problem(pods, &others, &input.nodepools, &input.daemonsets, input.catalog.clone());
+    let mut plan = solver::solve(&problem);
+    if plan.unschedulable.is_empty() && plan.new_nodes.len() > 1 {
+        // Replacements are one node (as Karpenter does, to limit churn): plan again with every NodePool
+        // allowed a single new node, which packs the pods onto the one that holds them all, if any.
+        for pool in &mut problem.nodepools {
+            pool.remaining.nodes = Some(pool.remaining.nodes.unwrap_or(1).min(1));
+        }
+        plan = solver::solve(&problem);
+    }
+    if !plan.unschedulable.is_empty() || plan.new_nodes.len() > 1 || plan.cost.0 >= removed_cost {
+        return None;
+    }
+    if let Some(new) = plan.new_nodes.first() {
+        let all_spot = removed.iter().all(|n| n.capacity_type == CapacityType::Spot);
+        if all_spot && new.launch.capacity_type == CapacityType::Spot {
+            let cheaper = new.alternatives.iter().filter(|a| a.price.0 < removed_cost).count();
+            if cheaper < SPOT_TO_SPOT_MIN_ALTERNATIVES {
+                return None;
+            }
+        }
+    }
+    Some(Command {
+        reason: Reason::Underutilized,
+        nodes: removed.iter().map(|n| n.view.name.to_owned()).collect(),
+        replacements: plan.new_nodes,
+        savings: Price(removed_cost - plan.cost.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use cartwright_binpack::solver::NodePoolTemplate;
+    use cartwright_binpack::{CatalogOptions, Resources, labels};
+
+    use super::*;
+
+    /// A node of the embedded catalog's `instance_type` with pods of `cpu_millis` each.
+    struct Owned {
+        name: String,
+        labels: BTreeMap<String, String>,
+        allocatable: Resources,
+        capacity: Resources,
+        pods: Vec<PodSpec>,
+        price: Price,
+        capacity_type: CapacityType,
+    }
+
+    fn catalog() -> Arc<Catalog> {
+        Arc::new(Catalog::embedded("us-east-1", &CatalogOptions::default()).unwrap())
+    }
+
+    fn node(
+        catalog: &Catalog,
+        name: &str,
+        instance_type: &str,
+        capacity_type: CapacityType,
+        pods: &[i64],
+    ) -> Owned {
+        let t = catalog.get(instance_type).unwrap();
+        let offering =
+            t.offerings.iter().find(|o| o.capacity_type == capacity_type && o.zone == "us-east-1a").unwrap();
+        let mut labels = t.requirements.single_valued_labels();
+        labels.insert(labels::NODEPOOL.into(), "default".into());
+        labels.insert(labels::ZONE.into(), "us-east-1a".into());
+        labels.insert(labels::CAPACITY_TYPE.into(), capacity_type.as_str().into());
+        labels.insert(labels::HOSTNAME.into(), name.into());
+        let pods = pods
+            .iter()
+            .enumerate()
+            .map(|(i, &cpu)| {
+                PodSpec::new(
+                    format!("{name}-pod-{i}"),
+                    Resources::new().with_cpu_millis(cpu).with_memory_mib(cpu),
+                )
+            })
+            .collect();
+        Owned {
+            name: name.into(),
+            labels,
+            allocatable: t.allocatable(),
+            capacity: t.capacity.clone(),
+            pods,
+            price: offering.price,
+            capacity_type,
+        }
+    }
+
+    fn candidates(nodes: &[Owned]) -> Vec<Candidate<'_>> {
+        nodes
+            .iter()
+            .map(|n| {
+                let mut requested = Resources::new();
+                for p in &n.pods {
+                    requested.add_assign(&p.requests);
+                }
+                Candidate {
+                    view: NodeView {
+                        name: &n.name,
+                        labels: &n.labels,
+                        taints: &[],
+                        allocatable: &n.allocatable,
+                        capacity: &n.capacity,
+                        requested,
+                        pod_labels: n.pods.iter().map(|p| &p.labels).collect(),
+                        repelled: vec![],
+                        nodepool: Some("default"),
+                        ready: true,
+                        cordoned: false,
+                    },
+                    price: n.price,
+                    capacity_type: n.capacity_type,
+                    pods: n.pods.iter().collect(),
+                    blocked: None,
+                    initialized: true,
+                    disrupting: false,
+                    settled_since: 0,
+                }
+            })
+            .collect()
+    }
+
+    fn input<'a>(nodes: Vec<Candidate<'a>>, policy: PoolPolicy, catalog: Arc<Catalog>) -> Input<'a> {
+        let mut pool = NodePoolTemplate::new("default");
+        pool.requirements.add(
+            cartwright_binpack::Requirement::new(
+                labels::ZONE,
+                cartwright_binpack::Operator::In,
+                &["us-east-1a"],
+            )
+            .unwrap(),
+        );
+        Input {
+            nodes,
+            nodepools: vec![pool],
+            policies: [("default".to_owned(), policy)].into(),
+            daemonsets: vec![],
+            catalog,
+        }
+    }
+
+    #[test]
+    fn empty_nodes_go_after_consolidate_after_within_the_budget() {
+        let c = catalog();
+        let owned = [
+            node(&c, "a", "m5.large", CapacityType::OnDemand, &[]),
+            node(&c, "b", "m5.large", CapacityType::OnDemand, &[]),
+            node(&c, "c", "m5.large", CapacityType::OnDemand, &[]),
+            node(&c, "busy", "m5.large", CapacityType::OnDemand, &[1500]),
+        ];
+        let policy = PoolPolicy {
+            consolidate_after_ms: Some(30_000),
+            budgets: vec![Budget { nodes: Nodes::Count(2), reasons: vec![], active: true }],
+            ..PoolPolicy::default()
+        };
+        let early = decide(&input(candidates(&owned), policy.clone(), c.clone()), 10_000);
+        assert_eq!(early.command, None);
+        assert!(early.kept["a"].contains("consolidateAfter not reached"), "{:?}", early.kept);
+        let out = decide(&input(candidates(&owned), policy, c), 40_000);
+        let command = out.command.unwrap();
+        assert_eq!(command.reason, Reason::Empty);
+        assert_eq!(command.nodes, ["a", "b"], "two of three empty nodes: the budget allows 2");
+        assert!(out.kept["c"].contains("budget"), "{:?}", out.kept);
+    }
+
+    #[test]
+    fn do_not_disrupt_uninitialized_and_disrupting_nodes_are_never_chosen() {
+        let c = catalog();
+        let owned = [
+            node(&c, "a", "m5.large", CapacityType::OnDemand, &[]),
+            node(&c, "b", "m5.large", CapacityType::OnDemand, &[]),
+            node(&c, "d", "m5.large", CapacityType::OnDemand, &[]),
+        ];
+        let mut nodes = candidates(&owned);
+        nodes[0].blocked = Some("pod default/db-0 has karpenter.sh/do-not-disrupt".into());
+        nodes[1].initialized = false;
+        nodes[2].disrupting = true;
+        let out = decide(&input(nodes, PoolPolicy::default(), c), 60_000);
+        assert_eq!(out.command, None);
+        assert!(out.kept["a"].contains("do-not-disrupt"));
+        assert!(out.kept["b"].contains("not initialized"));
+        assert!(out.kept["d"].contains("already being disrupted"));
+    }
+
+    #[test]
+    fn underutilized_nodes_are_consolidated_together_onto_fewer_cheaper_nodes() {
+        let c = catalog();
+        // Four big nodes each running one small pod: one small node holds them all.
+        let owned: Vec<Owned> = (0..4)
+            .map(|i| node(&c, &format!("n{i}"), "m5.4xlarge", CapacityType::OnDemand, &[400]))
+            .collect();
+        let policy = PoolPolicy {
+            budgets: vec![Budget { nodes: Nodes::Percent(100), reasons: vec![], active: true }],
+            ..PoolPolicy::default()
+        };
+        let out = decide(&input(candidates(&owned), policy, c.clone()), 60_000);
+        let command = out.command.expect("a consolidation");
+        assert_eq!(command.reason, Reason::Underutilized);
+        assert_eq!(command.nodes.len(), 4, "multi-node consolidation takes all four: {command:?}");
+        assert_eq!(command.replacements.len(), 1, "onto one node: {command:?}");
+        let removed: u64 = owned.iter().map(|n| n.price.0).sum();
+        assert_eq!(command.savings.0, removed - command.replacements[0].launch.price.0);
+        assert_eq!(command.replacements[0].pods.len(), 4);
+    }
+
+    #[test]
+    fn a_lone_oversized_node_is_replaced_and_a_node_whose_pods_fit_elsewhere_is_deleted() {
+        let c = catalog();
+        let owned = [node(&c, "big", "m5.8xlarge", CapacityType::OnDemand, &[1000, 1000])];
+        let out = decide(&input(candidates(&owned), PoolPolicy::default(), c.clone()), 60_000);
+        let command = out.command.expect("a replacement");
+        assert_eq!(command.nodes, ["big"]);
+        assert_eq!(command.replacements.len(), 1);
+        assert!(command.replacements[0].launch.price < owned[0].price);
+
+        let owned = [
+            node(&c, "roomy", "m5.2xlarge", CapacityType::OnDemand, &[1000]),
+            node(&c, "small", "m5.large", CapacityType::OnDemand, &[500]),
+        ];
+        let out = decide(&input(candidates(&owned), PoolPolicy::default(), c), 60_000);
+        let command = out.command.expect("a deletion");
+        assert!(command.replacements.is_empty(), "{command:?}");
+        assert_eq!(command.nodes, ["roomy"], "the dearer node goes; its pod fits on the small one");
+        assert_eq!(command.savings, owned[0].price);
+    }
+
+    #[test]
+    fn when_empty_pools_and_spot_without_enough_cheaper_offerings_keep_their_nodes() {
+        let c = catalog();
+        let owned = [node(&c, "big", "m5.8xlarge", CapacityType::OnDemand, &[1000])];
+        let policy = PoolPolicy { policy: Policy::WhenEmpty, ..PoolPolicy::default() };
+        let out = decide(&input(candidates(&owned), policy, c.clone()), 60_000);
+        assert_eq!(out.command, None);
+        assert!(out.kept["big"].contains("only empty"));
+
+        // A spot node in a pool restricted to two instance types: too few cheaper spot offerings.
+        let owned = [node(&c, "spot", "m5.2xlarge", CapacityType::Spot, &[500])];
+        let mut input = input(candidates(&owned), PoolPolicy::default(), c);
+        input.nodepools[0].requirements.add(
+            cartwright_binpack::Requirement::new(
+                labels::INSTANCE_TYPE,
+                cartwright_binpack::Operator::In,
+                &["m5.large", "m5.2xlarge"],
+            )
+            .unwrap(),
+        );
+        input.nodepools[0].requirements.add(
+            cartwright_binpack::Requirement::new(
+                labels::CAPACITY_TYPE,
+                cartwright_binpack::Operator::In,
+                &["spot"],
+            )
+            .unwrap(),
+        );
+        let out = decide(&input, 60_000);
+        assert_eq!(out.command, None, "spot-to-spot needs {SPOT_TO_SPOT_MIN_ALTERNATIVES} cheaper offerings");
+        assert!(out.kept["spot"].contains("fit nowhere cheaper"));
+    }
+
+    #[test]
+    fn budgets_parse_counts_percentages_reasons_and_cron_windows() {
+        // 2026-11-24 10:00 UTC is inside "0 9 * * *" for 8h, and 20:00 is not.
+        let ten = chrono::DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().timestamp_millis()
+            as Millis;
+        let twenty = ten + 10 * 3_600_000;
+        let b = Budget::parse("0", &["Underutilized".into()], Some("0 9 * * *"), Some("8h"), ten).unwrap();
+        assert!(b.active);
+        assert_eq!(b.reasons, [Reason::Underutilized]);
+        assert!(!Budget::parse("0", &[], Some("0 9 * * *"), Some("8h"), twenty).unwrap().active);
+        assert_eq!(Budget::parse("10%", &[], None, None, ten).unwrap().allowed(25), 3, "rounded up");
+        assert!(Budget::parse("x", &[], None, None, ten).unwrap_err().contains("nodes"));
+        assert!(
+            Budget::parse("1", &["Sometimes".into()], None, None, ten).unwrap_err().contains("Sometimes")
+        );
+        assert!(Budget::parse("1", &[], Some("0 9 * * *"), None, ten).is_err());
+        assert_eq!(parse_duration("1h30m"), Some(5_400_000));
+        assert_eq!(parse_duration("0s"), Some(0));
+        assert_eq!(parse_duration("5d"), None);
+    }
+}
