@@ -64,6 +64,12 @@ pub struct Args {
     /// Where to serve /metrics, /healthz and /readyz (empty: not served).
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_address: String,
+    /// How often disruption (emptiness, consolidation) decides; `0s` turns disruption off.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub disruption_interval: Duration,
+    /// A disruption decision is carried out only if it still holds this long after it was made.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub disruption_validation: Duration,
     /// Pause between controller passes.
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     pub tick: Duration,
@@ -109,6 +115,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tick: args.tick,
         lease,
         metrics_addr,
+        disruption_every: (!args.disruption_interval.is_zero()).then_some(args.disruption_interval),
+        disruption_validation: args.disruption_validation,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

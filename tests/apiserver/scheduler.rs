@@ -210,25 +210,30 @@ pub fn run(server: Arc<ApiServer>) -> tokio::task::JoinHandle<()> {
 }
 
 /// The ReplicaSet controller stand-in: keeps `replicas` live pods of `template` (a pod object without a
-/// name) labelled `app=<name>` in `namespace`, creating replacements for deleted or evicted ones.
+/// name) labelled `app=<name>` in `namespace`, creating replacements for deleted or evicted ones and
+/// deleting the newest when scaled down. The returned counter scales it.
 pub fn replicas(
     server: Arc<ApiServer>,
     namespace: &str,
     name: &str,
     replicas: usize,
     template: Value,
-) -> tokio::task::JoinHandle<()> {
+) -> (tokio::task::JoinHandle<()>, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let (namespace, name) = (namespace.to_owned(), name.to_owned());
-    tokio::spawn(async move {
+    let desired = Arc::new(AtomicUsize::new(replicas));
+    let scale = desired.clone();
+    let task = tokio::spawn(async move {
         loop {
-            let live = server
+            let mut live: Vec<Value> = server
                 .list("", "pods")
-                .iter()
+                .into_iter()
                 .filter(|p| super::store::namespace_of(p) == namespace)
                 .filter(|p| p.pointer("/metadata/labels/app").and_then(Value::as_str) == Some(&name))
                 .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
-                .count();
-            for _ in live..replicas {
+                .collect();
+            let want = desired.load(Ordering::Relaxed);
+            for _ in live.len()..want {
                 let mut pod = template.clone();
                 pod["metadata"]["generateName"] = json!(format!("{name}-"));
                 pod["metadata"]["labels"]["app"] = json!(name);
@@ -236,7 +241,15 @@ pub fn replicas(
                     "name": format!("{name}-rs"), "uid": "rs-uid", "controller": true}]);
                 let _ = server.create("", "pods", &namespace, pod);
             }
+            if live.len() > want {
+                // Newest first, as the ReplicaSet controller prefers (names carry a rising counter).
+                live.sort_by_key(|p| std::cmp::Reverse(super::store::name_of(p).to_owned()));
+                for p in &live[..live.len() - want] {
+                    let _ = server.delete("", "pods", &namespace, super::store::name_of(p));
+                }
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    })
+    });
+    (task, scale)
 }

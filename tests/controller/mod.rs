@@ -55,6 +55,7 @@ impl Cluster {
             ("--leader-election-namespace", ""),
             ("--metrics-address", ""),
             ("--tick", "100ms"),
+            ("--disruption-interval", "0s"),
             ("--log-level", "warn"),
         ]
         .iter()
@@ -80,8 +81,16 @@ impl Cluster {
             .expect("starting cartwright controller")
     }
 
-    pub fn run_replicas(&mut self, name: &str, replicas: usize, template: Value) {
-        self.tasks.push(scheduler::replicas(self.server.clone(), "default", name, replicas, template));
+    /// Runs a ReplicaSet stand-in; the returned counter scales it.
+    pub fn run_replicas(
+        &mut self,
+        name: &str,
+        replicas: usize,
+        template: Value,
+    ) -> Arc<std::sync::atomic::AtomicUsize> {
+        let (task, scale) = scheduler::replicas(self.server.clone(), "default", name, replicas, template);
+        self.tasks.push(task);
+        scale
     }
 
     pub fn nodepool(&self, name: &str, spec: Value) {

@@ -483,3 +483,90 @@ async fn deleting_a_node_terminates_its_nodeclaim_and_its_pods_move() {
     settle(&cluster, Duration::from_secs(2)).await;
     cluster.assert_no_orphans_or_duplicates();
 }
+
+fn hourly_cost(cluster: &Cluster) -> f64 {
+    let catalog = cartwright_binpack::Catalog::embedded("us-east-1", &Default::default()).unwrap();
+    cluster
+        .nodes()
+        .iter()
+        .map(|n| {
+            let t = catalog.get(label(n, "node.kubernetes.io/instance-type")).unwrap();
+            let ct = label(n, "karpenter.sh/capacity-type");
+            let zone = label(n, "topology.kubernetes.io/zone");
+            t.offerings.iter().find(|o| o.zone == zone && o.capacity_type.as_str() == ct).unwrap().price.usd()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_scale_in_the_cluster_shrinks_honouring_pdbs_and_do_not_disrupt() {
+    let mut cluster = Cluster::start().await;
+    let mut pool = general_pool(json!([]));
+    pool["disruption"] = json!({"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "1s",
+        "budgets": [{"nodes": "50%"}]});
+    cluster.nodepool("default", pool);
+    let _controller =
+        cluster.controller(&[("--disruption-interval", "1s"), ("--disruption-validation", "1s")]);
+    cluster
+        .server
+        .create(
+            "policy",
+            "poddisruptionbudgets",
+            "default",
+            json!({"metadata": {"name": "web"},
+            "spec": {"minAvailable": 8, "selector": {"matchLabels": {"app": "web"}}}}),
+        )
+        .unwrap();
+    let mut pinned = pod_template("250m", "256Mi");
+    pinned["metadata"]["name"] = json!("batch-job");
+    pinned["metadata"]["annotations"] = json!({"karpenter.sh/do-not-disrupt": "true"});
+    cluster.server.create("", "pods", "default", pinned).unwrap();
+    let web = cluster.run_replicas("web", 100, pod_template("500m", "512Mi"));
+    wait_for("101 pods bound", MINUTE, || cluster.bound_pods() == 101).await;
+    settle(&cluster, Duration::from_secs(2)).await;
+    let before = hourly_cost(&cluster);
+    let nodes_before = cluster.nodes().len();
+    let pinned = cluster.server.get("", "pods", "default", "batch-job").unwrap();
+    let pinned_node = pinned.pointer("/spec/nodeName").and_then(Value::as_str).unwrap().to_owned();
+
+    // Scale in and watch the running web pods while the cluster shrinks.
+    web.store(10, std::sync::atomic::Ordering::Relaxed);
+    wait_for("10 web pods left", MINUTE, || cluster.pods().len() == 11).await;
+    let server = cluster.server.clone();
+    let lowest = tokio::spawn(async move {
+        let mut lowest = usize::MAX;
+        for _ in 0..400 {
+            let running = server
+                .list("", "pods")
+                .iter()
+                .filter(|p| p.pointer("/metadata/labels/app") == Some(&json!("web")))
+                .filter(|p| p.pointer("/status/phase") == Some(&json!("Running")))
+                .count();
+            lowest = lowest.min(running);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lowest
+    });
+    wait_for("the cluster to shrink", MINUTE, || {
+        cluster.bound_pods() == 11
+            && cluster.nodes().len() < nodes_before
+            && hourly_cost(&cluster) < before * 0.6
+    })
+    .await;
+    settle(&cluster, Duration::from_secs(3)).await;
+    let after = hourly_cost(&cluster);
+    eprintln!(
+        "scale-in: {nodes_before} nodes ${before:.3}/h -> {} nodes ${after:.3}/h",
+        cluster.nodes().len()
+    );
+    assert!(after < before * 0.6, "cost fell from ${before:.3}/h to ${after:.3}/h");
+    let still = cluster.server.get("", "pods", "default", "batch-job").unwrap();
+    assert_eq!(
+        still["metadata"]["uid"], pinned["metadata"]["uid"],
+        "the do-not-disrupt pod was never evicted"
+    );
+    assert!(cluster.nodes().iter().any(|n| name(n) == pinned_node), "its node stays");
+    assert!(lowest.await.unwrap() >= 8, "the PDB kept 8 web pods running");
+    wait_for("11 pods bound", MINUTE, || cluster.bound_pods() == 11).await;
+    cluster.assert_no_orphans_or_duplicates();
+}

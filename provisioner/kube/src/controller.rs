@@ -21,7 +21,7 @@ use cartwright_api::nodeclaim::{Condition, NodeClaim, NodeClaimSpec, NodeClaimSt
 use cartwright_api::nodepool::{self, NodePool, NodeSelectorRequirementWithMinValues};
 use cartwright_binpack::requirements::SelectorRequirement;
 use cartwright_binpack::solver::{self, DaemonSetSpec, LaunchOption, NewNode, NodePoolTemplate, PodSpec};
-use cartwright_binpack::{CapacityType, Catalog, Requirements, Resources, Taint, labels, taints};
+use cartwright_binpack::{CapacityType, Catalog, Price, Requirements, Resources, Taint, labels, taints};
 use cartwright_core::batcher::{BatchWindow, Batcher};
 use cartwright_core::cloud::{CloudError, CloudProvider, LaunchRequest, UnavailableOfferings};
 use cartwright_core::hpa::Millis;
@@ -74,6 +74,31 @@ pub struct Settings {
     pub tick: Duration,
     pub lease: Option<LeaseSettings>,
     pub metrics_addr: Option<SocketAddr>,
+    /// How often disruption decides (`None`: never).
+    pub disruption_every: Option<Duration>,
+    /// A disruption decision is carried out only if it still holds this long after it was made.
+    pub disruption_validation: Duration,
+}
+
+/// A replacement in progress: new NodeClaims launching before the old nodes go.
+#[derive(Clone, Debug)]
+struct Replacing {
+    reason: &'static str,
+    /// The old nodes and their NodeClaims.
+    old: Vec<(String, String)>,
+    new_claims: Vec<String>,
+    started: Millis,
+}
+
+/// Disruption's memory between passes.
+#[derive(Debug, Default)]
+struct DisruptionState {
+    last: Option<Millis>,
+    /// Per node: the signature of its reschedulable pods and since when it holds.
+    settled: BTreeMap<String, (String, Millis)>,
+    /// A decision waiting for validation: its nodes and when it was made.
+    pending: Option<(Vec<String>, Millis)>,
+    replacing: Option<Replacing>,
 }
 
 /// The watched objects.
@@ -256,6 +281,205 @@ impl Snapshot {
     }
 }
 
+/// Annotations that forbid voluntary disruption of a pod or node.
+pub const DO_NOT_DISRUPT: [&str; 2] = ["cartwright.sh/do-not-disrupt", "karpenter.sh/do-not-disrupt"];
+
+fn do_not_disrupt(annotations: &BTreeMap<String, String>) -> bool {
+    DO_NOT_DISRUPT.iter().any(|k| annotations.get(*k).is_some_and(|v| v == "true"))
+}
+
+/// One node of the cluster model: a registered Node, or an in-flight NodeClaim counted as one.
+#[derive(Clone, Debug)]
+pub struct ModelNode {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub allocatable: Resources,
+    pub capacity: Resources,
+    pub ready: bool,
+    /// Cordoned, deleting or draining: takes no new pods.
+    pub cordoned: bool,
+    /// Every pod on it (daemonset pods included; for an in-flight claim, its daemonsets' requests).
+    pub pods: Vec<PodSpec>,
+    /// The pods a drain would move (not daemonset or mirror pods).
+    pub reschedulable: Vec<PodSpec>,
+    /// The NodeClaim behind it, if Cartwright manages it.
+    pub claim: Option<String>,
+    pub price: Option<Price>,
+    pub capacity_type: Option<CapacityType>,
+    pub initialized: bool,
+    /// A do-not-disrupt annotation on the node or one of its pods.
+    pub blocked: Option<String>,
+    /// Its NodeClaim is being deleted.
+    pub deleting: bool,
+}
+
+impl ModelNode {
+    pub fn view(&self) -> NodeView<'_> {
+        let mut requested = Resources::new();
+        for p in &self.pods {
+            requested.add_assign(&p.requests);
+        }
+        NodeView {
+            name: &self.name,
+            labels: &self.labels,
+            taints: &self.taints,
+            allocatable: &self.allocatable,
+            capacity: &self.capacity,
+            requested,
+            pod_labels: self.pods.iter().map(|p| &p.labels).collect(),
+            repelled: self.pods.iter().flat_map(|p| &p.hostname_anti_affinity).collect(),
+            nodepool: self.labels.get(labels::NODEPOOL).map(String::as_str),
+            ready: self.ready,
+            cordoned: self.cordoned,
+        }
+    }
+}
+
+/// The pods bound to a node: all, the reschedulable ones, and why one forbids disruption.
+type BoundPods = (Vec<PodSpec>, Vec<PodSpec>, Option<String>);
+
+/// The cluster as planning and disruption see it.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub pools: BTreeMap<String, Arc<NodePool>>,
+    pub templates: Vec<NodePoolTemplate>,
+    pub daemonsets: Vec<DaemonSetSpec>,
+    pub nodes: Vec<ModelNode>,
+}
+
+impl Model {
+    pub fn build(snapshot: &Snapshot, catalog: &Catalog) -> Model {
+        let mut model = Model::default();
+        for pool in snapshot.pools.iter().cloned() {
+            if pool.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            match nodepool_template(&pool.name_any(), &pool.spec) {
+                Ok(t) => {
+                    model.templates.push(t);
+                    model.pools.insert(pool.name_any(), pool);
+                }
+                Err(e) => tracing::warn!(nodepool = pool.name_any(), error = e, "NodePool ignored"),
+            }
+        }
+        model.daemonsets = snapshot
+            .daemonsets
+            .iter()
+            .filter_map(|ds| daemonset_spec(&ds.name_any(), ds).ok().map(|(d, _)| d))
+            .collect();
+        // Pods bound to each node: all of them, the reschedulable ones, and whether one forbids disruption.
+        let mut bound: BTreeMap<String, BoundPods> = BTreeMap::new();
+        for pod in &snapshot.pods {
+            let facts = pod_facts(pod);
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+            if let (Some(node), false) = (node, facts.finished)
+                && let Some(Ok((spec, _))) =
+                    pod.spec.as_ref().map(|s| pod_spec(&pod_key(pod), s, pod.labels().clone()))
+            {
+                let entry = bound.entry(node).or_default();
+                if facts.evictable() {
+                    entry.1.push(spec.clone());
+                    if do_not_disrupt(pod.annotations()) {
+                        entry
+                            .2
+                            .get_or_insert(format!("pod {} has a do-not-disrupt annotation", pod_key(pod)));
+                    }
+                }
+                entry.0.push(spec);
+            }
+        }
+        let claims_by_id: BTreeMap<&str, &NodeClaim> = snapshot
+            .claims
+            .iter()
+            .filter_map(|c| Some((c.status.as_ref()?.provider_id.as_deref()?, c)))
+            .collect();
+        let mut registered: BTreeSet<String> = BTreeSet::new();
+        for node in &snapshot.nodes {
+            let Ok(m) = node_manifest(&node.name_any(), node) else { continue };
+            let claim = provider_id(node).and_then(|id| claims_by_id.get(id).copied());
+            if let Some(id) = provider_id(node) {
+                registered.insert(id.to_owned());
+            }
+            let deleting = node.metadata.deletion_timestamp.is_some()
+                || claim.is_some_and(|c| c.metadata.deletion_timestamp.is_some());
+            let draining = deleting || m.taints.iter().any(|t| t.key == DISRUPTED_TAINT);
+            let (pods, reschedulable, pod_blocked) = bound.remove(&m.name).unwrap_or_default();
+            let blocked = if do_not_disrupt(node.annotations()) {
+                Some(format!("node {} has a do-not-disrupt annotation", m.name))
+            } else {
+                pod_blocked
+            };
+            let option = claim.and_then(|c| claim_option(catalog, c));
+            model.nodes.push(ModelNode {
+                name: m.name,
+                labels: m.labels,
+                taints: m.taints,
+                allocatable: m.allocatable,
+                capacity: m.capacity,
+                ready: node_ready(node),
+                cordoned: !m.schedulable || draining,
+                pods,
+                reschedulable,
+                claim: claim.map(|c| c.name_any()),
+                price: option.as_ref().map(|o| o.price),
+                capacity_type: option.map(|o| o.capacity_type),
+                initialized: claim.is_some_and(|c| {
+                    condition_true(
+                        c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default(),
+                        "Initialized",
+                    )
+                }),
+                blocked,
+                deleting,
+            });
+        }
+        // In-flight NodeClaims: capacity on its way, daemonsets included.
+        for claim in &snapshot.claims {
+            if claim
+                .status
+                .as_ref()
+                .and_then(|s| s.provider_id.as_ref())
+                .is_some_and(|id| registered.contains(id))
+            {
+                continue;
+            }
+            let Some(option) = claim_option(catalog, claim) else { continue };
+            let Some(instance_type) = catalog.get(&option.instance_type) else { continue };
+            let mut node_labels = claim.labels().clone();
+            node_labels.insert(labels::HOSTNAME.into(), claim.name_any());
+            let node_taints: Vec<Taint> = claim.spec.taints.iter().filter_map(api_taint).collect();
+            let mut daemon_pods = Vec::new();
+            for ds in &model.daemonsets {
+                if ds.affinity.matches_labels(&node_labels)
+                    && taints::tolerates_all(&ds.tolerations, &node_taints)
+                {
+                    daemon_pods.push(PodSpec::new(ds.name.clone(), ds.requests.clone()));
+                }
+            }
+            let deleting = claim.metadata.deletion_timestamp.is_some();
+            model.nodes.push(ModelNode {
+                name: claim.name_any(),
+                labels: node_labels,
+                taints: node_taints,
+                allocatable: instance_type.allocatable(),
+                capacity: instance_type.capacity.clone(),
+                ready: false,
+                cordoned: deleting,
+                pods: daemon_pods,
+                reschedulable: Vec::new(),
+                claim: Some(claim.name_any()),
+                price: Some(option.price),
+                capacity_type: Some(option.capacity_type),
+                initialized: false,
+                blocked: None,
+                deleting,
+            });
+        }
+        model
+    }
+}
+
 /// The solver problem: provisionable pods over live nodes and in-flight NodeClaims (counted as nodes, so
 /// planning again never launches twice), over `catalog` (unavailable offerings already marked).
 pub fn problem(
@@ -263,29 +487,11 @@ pub fn problem(
     provisionable: &[Arc<Pod>],
     catalog: &Catalog,
 ) -> Option<(solver::Problem, BTreeMap<String, Arc<NodePool>>)> {
-    let mut pools = BTreeMap::new();
-    let mut templates: Vec<NodePoolTemplate> = Vec::new();
-    for pool in snapshot.pools.iter().cloned() {
-        if pool.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        match nodepool_template(&pool.name_any(), &pool.spec) {
-            Ok(t) => {
-                templates.push(t);
-                pools.insert(pool.name_any(), pool);
-            }
-            Err(e) => tracing::warn!(nodepool = pool.name_any(), error = e, "NodePool ignored"),
-        }
-    }
-    if templates.is_empty() {
+    let model = Model::build(snapshot, catalog);
+    if model.templates.is_empty() {
         tracing::warn!(pods = provisionable.len(), "pods are pending but there is no usable NodePool");
         return None;
     }
-    let daemonsets: Vec<DaemonSetSpec> = snapshot
-        .daemonsets
-        .iter()
-        .filter_map(|ds| daemonset_spec(&ds.name_any(), ds).ok().map(|(d, _)| d))
-        .collect();
     let mut pending = Vec::new();
     for pod in provisionable {
         let labels = pod.labels().clone();
@@ -295,107 +501,11 @@ pub fn problem(
             None => {}
         }
     }
-    // Live nodes with what is bound to them.
-    let mut bound: BTreeMap<String, Vec<PodSpec>> = BTreeMap::new();
-    for pod in snapshot.pods.iter().cloned() {
-        let facts = pod_facts(&pod);
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        if let (Some(node), false) = (node, facts.finished)
-            && let Some(Ok((spec, _))) =
-                pod.spec.as_ref().map(|s| pod_spec(&pod_key(&pod), s, pod.labels().clone()))
-        {
-            bound.entry(node).or_default().push(spec);
-        }
-    }
-    struct Owned {
-        name: String,
-        labels: BTreeMap<String, String>,
-        taints: Vec<Taint>,
-        allocatable: Resources,
-        capacity: Resources,
-        ready: bool,
-        cordoned: bool,
-        pods: Vec<PodSpec>,
-    }
-    let mut owned: Vec<Owned> = Vec::new();
-    let mut registered: BTreeSet<String> = BTreeSet::new();
-    for node in snapshot.nodes.iter().cloned() {
-        let Ok(m) = node_manifest(&node.name_any(), &node) else { continue };
-        if let Some(id) = provider_id(&node) {
-            registered.insert(id.to_owned());
-        }
-        let draining =
-            node.metadata.deletion_timestamp.is_some() || m.taints.iter().any(|t| t.key == DISRUPTED_TAINT);
-        owned.push(Owned {
-            pods: bound.remove(&m.name).unwrap_or_default(),
-            name: m.name,
-            labels: m.labels,
-            taints: m.taints,
-            allocatable: m.allocatable,
-            capacity: m.capacity,
-            ready: node_ready(&node),
-            cordoned: !m.schedulable || draining,
-        });
-    }
-    // In-flight NodeClaims: capacity on its way, daemonsets included.
-    for claim in &snapshot.claims {
-        if claim
-            .status
-            .as_ref()
-            .and_then(|s| s.provider_id.as_ref())
-            .is_some_and(|id| registered.contains(id))
-        {
-            continue;
-        }
-        let Some(option) = claim_option(catalog, claim) else { continue };
-        let Some(instance_type) = catalog.get(&option.instance_type) else { continue };
-        let mut node_labels = claim.labels().clone();
-        node_labels.insert(labels::HOSTNAME.into(), claim.name_any());
-        let node_taints: Vec<Taint> = claim.spec.taints.iter().filter_map(api_taint).collect();
-        let mut daemon_pods = Vec::new();
-        for ds in &daemonsets {
-            if ds.affinity.matches_labels(&node_labels)
-                && taints::tolerates_all(&ds.tolerations, &node_taints)
-            {
-                daemon_pods.push(PodSpec::new(ds.name.clone(), ds.requests.clone()));
-            }
-        }
-        owned.push(Owned {
-            name: claim.name_any(),
-            labels: node_labels,
-            taints: node_taints,
-            allocatable: instance_type.allocatable(),
-            capacity: instance_type.capacity.clone(),
-            ready: false,
-            cordoned: claim.metadata.deletion_timestamp.is_some(),
-            pods: daemon_pods,
-        });
-    }
-    let views: Vec<NodeView<'_>> = owned
-        .iter()
-        .map(|n| {
-            let mut requested = Resources::new();
-            for p in &n.pods {
-                requested.add_assign(&p.requests);
-            }
-            NodeView {
-                name: &n.name,
-                labels: &n.labels,
-                taints: &n.taints,
-                allocatable: &n.allocatable,
-                capacity: &n.capacity,
-                requested,
-                pod_labels: n.pods.iter().map(|p| &p.labels).collect(),
-                repelled: n.pods.iter().flat_map(|p| &p.hostname_anti_affinity).collect(),
-                nodepool: n.labels.get(labels::NODEPOOL).map(String::as_str),
-                ready: n.ready,
-                cordoned: n.cordoned,
-            }
-        })
-        .collect();
-    let catalog = provisioning::launchable(catalog, &templates);
-    let problem = provisioning::problem(pending, &views, &templates, &daemonsets, Arc::new(catalog));
-    Some((problem, pools))
+    let views: Vec<NodeView<'_>> = model.nodes.iter().map(ModelNode::view).collect();
+    let catalog = provisioning::launchable(catalog, &model.templates);
+    let problem =
+        provisioning::problem(pending, &views, &model.templates, &model.daemonsets, Arc::new(catalog));
+    Some((problem, model.pools))
 }
 
 struct Controller<P> {
@@ -416,6 +526,7 @@ struct Controller<P> {
     recorder: Recorder,
     /// What each pending pod (by uid) was last told: the node it is nominated to, or why it cannot get one.
     told: BTreeMap<String, String>,
+    disruption: DisruptionState,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -476,6 +587,7 @@ pub async fn run<P: CloudProvider + 'static>(
     let mut controller = Controller {
         recorder: Recorder::new(client.clone(), reporter),
         told: BTreeMap::new(),
+        disruption: DisruptionState::default(),
         claims: Api::all(client.clone()),
         nodes: Api::all(client.clone()),
         client,
@@ -555,6 +667,7 @@ impl<P: CloudProvider> Controller<P> {
         }
         self.deleted_nodes(&claims).await;
         self.provision(now).await;
+        self.disrupt(now).await;
         self.update_gauges(&claims);
     }
 
@@ -994,6 +1107,178 @@ impl<P: CloudProvider> Controller<P> {
         }
     }
 
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            pods: self.stores.pods.state(),
+            nodes: self.stores.nodes.state(),
+            claims: self
+                .stores
+                .claims
+                .state()
+                .iter()
+                .map(|c| (**c).clone())
+                .chain(self.created.values().cloned())
+                .collect(),
+            pools: self.stores.pools.state(),
+            daemonsets: self.stores.daemonsets.state(),
+        }
+    }
+
+    /// One disruption pass (every `disruption_every`): progress a replacement, or decide, validate after
+    /// `disruption_validation`, and act.
+    async fn disrupt(&mut self, now: Millis) {
+        let Some(every) = self.settings.disruption_every else { return };
+        if self.disruption.last.is_some_and(|t| now < t + every.as_millis() as Millis) {
+            return;
+        }
+        self.disruption.last = Some(now);
+        let snapshot = self.snapshot();
+        let mut catalog = (*self.settings.catalog).clone();
+        self.unavailable.apply(&mut catalog, now);
+        let model = Model::build(&snapshot, &catalog);
+        // consolidateAfter counts from the last change of a node's pods.
+        let mut settled = BTreeMap::new();
+        for n in &model.nodes {
+            let mut names: Vec<&str> = n.reschedulable.iter().map(|p| p.name.as_str()).collect();
+            names.sort_unstable();
+            let signature = names.join(",");
+            let entry = self.disruption.settled.entry(n.name.clone()).or_insert((signature.clone(), now));
+            if entry.0 != signature {
+                *entry = (signature, now);
+            }
+            settled.insert(n.name.clone(), entry.1);
+        }
+        self.disruption.settled.retain(|k, _| settled.contains_key(k));
+        if self.disruption.replacing.is_some() {
+            self.progress_replacement(&snapshot, now).await;
+            return;
+        }
+        if !snapshot.provisionable().is_empty() {
+            return; // capacity is being added: consolidating now would fight it
+        }
+        let catalog = Arc::new(provisioning::launchable(&catalog, &model.templates));
+        let (input, errors) = crate::disruption::input(&model, &settled, &BTreeSet::new(), catalog, now);
+        for e in errors {
+            tracing::warn!(error = e, "disruption settings ignored");
+        }
+        let started = Instant::now();
+        let outcome = cartwright_core::disruption::decide(&input, now);
+        tracing::debug!(decide_ms = started.elapsed().as_millis() as u64, command = ?outcome.command, "disruption decided");
+        let Some(command) = outcome.command else {
+            self.disruption.pending = None;
+            return;
+        };
+        let validation = self.settings.disruption_validation.as_millis() as Millis;
+        match &self.disruption.pending {
+            Some((nodes, at)) if *nodes == command.nodes && now >= at + validation => {
+                self.disruption.pending = None;
+            }
+            Some((nodes, _)) if *nodes == command.nodes => return,
+            _ => {
+                tracing::info!(nodes = ?command.nodes, reason = command.reason.as_str(), savings_per_hour = command.savings.usd(),
+                    "disruption decided; validating");
+                self.disruption.pending = Some((command.nodes.clone(), now));
+                if validation > 0 {
+                    return;
+                }
+                self.disruption.pending = None;
+            }
+        }
+        let reason = match command.reason {
+            cartwright_core::disruption::Reason::Empty => "empty",
+            cartwright_core::disruption::Reason::Underutilized => "underutilized",
+            cartwright_core::disruption::Reason::Drifted => "drifted",
+        };
+        let old: Vec<(String, String)> = command
+            .nodes
+            .iter()
+            .filter_map(|n| model.nodes.iter().find(|m| &m.name == n))
+            .filter_map(|m| Some((m.name.clone(), m.claim.clone()?)))
+            .collect();
+        if command.replacements.is_empty() {
+            for (node, claim) in &old {
+                tracing::info!(node, nodeclaim = claim, reason, "disrupting");
+                self.delete_claim(claim, reason).await;
+            }
+            return;
+        }
+        // Replace: keep new pods off the old nodes, launch the replacements, and delete the old nodes only
+        // once the replacements are initialized.
+        for (node, _) in &old {
+            self.set_disrupted_taint(node, true).await;
+        }
+        let pods: BTreeMap<String, PodSpec> = model
+            .nodes
+            .iter()
+            .filter(|m| command.nodes.contains(&m.name))
+            .flat_map(|m| m.reschedulable.iter().map(|p| (p.name.clone(), p.clone())))
+            .collect();
+        let mut new_claims = Vec::new();
+        for new in &command.replacements {
+            if let Some(name) = self.create_claim(new, &model.pools, &pods).await {
+                new_claims.push(name);
+            }
+        }
+        tracing::info!(old = ?old, new = ?new_claims, reason, savings_per_hour = command.savings.usd(), "replacing");
+        self.disruption.replacing = Some(Replacing { reason, old, new_claims, started: now });
+    }
+
+    async fn progress_replacement(&mut self, snapshot: &Snapshot, now: Millis) {
+        let Some(r) = self.disruption.replacing.clone() else { return };
+        let initialized = |name: &str| {
+            snapshot.claims.iter().any(|c| {
+                c.name_any() == name
+                    && condition_true(
+                        c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default(),
+                        "Initialized",
+                    )
+            })
+        };
+        let gone = r.new_claims.iter().any(|n| !snapshot.claims.iter().any(|c| c.name_any() == *n));
+        let limit = self.settings.timeouts.launch_ms + self.settings.timeouts.registration_ms;
+        if gone || r.new_claims.is_empty() || now >= r.started + limit {
+            tracing::warn!(old = ?r.old, "the replacement failed; the old nodes stay");
+            for (node, _) in &r.old {
+                self.set_disrupted_taint(node, false).await;
+            }
+            self.disruption.replacing = None;
+            return;
+        }
+        if r.new_claims.iter().all(|n| initialized(n)) {
+            for (node, claim) in &r.old {
+                tracing::info!(node, nodeclaim = claim, reason = r.reason, "replacement ready; disrupting");
+                self.delete_claim(claim, r.reason).await;
+            }
+            self.disruption.replacing = None;
+        }
+    }
+
+    /// Adds or removes the `cartwright.sh/disrupted:NoSchedule` taint.
+    async fn set_disrupted_taint(&self, node: &str, on: bool) {
+        let Some(current) = self.stores.nodes.state().into_iter().find(|n| n.name_any() == node) else {
+            return;
+        };
+        let mut taints = current.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let has = taints.iter().any(|t| t.key == DISRUPTED_TAINT);
+        if has == on {
+            return;
+        }
+        if on {
+            taints.push(k8s_openapi::api::core::v1::Taint {
+                key: DISRUPTED_TAINT.into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            });
+        } else {
+            taints.retain(|t| t.key != DISRUPTED_TAINT);
+        }
+        let patch =
+            json!({"metadata": {"resourceVersion": current.resource_version()}, "spec": {"taints": taints}});
+        if let Err(e) = self.nodes.patch(node, &PatchParams::default(), &Patch::Merge(patch)).await {
+            tracing::warn!(node, error = %e, "updating the disrupted taint failed");
+        }
+    }
+
     fn update_gauges(&self, claims: &[Arc<NodeClaim>]) {
         let pods = self.stores.pods.state();
         self.metrics.pods_scheduled.set(pods.iter().filter(|p| pod_facts(p).bound).count() as i64);
@@ -1043,20 +1328,7 @@ impl<P: CloudProvider> Controller<P> {
             return;
         }
         self.last_plan = Some(now);
-        let snapshot = Snapshot {
-            pods: self.stores.pods.state(),
-            nodes: self.stores.nodes.state(),
-            claims: self
-                .stores
-                .claims
-                .state()
-                .iter()
-                .map(|c| (**c).clone())
-                .chain(self.created.values().cloned())
-                .collect(),
-            pools: self.stores.pools.state(),
-            daemonsets: self.stores.daemonsets.state(),
-        };
+        let snapshot = self.snapshot();
         let mut catalog = (*self.settings.catalog).clone();
         self.unavailable.apply(&mut catalog, now);
         let Some((problem, pools)) = problem(&snapshot, &provisionable, &catalog) else { return };

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod controller;
+pub mod disruption;
 pub mod kwok;
 pub mod leader;
 pub mod metrics;

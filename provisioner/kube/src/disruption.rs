@@ -1,0 +1,103 @@
+//! The cluster model as `cartwright-core::disruption` sees it: NodePool policies (consolidation policy,
+//! `consolidateAfter`, budgets evaluated now) and one candidate per node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use cartwright_api::nodepool::NodePool;
+use cartwright_binpack::{CapacityType, Catalog, Price};
+use cartwright_core::disruption::{Budget, Candidate, Input, Policy, PoolPolicy, parse_duration};
+use cartwright_core::hpa::Millis;
+use kube::ResourceExt;
+
+use crate::controller::Model;
+
+/// A NodePool's disruption settings at `now_ms` (Unix milliseconds), with Karpenter's defaults.
+pub fn policy(pool: &NodePool, now_ms: Millis) -> Result<PoolPolicy, String> {
+    let mut out = PoolPolicy::default();
+    let Some(d) = &pool.spec.disruption else { return Ok(out) };
+    if let Some(p) = &d.consolidation_policy {
+        out.policy = match p.as_str() {
+            "WhenEmpty" => Policy::WhenEmpty,
+            "WhenEmptyOrUnderutilized" => Policy::WhenEmptyOrUnderutilized,
+            other => return Err(format!("spec.disruption.consolidationPolicy: unknown policy {other:?}")),
+        };
+    }
+    if let Some(after) = &d.consolidate_after {
+        out.consolidate_after_ms =
+            if after == "Never" {
+                None
+            } else {
+                Some(parse_duration(after).ok_or_else(|| {
+                    format!("spec.disruption.consolidateAfter: {after:?} is not a duration")
+                })?)
+            };
+    }
+    if !d.budgets.is_empty() {
+        out.budgets = d
+            .budgets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                Budget::parse(&b.nodes, &b.reasons, b.schedule.as_deref(), b.duration.as_deref(), now_ms)
+                    .map_err(|e| format!("spec.disruption.budgets[{i}].{e}"))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(out)
+}
+
+/// The disruption input over `model`. `settled` says since when each node's pods are unchanged (absent:
+/// long ago); `in_progress` names nodes a running command is already disrupting. A NodePool whose
+/// settings are invalid disrupts nothing (its budget is zero) and is reported in the returned errors.
+pub fn input<'a>(
+    model: &'a Model,
+    settled: &BTreeMap<String, Millis>,
+    in_progress: &BTreeSet<String>,
+    catalog: Arc<Catalog>,
+    now_ms: Millis,
+) -> (Input<'a>, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut policies = BTreeMap::new();
+    for (name, pool) in &model.pools {
+        let p = policy(pool, now_ms).unwrap_or_else(|e| {
+            errors.push(format!("NodePool {}: {e}", pool.name_any()));
+            PoolPolicy {
+                budgets: vec![Budget::parse("0", &[], None, None, now_ms).expect("a valid budget")],
+                ..PoolPolicy::default()
+            }
+        });
+        policies.insert(name.clone(), p);
+    }
+    let nodes = model
+        .nodes
+        .iter()
+        .map(|n| Candidate {
+            view: n.view(),
+            price: n.price.unwrap_or(Price(0)),
+            capacity_type: n.capacity_type.unwrap_or(CapacityType::OnDemand),
+            pods: n.reschedulable.iter().collect(),
+            blocked: n.blocked.clone(),
+            initialized: n.initialized,
+            disrupting: n.deleting || in_progress.contains(&n.name),
+            settled_since: settled.get(&n.name).copied().unwrap_or(0),
+        })
+        .map(|mut c| {
+            // Only nodes Cartwright launched (with a NodeClaim) are candidates.
+            if c.view.nodepool.is_some()
+                && !model.nodes.iter().any(|n| n.name == c.view.name && n.claim.is_some())
+            {
+                c.view.nodepool = None;
+            }
+            c
+        })
+        .collect();
+    let input = Input {
+        nodes,
+        nodepools: model.templates.clone(),
+        policies,
+        daemonsets: model.daemonsets.clone(),
+        catalog,
+    };
+    (input, errors)
+}
