@@ -68,6 +68,10 @@ pub struct Summary {
     /// Nodes removed, by reason (`empty`, `spot-interruption`).
     pub terminations: BTreeMap<String, usize>,
     pub interruptions: usize,
+    /// Disruption commands carried out (emptiness and consolidation), and the hourly savings they
+    /// claimed when decided, summed.
+    pub consolidations: usize,
+    pub consolidation_savings_per_hour: f64,
     pub peak_nodes: usize,
     pub unschedulable: Vec<UnschedulableReason>,
     /// Pods still pending when the run ended.
@@ -109,6 +113,9 @@ pub fn summary_rows() -> Vec<SummaryRow> {
         }),
         ("nodes launched / terminated", |s| format!("{} / {}", s.nodes_launched, s.nodes_terminated)),
         ("peak nodes", |s| s.peak_nodes.to_string()),
+        ("consolidations (saving $/h)", |s| {
+            format!("{} ({:.3})", s.consolidations, s.consolidation_savings_per_hour)
+        }),
         ("spot interruptions", |s| s.interruptions.to_string()),
         ("pods still pending at end", |s| s.still_pending.to_string()),
     ]
@@ -126,6 +133,8 @@ pub struct Collector {
     launched: usize,
     terminations: BTreeMap<String, usize>,
     interruptions: usize,
+    consolidations: usize,
+    consolidation_savings: f64,
     unschedulable: BTreeMap<String, usize>,
 }
 
@@ -163,6 +172,11 @@ impl Collector {
 
     pub fn node_terminated(&mut self, reason: &str) {
         *self.terminations.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    pub fn consolidation(&mut self, savings_per_hour: f64) {
+        self.consolidations += 1;
+        self.consolidation_savings += savings_per_hour;
     }
 
     pub fn interruption(&mut self) {
@@ -213,6 +227,8 @@ impl Collector {
             nodes_terminated: self.terminations.values().sum(),
             terminations: self.terminations,
             interruptions: self.interruptions,
+            consolidations: self.consolidations,
+            consolidation_savings_per_hour: self.consolidation_savings,
             peak_nodes: self.samples.iter().map(|s| s.nodes_spot + s.nodes_on_demand).max().unwrap_or(0),
             unschedulable: self
                 .unschedulable

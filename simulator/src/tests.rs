@@ -492,3 +492,29 @@ fn spot_interruption_rates_can_differ_by_family() {
     let noisy = run(&scenario(&body.replace("FAMILY", &family)));
     assert!(noisy.summary.interruptions > 0, "{family} nodes are interrupted");
 }
+
+#[test]
+fn after_a_scale_in_consolidation_shrinks_the_cluster_and_cost_falls() {
+    // 2 h at a high load, then 4 h at a tenth of it: the HPA scales in and the half-empty nodes go.
+    let body = hpa_api(
+        "6h",
+        2,
+        400,
+        200,
+        "{curve: step, steps: [{at: 0s, value: 10000}, {at: 2h, value: 1000}]}",
+        "",
+    );
+    let r = run(&scenario(&body));
+    let cost_at = |seconds: u64| {
+        r.samples.iter().filter(|s| s.t_seconds <= seconds).last().map(|s| s.cost_per_hour).unwrap()
+    };
+    let (before, after) = (cost_at(2 * 3600 - 60), cost_at(6 * 3600 - 60));
+    assert!(after < before * 0.25, "cost per hour fell from {before:.3} to {after:.3}");
+    let underutilized = r.summary.terminations.get("underutilized").copied().unwrap_or(0);
+    assert!(
+        r.summary.consolidations >= 1 && r.summary.consolidation_savings_per_hour > 0.0,
+        "{:?}",
+        r.summary
+    );
+    assert!(underutilized + r.summary.terminations.get("empty").copied().unwrap_or(0) >= 1);
+}

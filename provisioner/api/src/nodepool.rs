@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use cartwright_core::disruption::{self, Policy, PoolPolicy, parse_duration};
+use cartwright_core::hpa::Millis;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -242,4 +244,46 @@ impl JsonSchema for IntOrQuantity {
             "x-kubernetes-int-or-string": true
         })
     }
+}
+
+/// A NodePool's disruption settings at `now_ms` (Unix milliseconds; budgets' cron windows are evaluated
+/// then), with Karpenter's defaults for what is absent.
+pub fn disruption_policy(spec: &NodePoolSpec, now_ms: Millis) -> Result<PoolPolicy, String> {
+    let mut out = PoolPolicy::default();
+    let Some(d) = &spec.disruption else { return Ok(out) };
+    if let Some(p) = &d.consolidation_policy {
+        out.policy = match p.as_str() {
+            "WhenEmpty" => Policy::WhenEmpty,
+            "WhenEmptyOrUnderutilized" => Policy::WhenEmptyOrUnderutilized,
+            other => return Err(format!("spec.disruption.consolidationPolicy: unknown policy {other:?}")),
+        };
+    }
+    if let Some(after) = &d.consolidate_after {
+        out.consolidate_after_ms =
+            if after == "Never" {
+                None
+            } else {
+                Some(parse_duration(after).ok_or_else(|| {
+                    format!("spec.disruption.consolidateAfter: {after:?} is not a duration")
+                })?)
+            };
+    }
+    if !d.budgets.is_empty() {
+        out.budgets = d
+            .budgets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                disruption::Budget::parse(
+                    &b.nodes,
+                    &b.reasons,
+                    b.schedule.as_deref(),
+                    b.duration.as_deref(),
+                    now_ms,
+                )
+                .map_err(|e| format!("spec.disruption.budgets[{i}].{e}"))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(out)
 }

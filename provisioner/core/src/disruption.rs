@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cartwright_binpack::solver::{self, DaemonSetSpec, NewNode, NodePoolTemplate, PodSpec};
-use cartwright_binpack::{CapacityType, Catalog, Price};
+use cartwright_binpack::{CapacityType, Catalog, Price, Resources};
 
 use crate::hpa::Millis;
 use crate::provisioning::{self, NodeView};
@@ -32,6 +32,9 @@ pub const SPOT_TO_SPOT_MIN_ALTERNATIVES: usize = 15;
 pub const MULTI_NODE_MAX: usize = 100;
 /// How many candidates single-node consolidation tries per pass.
 pub const SINGLE_NODE_TRIES: usize = 30;
+/// Solver runs one decision may spend (each plans the candidates' pods over the whole cluster); cheap
+/// screens decide which candidates are worth one.
+pub const SOLVES_PER_DECISION: usize = 3;
 
 /// Why a node is disrupted (what budgets name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -195,6 +198,10 @@ pub struct Input<'a> {
     pub policies: BTreeMap<String, PoolPolicy>,
     pub daemonsets: Vec<DaemonSetSpec>,
     pub catalog: Arc<Catalog>,
+    /// Whether to look for consolidations (the solver-backed methods) or only for empty nodes.
+    pub consolidate: bool,
+    /// Whether to say why each node stays ([`Outcome::kept`]); off, the outcome lists no reasons.
+    pub explain: bool,
 }
 
 /// What to do.
@@ -239,9 +246,29 @@ fn allowances(input: &Input, reason: Reason) -> BTreeMap<String, i64> {
     out
 }
 
+/// The reasons nodes stay, recorded only when explaining.
+struct Notes {
+    on: bool,
+    kept: BTreeMap<String, String>,
+}
+
+impl Notes {
+    fn insert(&mut self, node: &str, why: impl FnOnce() -> String) {
+        if self.on {
+            self.kept.insert(node.to_owned(), why());
+        }
+    }
+
+    fn insert_if_absent(&mut self, node: &str, why: impl FnOnce() -> String) {
+        if self.on && !self.kept.contains_key(node) {
+            self.kept.insert(node.to_owned(), why());
+        }
+    }
+}
+
 /// Decides one pass at `now`.
 pub fn decide(input: &Input, now: Millis) -> Outcome {
-    let mut kept: BTreeMap<String, String> = BTreeMap::new();
+    let mut kept = Notes { on: input.explain, kept: BTreeMap::new() };
     let default = PoolPolicy::default();
     // Eligibility shared by every method.
     let mut eligible: Vec<usize> = Vec::new();
@@ -266,9 +293,7 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
             }
         };
         match why {
-            Some(why) => {
-                kept.insert(n.view.name.to_owned(), why);
-            }
+            Some(why) => kept.insert(n.view.name, || why),
             None => eligible.push(i),
         }
     }
@@ -287,10 +312,7 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
             *allowance -= 1;
             empty.push(i);
         } else {
-            kept.insert(
-                n.view.name.to_owned(),
-                format!("disruption budget of NodePool {pool} exhausted (Empty)"),
-            );
+            kept.insert(n.view.name, || format!("disruption budget of NodePool {pool} exhausted (Empty)"));
         }
     }
     if !empty.is_empty() {
@@ -307,6 +329,9 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
         );
     }
 
+    if !input.consolidate {
+        return Outcome { command: None, kept: kept.kept };
+    }
     // Candidates for consolidation: pools that allow it, within budgets, cheapest to disrupt first.
     let left = allowances(input, Reason::Underutilized);
     let mut candidates: Vec<usize> = Vec::new();
@@ -315,12 +340,11 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
         let pool = n.view.nodepool.unwrap_or_default();
         let policy = input.policies.get(pool).unwrap_or(&default);
         if policy.policy == Policy::WhenEmpty {
-            kept.insert(n.view.name.to_owned(), format!("NodePool {pool} consolidates only empty nodes"));
+            kept.insert(n.view.name, || format!("NodePool {pool} consolidates only empty nodes"));
         } else if left.get(pool).copied().unwrap_or(0) <= 0 {
-            kept.insert(
-                n.view.name.to_owned(),
-                format!("disruption budget of NodePool {pool} exhausted (Underutilized)"),
-            );
+            kept.insert(n.view.name, || {
+                format!("disruption budget of NodePool {pool} exhausted (Underutilized)")
+            });
         } else {
             candidates.push(i);
         }
@@ -333,6 +357,8 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
             y.view.name,
         ))
     });
+
+    let mut screen = Screen::new(input);
 
     // 2. Multi-node: the largest feasible prefix (within each pool's budget), by binary search.
     let mut prefix: Vec<usize> = Vec::new();
@@ -350,7 +376,7 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
         let mut best: Option<Command> = None;
         while lo <= hi {
             let mid = (lo + hi) / 2;
-            match evaluate(input, &prefix[..mid]) {
+            match screen.evaluate(input, &prefix[..mid]) {
                 Some(c) => {
                     best = Some(c);
                     lo = mid + 1;
@@ -365,28 +391,130 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
 
     // 3. Single node.
     for &i in candidates.iter().take(SINGLE_NODE_TRIES) {
-        if let Some(command) = evaluate(input, &[i]) {
+        if let Some(command) = screen.evaluate(input, &[i]) {
             return finish(input, kept, command);
         }
     }
     for &i in &candidates {
-        kept.entry(input.nodes[i].view.name.to_owned())
-            .or_insert_with(|| "its pods fit nowhere cheaper".to_owned());
+        kept.insert_if_absent(input.nodes[i].view.name, || "its pods fit nowhere cheaper".to_owned());
     }
-    Outcome { command: None, kept }
+    Outcome { command: None, kept: kept.kept }
 }
 
-fn finish(input: &Input, mut kept: BTreeMap<String, String>, command: Command) -> Outcome {
+fn finish(input: &Input, mut kept: Notes, command: Command) -> Outcome {
     for n in &input.nodes {
         if n.view.nodepool.is_some() && !command.nodes.iter().any(|c| c == n.view.name) {
-            kept.entry(n.view.name.to_owned())
-                .or_insert_with(|| "another disruption acts first this pass".into());
+            kept.insert_if_absent(n.view.name, || "another disruption acts first this pass".into());
         }
     }
     for name in &command.nodes {
-        kept.remove(name);
+        kept.kept.remove(name);
     }
-    Outcome { command: Some(command), kept }
+    Outcome { command: Some(command), kept: kept.kept }
+}
+
+/// Cheap necessary conditions checked before the solver runs, and the solver budget.
+struct Screen {
+    /// Room on each node (by index) that could take pods: not cordoned, not being disrupted.
+    free: Vec<Option<Resources>>,
+    /// Per pool: (price, allocatable) of every launchable offering, cheapest first.
+    offerings: Vec<(Price, Resources)>,
+    /// The sum of `free`.
+    total_free: Resources,
+    solves_left: usize,
+}
+
+impl Screen {
+    fn new(input: &Input) -> Screen {
+        let free: Vec<Option<Resources>> = input
+            .nodes
+            .iter()
+            .map(|n| {
+                (!n.view.cordoned && !n.disrupting)
+                    .then(|| n.view.allocatable.minus(&n.view.requested).clamp_non_negative())
+            })
+            .collect();
+        let mut total_free = Resources::new();
+        for f in free.iter().flatten() {
+            total_free.add_assign(f);
+        }
+        let mut offerings = Vec::new();
+        for pool in &input.nodepools {
+            let requirements = pool.node_requirements();
+            for t in input.catalog.compatible(&requirements) {
+                if let Some(price) = t
+                    .offerings
+                    .iter()
+                    .filter(|o| o.available && o.is_compatible(&requirements))
+                    .map(|o| o.price)
+                    .min()
+                {
+                    offerings.push((price, t.allocatable()));
+                }
+            }
+        }
+        offerings.sort_by_key(|(p, _)| *p);
+        Screen { free, offerings, total_free, solves_left: SOLVES_PER_DECISION }
+    }
+
+    /// Whether the pods could plausibly go: first-fit (largest first, by cpu) into the other nodes' room,
+    /// or all of them onto one offering cheaper than what is removed.
+    fn plausible(&self, chosen: &[usize], pods: &[&PodSpec], removed_cost: u64) -> bool {
+        let mut total = Resources::new();
+        for p in pods {
+            total.add_assign(&p.requests);
+        }
+        if self
+            .offerings
+            .iter()
+            .take_while(|(price, _)| price.0 < removed_cost)
+            .any(|(_, alloc)| total.fits_in(alloc))
+        {
+            return true;
+        }
+        // The room left elsewhere must hold the pods in total before first fit is worth trying.
+        let mut room = self.total_free.clone();
+        for &i in chosen {
+            if let Some(f) = &self.free[i] {
+                room.sub_assign(f);
+            }
+        }
+        if !total.fits_in(&room) {
+            return false;
+        }
+        // First fit, copying only the rooms it changes.
+        let mut taken: BTreeMap<usize, Resources> = BTreeMap::new();
+        let mut sorted: Vec<&&PodSpec> = pods.iter().collect();
+        sorted.sort_by_key(|p| std::cmp::Reverse(p.requests.cpu_millis));
+        sorted.iter().all(|p| {
+            let found = self.free.iter().enumerate().find_map(|(i, f)| {
+                let f = f.as_ref()?;
+                if chosen.contains(&i) {
+                    return None;
+                }
+                let room = taken.get(&i).unwrap_or(f);
+                p.requests.fits_in(room).then_some(i)
+            });
+            match found {
+                Some(i) => {
+                    let room = taken.entry(i).or_insert_with(|| self.free[i].clone().unwrap_or_default());
+                    room.sub_assign(&p.requests);
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+
+    fn evaluate(&mut self, input: &Input, chosen: &[usize]) -> Option<Command> {
+        let pods: Vec<&PodSpec> = chosen.iter().flat_map(|&i| input.nodes[i].pods.iter().copied()).collect();
+        let removed_cost: u64 = chosen.iter().map(|&i| input.nodes[i].price.0).sum();
+        if self.solves_left == 0 || !self.plausible(chosen, &pods, removed_cost) {
+            return None;
+        }
+        self.solves_left -= 1;
+        evaluate(input, chosen)
+    }
 }
 
 /// Whether removing `chosen` saves money: their pods re-planned over the other nodes (never onto nodes
@@ -543,6 +671,8 @@ mod tests {
             policies: [("default".to_owned(), policy)].into(),
             daemonsets: vec![],
             catalog,
+            consolidate: true,
+            explain: true,
         }
     }
 

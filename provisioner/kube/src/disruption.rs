@@ -4,48 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use cartwright_api::nodepool::NodePool;
 use cartwright_binpack::{CapacityType, Catalog, Price};
-use cartwright_core::disruption::{Budget, Candidate, Input, Policy, PoolPolicy, parse_duration};
+use cartwright_core::disruption::{Budget, Candidate, Input, PoolPolicy};
 use cartwright_core::hpa::Millis;
 use kube::ResourceExt;
 
 use crate::controller::Model;
-
-/// A NodePool's disruption settings at `now_ms` (Unix milliseconds), with Karpenter's defaults.
-pub fn policy(pool: &NodePool, now_ms: Millis) -> Result<PoolPolicy, String> {
-    let mut out = PoolPolicy::default();
-    let Some(d) = &pool.spec.disruption else { return Ok(out) };
-    if let Some(p) = &d.consolidation_policy {
-        out.policy = match p.as_str() {
-            "WhenEmpty" => Policy::WhenEmpty,
-            "WhenEmptyOrUnderutilized" => Policy::WhenEmptyOrUnderutilized,
-            other => return Err(format!("spec.disruption.consolidationPolicy: unknown policy {other:?}")),
-        };
-    }
-    if let Some(after) = &d.consolidate_after {
-        out.consolidate_after_ms =
-            if after == "Never" {
-                None
-            } else {
-                Some(parse_duration(after).ok_or_else(|| {
-                    format!("spec.disruption.consolidateAfter: {after:?} is not a duration")
-                })?)
-            };
-    }
-    if !d.budgets.is_empty() {
-        out.budgets = d
-            .budgets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                Budget::parse(&b.nodes, &b.reasons, b.schedule.as_deref(), b.duration.as_deref(), now_ms)
-                    .map_err(|e| format!("spec.disruption.budgets[{i}].{e}"))
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    Ok(out)
-}
 
 /// The disruption input over `model`. `settled` says since when each node's pods are unchanged (absent:
 /// long ago); `in_progress` names nodes a running command is already disrupting. A NodePool whose
@@ -60,7 +24,7 @@ pub fn input<'a>(
     let mut errors = Vec::new();
     let mut policies = BTreeMap::new();
     for (name, pool) in &model.pools {
-        let p = policy(pool, now_ms).unwrap_or_else(|e| {
+        let p = cartwright_api::nodepool::disruption_policy(&pool.spec, now_ms).unwrap_or_else(|e| {
             errors.push(format!("NodePool {}: {e}", pool.name_any()));
             PoolPolicy {
                 budgets: vec![Budget::parse("0", &[], None, None, now_ms).expect("a valid budget")],
@@ -98,6 +62,8 @@ pub fn input<'a>(
         policies,
         daemonsets: model.daemonsets.clone(),
         catalog,
+        consolidate: true,
+        explain: true,
     };
     (input, errors)
 }
