@@ -505,9 +505,8 @@ fn after_a_scale_in_consolidation_shrinks_the_cluster_and_cost_falls() {
         "",
     );
     let r = run(&scenario(&body));
-    let cost_at = |seconds: u64| {
-        r.samples.iter().filter(|s| s.t_seconds <= seconds).last().map(|s| s.cost_per_hour).unwrap()
-    };
+    let cost_at =
+        |seconds: u64| r.samples.iter().rfind(|s| s.t_seconds <= seconds).map(|s| s.cost_per_hour).unwrap();
     let (before, after) = (cost_at(2 * 3600 - 60), cost_at(6 * 3600 - 60));
     assert!(after < before * 0.25, "cost per hour fell from {before:.3} to {after:.3}");
     let underutilized = r.summary.terminations.get("underutilized").copied().unwrap_or(0);
