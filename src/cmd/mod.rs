@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod controller;
 pub mod convert;
 pub mod crds;
+pub mod explain;
 pub mod plan;
 pub mod simulate;
 
@@ -49,6 +50,8 @@ pub enum Command {
     Convert(convert::Args),
     /// Print the CustomResourceDefinitions of NodePool, NodeClaim and EC2NodeClass.
     Crds(crds::Args),
+    /// Explain the controller's view of an object (`explain node NAME`: why it is or is not consolidated).
+    Explain(explain::Args),
     /// Plan nodes for Kubernetes manifests (pods, workloads, nodes, NodePools) and print the plan.
     Plan(plan::Args),
     /// Run the simulator (with no arguments: the embedded default scenario).
@@ -77,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Controller(args) => controller::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Crds(args) => crds::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Simulate(args) => simulate::run(args),
     }

@@ -570,3 +570,42 @@ async fn after_a_scale_in_the_cluster_shrinks_honouring_pdbs_and_do_not_disrupt(
     wait_for("11 pods bound", MINUTE, || cluster.bound_pods() == 11).await;
     cluster.assert_no_orphans_or_duplicates();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_node_names_what_keeps_a_node() {
+    let cluster = Cluster::start().await;
+    cluster.nodepool("default", general_pool(json!([])));
+    let _controller = cluster.controller(&[]);
+    let mut pinned = pod_template("500m", "512Mi");
+    pinned["metadata"]["name"] = json!("batch-job");
+    pinned["metadata"]["annotations"] = json!({"karpenter.sh/do-not-disrupt": "true"});
+    cluster.server.create("", "pods", "default", pinned).unwrap();
+    wait_for("the pod bound", MINUTE, || cluster.bound_pods() == 1).await;
+    wait_for("the NodeClaim initialized", MINUTE, || {
+        cluster.claims().iter().all(|c| {
+            c.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| cs.iter().any(|x| x["type"] == "Initialized"))
+        })
+    })
+    .await;
+    let node = name(&cluster.nodes()[0]).to_owned();
+    let explain = |node: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cartwright"))
+            .args(["explain", "node", node, "--kubeconfig", cluster.kubeconfig.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = tokio::task::block_in_place(|| explain(&node));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("stays") && text.contains("pod default/batch-job has a do-not-disrupt annotation"),
+        "{text}"
+    );
+    let (ok, text) = tokio::task::block_in_place(|| explain("no-such-node"));
+    assert!(!ok && text.contains("node no-such-node not found"), "{text}");
+}
