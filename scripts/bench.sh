@@ -16,6 +16,9 @@ echo
 # Karpenter's own benchmark shape; one run each (Cartwright's solver takes seconds here, see docs).
 bench --workload karpenter-diverse --pods 5000 --runs 1
 echo
+# Disruption on a fragmented 1,000-node cluster after a 60 % scale-in (decisions applied until none is left).
+bench --workload consolidation-1000
+echo
 # The simulator: a week of 20 HPA-driven services peaking near 20,000 pods (examples/scenarios/).
 for i in $(seq 1 3); do
   start=$(date +%s.%N)

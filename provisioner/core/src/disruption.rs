@@ -212,6 +212,8 @@ pub struct Command {
     pub nodes: Vec<String>,
     /// Nodes to launch (and see initialized) first.
     pub replacements: Vec<NewNode>,
+    /// Where the plan puts the other moved pods: (pod, node staying).
+    pub placements: Vec<(String, String)>,
     /// Hourly savings.
     pub savings: Price,
 }
@@ -324,6 +326,7 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
                 reason: Reason::Empty,
                 nodes: empty.iter().map(|&i| input.nodes[i].view.name.to_owned()).collect(),
                 replacements: Vec::new(),
+                placements: Vec::new(),
                 savings,
             },
         );
@@ -556,6 +559,7 @@ fn evaluate(input: &Input, chosen: &[usize]) -> Option<Command> {
     Some(Command {
         reason: Reason::Underutilized,
         nodes: removed.iter().map(|n| n.view.name.to_owned()).collect(),
+        placements: plan.placements.iter().map(|p| (p.pod.clone(), p.node.clone())).collect(),
         replacements: plan.new_nodes,
         savings: Price(removed_cost - plan.cost.0),
     })

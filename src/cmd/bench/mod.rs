@@ -3,6 +3,7 @@
 //! Every plan is checked by the independent validator; cost is divided by the lower bound Cartwright's solver
 //! computes for the same pods. Solve time is the median of `--runs` runs. Timings are reported, never asserted.
 
+mod consolidation;
 mod workloads;
 
 use std::io::Write;
@@ -16,7 +17,9 @@ use serde::Serialize;
 /// Arguments of `cartwright bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Built-in workload (web-mix, memory-heavy, gpu, constrained).
+    /// Built-in workload: solver workloads web-mix, memory-heavy, gpu, constrained, karpenter-diverse;
+    /// or consolidation-1000 (disruption on a fragmented 1,000-node cluster; `--pods` and `--solvers`
+    /// do not apply).
     #[arg(long, default_value = "web-mix")]
     pub workload: String,
     /// Number of pods.
@@ -59,6 +62,9 @@ struct SolverResult {
 /// Runs the benchmark and prints the report.
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    if args.workload == "consolidation-1000" {
+        return consolidation::run(args.output);
+    }
     let algorithms: Vec<Algorithm> = args
         .solvers
         .iter()
