@@ -16,7 +16,7 @@
 //! ([`Outcome::kept`]) for `cartwright explain`. Pure: the caller supplies the clock and executes the
 //! command (replacements launched and initialized before anything is drained).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cartwright_binpack::solver::{self, DaemonSetSpec, NewNode, NodePoolTemplate, PodSpec};
@@ -399,7 +399,12 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
         }
     }
     for &i in &candidates {
-        kept.insert_if_absent(input.nodes[i].view.name, || "its pods fit nowhere cheaper".to_owned());
+        let why = if screen.tried.contains(&i) {
+            "its pods fit nowhere cheaper"
+        } else {
+            "not checked this pass (the solver budget went to cheaper-to-disrupt nodes)"
+        };
+        kept.insert_if_absent(input.nodes[i].view.name, || why.to_owned());
     }
     Outcome { command: None, kept: kept.kept }
 }
@@ -425,6 +430,8 @@ struct Screen {
     /// The sum of `free`.
     total_free: Resources,
     solves_left: usize,
+    /// Single nodes checked and found worth nothing this pass.
+    tried: BTreeSet<usize>,
 }
 
 impl Screen {
@@ -457,7 +464,7 @@ impl Screen {
             }
         }
         offerings.sort_by_key(|(p, _)| *p);
-        Screen { free, offerings, total_free, solves_left: SOLVES_PER_DECISION }
+        Screen { free, offerings, total_free, solves_left: SOLVES_PER_DECISION, tried: BTreeSet::new() }
     }
 
     /// Whether the pods could plausibly go: first-fit (largest first, by cpu) into the other nodes' room,
@@ -512,7 +519,13 @@ impl Screen {
     fn evaluate(&mut self, input: &Input, chosen: &[usize]) -> Option<Command> {
         let pods: Vec<&PodSpec> = chosen.iter().flat_map(|&i| input.nodes[i].pods.iter().copied()).collect();
         let removed_cost: u64 = chosen.iter().map(|&i| input.nodes[i].price.0).sum();
-        if self.solves_left == 0 || !self.plausible(chosen, &pods, removed_cost) {
+        if self.solves_left == 0 {
+            return None;
+        }
+        if let [single] = chosen {
+            self.tried.insert(*single);
+        }
+        if !self.plausible(chosen, &pods, removed_cost) {
             return None;
         }
         self.solves_left -= 1;
