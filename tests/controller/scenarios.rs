@@ -27,6 +27,47 @@ fn spread_template(cpu: &str, memory: &str, app: &str) -> Value {
     t
 }
 
+/// Creates `count` pods `<prefix>-<i>` from `template` and waits until the scheduler stand-in has marked
+/// them all Unschedulable.
+async fn create_unschedulable_pods(cluster: &Cluster, prefix: &str, count: usize, template: Value) {
+    for i in 0..count {
+        let mut pod = template.clone();
+        pod["metadata"]["name"] = json!(format!("{prefix}-{i}"));
+        cluster.server.create("", "pods", "default", pod).unwrap();
+    }
+    wait_for("the pods marked unschedulable", MINUTE, || {
+        cluster
+            .pods()
+            .iter()
+            .all(|p| p.pointer("/status/conditions/0/reason") == Some(&json!("Unschedulable")))
+    })
+    .await;
+}
+
+/// Samples, every 50 ms for `samples` times, how many pods (with label app=`app`, when given) are Running
+/// and not being deleted; resolves to the lowest count seen.
+fn lowest_running(
+    server: std::sync::Arc<crate::apiserver::ApiServer>,
+    app: Option<&'static str>,
+    samples: usize,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut lowest = usize::MAX;
+        for _ in 0..samples {
+            let running = server
+                .list("", "pods")
+                .iter()
+                .filter(|p| app.is_none_or(|a| p.pointer("/metadata/labels/app") == Some(&json!(a))))
+                .filter(|p| p.pointer("/status/phase") == Some(&json!("Running")))
+                .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+                .count();
+            lowest = lowest.min(running);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lowest
+    })
+}
+
 fn label<'a>(object: &'a Value, key: &str) -> &'a str {
     object.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(Value::as_str).unwrap_or_default()
 }
@@ -202,18 +243,7 @@ async fn a_pod_deleted_during_the_batch_window_gets_no_capacity() {
     let cluster = Cluster::start().await;
     cluster.nodepool("default", general_pool(json!([])));
     let _controller = cluster.controller(&[("--batch-idle-duration", "2s"), ("--batch-max-duration", "5s")]);
-    for i in 0..10 {
-        let mut pod = pod_template("1", "1Gi");
-        pod["metadata"]["name"] = json!(format!("job-{i}"));
-        cluster.server.create("", "pods", "default", pod).unwrap();
-    }
-    wait_for("the pods marked unschedulable", MINUTE, || {
-        cluster
-            .pods()
-            .iter()
-            .all(|p| p.pointer("/status/conditions/0/reason") == Some(&json!("Unschedulable")))
-    })
-    .await;
+    create_unschedulable_pods(&cluster, "job", 10, pod_template("1", "1Gi")).await;
     assert!(cluster.claims().is_empty(), "the batch is still open");
     for i in 0..4 {
         cluster.server.delete("", "pods", "default", &format!("job-{i}")).unwrap();
@@ -272,21 +302,7 @@ async fn deleting_a_nodeclaim_drains_its_node_within_the_pod_disruption_budget()
     assert!(on_victim >= 2, "a node with several pods to drain: {per_node:?}");
 
     // Watch the running count while the node drains.
-    let server = cluster.server.clone();
-    let lowest = tokio::spawn(async move {
-        let mut lowest = usize::MAX;
-        for _ in 0..300 {
-            let running = server
-                .list("", "pods")
-                .iter()
-                .filter(|p| p.pointer("/status/phase") == Some(&json!("Running")))
-                .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
-                .count();
-            lowest = lowest.min(running);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        lowest
-    });
+    let lowest = lowest_running(cluster.server.clone(), None, 300);
     cluster.server.delete("cartwright.sh", "nodeclaims", "", &victim).unwrap();
     wait_for("the NodeClaim and its node gone", MINUTE, || {
         !cluster.claims().iter().any(|c| name(c) == victim)
@@ -381,18 +397,7 @@ async fn api_faults_and_dropped_watches_delay_but_do_not_break_provisioning() {
 async fn plan_with_a_kubeconfig_shows_what_would_launch_and_writes_nothing() {
     let cluster = Cluster::start().await;
     cluster.nodepool("default", general_pool(json!([])));
-    for i in 0..5 {
-        let mut pod = pod_template("2", "4Gi");
-        pod["metadata"]["name"] = json!(format!("api-{i}"));
-        cluster.server.create("", "pods", "default", pod).unwrap();
-    }
-    wait_for("the pods marked unschedulable", MINUTE, || {
-        cluster
-            .pods()
-            .iter()
-            .all(|p| p.pointer("/status/conditions/0/reason") == Some(&json!("Unschedulable")))
-    })
-    .await;
+    create_unschedulable_pods(&cluster, "api", 5, pod_template("2", "4Gi")).await;
     let writes_before = cluster.server.requests(&axum::http::Method::POST, "/");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cartwright"))
         .args(["plan", "--output", "json", "--kubeconfig", cluster.kubeconfig.to_str().unwrap()])
@@ -532,21 +537,7 @@ async fn after_a_scale_in_the_cluster_shrinks_honouring_pdbs_and_do_not_disrupt(
     // Scale in and watch the running web pods while the cluster shrinks.
     web.store(10, std::sync::atomic::Ordering::Relaxed);
     wait_for("10 web pods left", MINUTE, || cluster.pods().len() == 11).await;
-    let server = cluster.server.clone();
-    let lowest = tokio::spawn(async move {
-        let mut lowest = usize::MAX;
-        for _ in 0..400 {
-            let running = server
-                .list("", "pods")
-                .iter()
-                .filter(|p| p.pointer("/metadata/labels/app") == Some(&json!("web")))
-                .filter(|p| p.pointer("/status/phase") == Some(&json!("Running")))
-                .count();
-            lowest = lowest.min(running);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        lowest
-    });
+    let lowest = lowest_running(cluster.server.clone(), Some("web"), 400);
     wait_for("the cluster to shrink", MINUTE, || {
         cluster.bound_pods() == 11
             && cluster.nodes().len() < nodes_before

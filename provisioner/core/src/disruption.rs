@@ -189,6 +189,27 @@ pub struct Candidate<'a> {
     pub settled_since: Millis,
 }
 
+impl<'a> Candidate<'a> {
+    /// An initialized candidate with nothing blocking it, settled since time 0.
+    pub fn settled(
+        view: NodeView<'a>,
+        price: Price,
+        capacity_type: CapacityType,
+        pods: Vec<&'a PodSpec>,
+    ) -> Self {
+        Candidate {
+            view,
+            price,
+            capacity_type,
+            pods,
+            blocked: None,
+            initialized: true,
+            disrupting: false,
+            settled_since: 0,
+        }
+    }
+}
+
 /// The cluster as disruption sees it.
 #[derive(Clone, Debug)]
 pub struct Input<'a> {
@@ -642,32 +663,15 @@ mod tests {
         nodes
             .iter()
             .map(|n| {
-                let mut requested = Resources::new();
-                for p in &n.pods {
-                    requested.add_assign(&p.requests);
-                }
-                Candidate {
-                    view: NodeView {
-                        name: &n.name,
-                        labels: &n.labels,
-                        taints: &[],
-                        allocatable: &n.allocatable,
-                        capacity: &n.capacity,
-                        requested,
-                        pod_labels: n.pods.iter().map(|p| &p.labels).collect(),
-                        repelled: vec![],
-                        nodepool: Some("default"),
-                        ready: true,
-                        cordoned: false,
-                    },
-                    price: n.price,
-                    capacity_type: n.capacity_type,
-                    pods: n.pods.iter().collect(),
-                    blocked: None,
-                    initialized: true,
-                    disrupting: false,
-                    settled_since: 0,
-                }
+                let view = NodeView::with_pods(
+                    &n.name,
+                    &n.labels,
+                    &n.allocatable,
+                    &n.capacity,
+                    &n.pods,
+                    Some("default"),
+                );
+                Candidate::settled(view, n.price, n.capacity_type, n.pods.iter().collect())
             })
             .collect()
     }

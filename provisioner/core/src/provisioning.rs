@@ -30,6 +30,37 @@ pub struct NodeView<'a> {
     pub cordoned: bool,
 }
 
+impl<'a> NodeView<'a> {
+    /// A view of a node carrying `pods` (their requests, labels and anti-affinity), ready and schedulable,
+    /// without taints.
+    pub fn with_pods(
+        name: &'a str,
+        labels: &'a BTreeMap<String, String>,
+        allocatable: &'a Resources,
+        capacity: &'a Resources,
+        pods: &'a [PodSpec],
+        nodepool: Option<&'a str>,
+    ) -> NodeView<'a> {
+        let mut requested = Resources::new();
+        for p in pods {
+            requested.add_assign(&p.requests);
+        }
+        NodeView {
+            name,
+            labels,
+            taints: &[],
+            allocatable,
+            capacity,
+            requested,
+            pod_labels: pods.iter().map(|p| &p.labels).collect(),
+            repelled: pods.iter().flat_map(|p| &p.hostname_anti_affinity).collect(),
+            nodepool,
+            ready: true,
+            cordoned: false,
+        }
+    }
+}
+
 /// The NodePools' limits left after their live nodes: nodes and capacity are charged per pool.
 pub fn remaining_limits<'a>(
     nodepools: &[NodePoolTemplate],

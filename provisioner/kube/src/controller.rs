@@ -316,22 +316,19 @@ pub struct ModelNode {
 
 impl ModelNode {
     pub fn view(&self) -> NodeView<'_> {
-        let mut requested = Resources::new();
-        for p in &self.pods {
-            requested.add_assign(&p.requests);
-        }
+        let nodepool = self.labels.get(labels::NODEPOOL).map(String::as_str);
         NodeView {
-            name: &self.name,
-            labels: &self.labels,
             taints: &self.taints,
-            allocatable: &self.allocatable,
-            capacity: &self.capacity,
-            requested,
-            pod_labels: self.pods.iter().map(|p| &p.labels).collect(),
-            repelled: self.pods.iter().flat_map(|p| &p.hostname_anti_affinity).collect(),
-            nodepool: self.labels.get(labels::NODEPOOL).map(String::as_str),
             ready: self.ready,
             cordoned: self.cordoned,
+            ..NodeView::with_pods(
+                &self.name,
+                &self.labels,
+                &self.allocatable,
+                &self.capacity,
+                &self.pods,
+                nodepool,
+            )
         }
     }
 }

@@ -129,32 +129,15 @@ pub fn run(output: Output) -> anyhow::Result<()> {
         let candidates: Vec<Candidate<'_>> = nodes
             .iter()
             .map(|n| {
-                let mut requested = Resources::new();
-                for p in &n.pods {
-                    requested.add_assign(&p.requests);
-                }
-                Candidate {
-                    view: NodeView {
-                        name: &n.name,
-                        labels: &n.labels,
-                        taints: &[],
-                        allocatable: &n.allocatable,
-                        capacity: &n.capacity,
-                        requested,
-                        pod_labels: n.pods.iter().map(|p| &p.labels).collect(),
-                        repelled: vec![],
-                        nodepool: Some("default"),
-                        ready: true,
-                        cordoned: false,
-                    },
-                    price: n.price,
-                    capacity_type: CapacityType::OnDemand,
-                    pods: n.pods.iter().collect(),
-                    blocked: None,
-                    initialized: true,
-                    disrupting: false,
-                    settled_since: 0,
-                }
+                let view = NodeView::with_pods(
+                    &n.name,
+                    &n.labels,
+                    &n.allocatable,
+                    &n.capacity,
+                    &n.pods,
+                    Some("default"),
+                );
+                Candidate::settled(view, n.price, CapacityType::OnDemand, n.pods.iter().collect())
             })
             .collect();
         let input = Input {
