@@ -1141,6 +1141,8 @@ impl Engine {
                     initialized: node.ready.is_some(),
                     disrupting: node.cordoned,
                     settled_since: node.settled_since,
+                    // Nodes do not expire in the simulator yet.
+                    expires_at: None,
                 }
             })
             .collect();
@@ -1181,7 +1183,11 @@ impl Engine {
             command.nodes.iter().filter_map(|name| by_name.get(name.as_str()).copied()).collect();
         self.collector.consolidation(command.savings.usd());
         if command.replacements.is_empty() {
-            let reason = if command.reason == disruption::Reason::Empty { "empty" } else { "underutilized" };
+            let reason = match command.reason {
+                disruption::Reason::Empty => "empty",
+                disruption::Reason::Expired => "expired",
+                _ => "underutilized",
+            };
             for n in old {
                 self.terminate(n);
                 self.collector.node_terminated(reason);

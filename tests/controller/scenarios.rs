@@ -600,3 +600,42 @@ async fn explain_node_names_what_keeps_a_node() {
     let (ok, text) = tokio::task::block_in_place(|| explain("no-such-node"));
     assert!(!ok && text.contains("node no-such-node not found"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_nodes_are_replaced_before_they_drain() {
+    let mut cluster = Cluster::start().await;
+    let mut pool = general_pool(json!([]));
+    pool["template"]["spec"]["expireAfter"] = json!("8s");
+    pool["disruption"] = json!({"consolidateAfter": "Never"});
+    cluster.nodepool("default", pool);
+    let _controller =
+        cluster.controller(&[("--disruption-interval", "1s"), ("--disruption-validation", "1s")]);
+    cluster
+        .server
+        .create(
+            "policy",
+            "poddisruptionbudgets",
+            "default",
+            json!({"metadata": {"name": "web"},
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}}),
+        )
+        .unwrap();
+    cluster.run_replicas("web", 3, pod_template("1", "2Gi"));
+    wait_for("3 pods bound", MINUTE, || cluster.bound_pods() == 3).await;
+    let first: Vec<String> = cluster.nodes().iter().map(|n| name(n).to_owned()).collect();
+    let lowest = lowest_running(cluster.server.clone(), Some("web"), 300);
+    wait_for("the first nodes replaced", MINUTE, || {
+        let nodes = cluster.nodes();
+        !nodes.is_empty()
+            && nodes.iter().all(|n| !first.contains(&name(n).to_owned()))
+            && cluster.bound_pods() == 3
+    })
+    .await;
+    let claims = cluster.claims();
+    assert!(
+        claims.iter().all(|c| c["spec"]["expireAfter"] == "8s"),
+        "claims carry the NodePool's expireAfter"
+    );
+    let lowest = lowest.await.unwrap();
+    assert!(lowest >= 2, "with a replacement ready first, the PDB (minAvailable 2) holds: lowest {lowest}");
+}

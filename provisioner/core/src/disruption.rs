@@ -42,6 +42,8 @@ pub enum Reason {
     Empty,
     Underutilized,
     Drifted,
+    /// Older than its `expireAfter` (not limited by budgets, as in Karpenter v1).
+    Expired,
 }
 
 impl Reason {
@@ -50,6 +52,7 @@ impl Reason {
             Reason::Empty => "Empty",
             Reason::Underutilized => "Underutilized",
             Reason::Drifted => "Drifted",
+            Reason::Expired => "Expired",
         }
     }
 }
@@ -187,6 +190,8 @@ pub struct Candidate<'a> {
     pub disrupting: bool,
     /// When its pods last changed (or it became ready): `consolidateAfter` counts from here.
     pub settled_since: Millis,
+    /// When it reaches its NodePool's `expireAfter` (`None`: never).
+    pub expires_at: Option<Millis>,
 }
 
 impl<'a> Candidate<'a> {
@@ -206,6 +211,7 @@ impl<'a> Candidate<'a> {
             initialized: true,
             disrupting: false,
             settled_since: 0,
+            expires_at: None,
         }
     }
 }
@@ -318,6 +324,26 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
         match why {
             Some(why) => kept.insert(n.view.name, || why),
             None => eligible.push(i),
+        }
+    }
+
+    // Expiry: the node that expired first is replaced (its pods planned elsewhere, new nodes as needed),
+    // whatever it costs; do-not-disrupt still holds.
+    let mut expired: Vec<usize> = (0..input.nodes.len())
+        .filter(|&i| {
+            let n = &input.nodes[i];
+            n.view.nodepool.is_some()
+                && n.expires_at.is_some_and(|t| now >= t)
+                && !n.disrupting
+                && n.blocked.is_none()
+                && n.initialized
+        })
+        .collect();
+    expired.sort_by_key(|&i| input.nodes[i].expires_at);
+    for &i in &expired {
+        match replace_expired(input, i) {
+            Some(command) => return finish(input, kept, command),
+            None => kept.insert(input.nodes[i].view.name, || "expired, but its pods fit nowhere".to_owned()),
         }
     }
 
@@ -552,6 +578,32 @@ impl Screen {
         self.solves_left -= 1;
         evaluate(input, chosen)
     }
+}
+
+/// The expired node's pods planned over the other nodes and as many new nodes as they need.
+fn replace_expired(input: &Input, i: usize) -> Option<Command> {
+    let node = &input.nodes[i];
+    let pods: Vec<PodSpec> = node.pods.iter().map(|p| (*p).clone()).collect();
+    let others: Vec<NodeView> = input
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(j, n)| *j != i && !n.disrupting)
+        .map(|(_, n)| n.view.clone())
+        .collect();
+    let problem =
+        provisioning::problem(pods, &others, &input.nodepools, &input.daemonsets, input.catalog.clone());
+    let plan = solver::solve(&problem);
+    if !plan.unschedulable.is_empty() {
+        return None;
+    }
+    Some(Command {
+        reason: Reason::Expired,
+        nodes: vec![node.view.name.to_owned()],
+        placements: plan.placements.iter().map(|p| (p.pod.clone(), p.node.clone())).collect(),
+        savings: Price(node.price.0.saturating_sub(plan.cost.0)),
+        replacements: plan.new_nodes,
+    })
 }
 
 /// Whether removing `chosen` saves money: their pods re-planned over the other nodes (never onto nodes
@@ -834,5 +886,24 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Some(5_400_000));
         assert_eq!(parse_duration("0s"), Some(0));
         assert_eq!(parse_duration("5d"), None);
+    }
+
+    #[test]
+    fn an_expired_node_is_replaced_even_when_it_saves_nothing_unless_do_not_disrupt() {
+        let c = catalog();
+        let owned = [node(&c, "old", "m5.large", CapacityType::OnDemand, &[1500])];
+        let mut nodes = candidates(&owned);
+        nodes[0].expires_at = Some(50_000);
+        let policy = PoolPolicy { consolidate_after_ms: None, ..PoolPolicy::default() };
+        let out = decide(&input(nodes.clone(), policy.clone(), c.clone()), 40_000);
+        assert_eq!(out.command, None, "not expired yet (and consolidateAfter: Never)");
+        let out = decide(&input(nodes.clone(), policy.clone(), c.clone()), 60_000);
+        let command = out.command.expect("an expiry");
+        assert_eq!(command.reason, Reason::Expired);
+        assert_eq!(command.nodes, ["old"]);
+        assert_eq!(command.replacements.len(), 1, "its pod needs a new node: {command:?}");
+        nodes[0].blocked = Some("pod default/x has a do-not-disrupt annotation".into());
+        let out = decide(&input(nodes, policy, c), 60_000);
+        assert_eq!(out.command, None);
     }
 }

@@ -288,6 +288,13 @@ fn do_not_disrupt(annotations: &BTreeMap<String, String>) -> bool {
     DO_NOT_DISRUPT.iter().any(|k| annotations.get(*k).is_some_and(|v| v == "true"))
 }
 
+/// When a NodeClaim reaches its `expireAfter` (`Never`, absent or unreadable: never).
+fn expires_at(claim: &NodeClaim) -> Option<Millis> {
+    let after = claim.spec.expire_after.as_deref().filter(|a| *a != "Never")?;
+    let after = cartwright_core::disruption::parse_duration(after)?;
+    Some(claim.metadata.creation_timestamp.as_ref().map(ms)? + after)
+}
+
 /// One node of the cluster model: a registered Node, or an in-flight NodeClaim counted as one.
 #[derive(Clone, Debug)]
 pub struct ModelNode {
@@ -312,6 +319,8 @@ pub struct ModelNode {
     pub blocked: Option<String>,
     /// Its NodeClaim is being deleted.
     pub deleting: bool,
+    /// When its NodeClaim reaches `expireAfter` (Unix milliseconds).
+    pub expires_at: Option<Millis>,
 }
 
 impl ModelNode {
@@ -429,6 +438,7 @@ impl Model {
                 }),
                 blocked,
                 deleting,
+                expires_at: claim.and_then(expires_at),
             });
         }
         // In-flight NodeClaims: capacity on its way, daemonsets included.
@@ -471,6 +481,7 @@ impl Model {
                 initialized: false,
                 blocked: None,
                 deleting,
+                expires_at: expires_at(claim),
             });
         }
         model
@@ -1185,6 +1196,7 @@ impl<P: CloudProvider> Controller<P> {
             cartwright_core::disruption::Reason::Empty => "empty",
             cartwright_core::disruption::Reason::Underutilized => "underutilized",
             cartwright_core::disruption::Reason::Drifted => "drifted",
+            cartwright_core::disruption::Reason::Expired => "expired",
         };
         let old: Vec<(String, String)> = command
             .nodes

@@ -45,6 +45,7 @@ pub fn input<'a>(
             initialized: n.initialized,
             disrupting: n.deleting || in_progress.contains(&n.name),
             settled_since: settled.get(&n.name).copied().unwrap_or(0),
+            expires_at: n.expires_at,
         })
         .map(|mut c| {
             // Only nodes Cartwright launched (with a NodeClaim) are candidates.
