@@ -566,7 +566,8 @@ async fn after_a_scale_in_the_cluster_shrinks_honouring_pdbs_and_do_not_disrupt(
 async fn explain_node_names_what_keeps_a_node() {
     let cluster = Cluster::start().await;
     cluster.nodepool("default", general_pool(json!([])));
-    let _controller = cluster.controller(&[]);
+    let _controller =
+        cluster.controller(&[("--disruption-interval", "1s"), ("--disruption-validation", "1s")]);
     let mut pinned = pod_template("500m", "512Mi");
     pinned["metadata"]["name"] = json!("batch-job");
     pinned["metadata"]["annotations"] = json!({"karpenter.sh/do-not-disrupt": "true"});
@@ -599,6 +600,17 @@ async fn explain_node_names_what_keeps_a_node() {
     );
     let (ok, text) = tokio::task::block_in_place(|| explain("no-such-node"));
     assert!(!ok && text.contains("node no-such-node not found"), "{text}");
+    // The controller says the same on the NodeClaim, as the `Disruptable` condition.
+    wait_for("the Disruptable condition", MINUTE, || {
+        cluster.claims().iter().any(|c| {
+            c.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten().any(|x| {
+                x["type"] == "Disruptable"
+                    && x["status"] == "False"
+                    && x["message"].as_str().is_some_and(|m| m.contains("do-not-disrupt"))
+            })
+        })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,6 +99,8 @@ struct DisruptionState {
     /// A decision waiting for validation: its nodes and when it was made.
     pending: Option<(Vec<String>, Millis)>,
     replacing: Option<Replacing>,
+    /// The `Disruptable` condition last written on each NodeClaim (its message), so it is written on change.
+    told: BTreeMap<String, String>,
 }
 
 /// The watched objects.
@@ -279,6 +281,17 @@ impl Snapshot {
     pub fn provisionable(&self) -> Vec<Arc<Pod>> {
         self.pods.iter().filter(|p| pod_facts(p).provisionable()).cloned().collect()
     }
+}
+
+/// The conditions a NodeClaim has in the cache.
+fn snapshot_conditions(stores: &Stores, claim: &str) -> Vec<Condition> {
+    stores
+        .claims
+        .state()
+        .iter()
+        .find(|c| c.name_any() == claim)
+        .and_then(|c| c.status.as_ref().map(|s| s.conditions.clone()))
+        .unwrap_or_default()
 }
 
 /// Annotations that forbid voluntary disruption of a pod or node.
@@ -1172,6 +1185,8 @@ impl<P: CloudProvider> Controller<P> {
         let started = Instant::now();
         let outcome = cartwright_core::disruption::decide(&input, now);
         tracing::debug!(decide_ms = started.elapsed().as_millis() as u64, command = ?outcome.command, "disruption decided");
+        drop(input);
+        self.tell_claims(&model, &outcome.kept).await;
         let Some(command) = outcome.command else {
             self.disruption.pending = None;
             return;
@@ -1230,6 +1245,36 @@ impl<P: CloudProvider> Controller<P> {
         }
         tracing::info!(old = ?old, new = ?new_claims, reason, savings_per_hour = command.savings.usd(), "replacing");
         self.disruption.replacing = Some(Replacing { reason, old, new_claims, started: now });
+    }
+
+    /// Writes why each managed node stays as its NodeClaim's `Disruptable=False` condition (the reason's
+    /// stable part; written only when it changes), and `Disruptable=True` when nothing holds it.
+    async fn tell_claims(&mut self, model: &Model, kept: &BTreeMap<String, String>) {
+        for node in &model.nodes {
+            let Some(claim) = &node.claim else { continue };
+            if node.deleting || !node.initialized {
+                continue;
+            }
+            let why = kept.get(&node.name).map(|w| w.split(" (").next().unwrap_or(w).to_owned());
+            let message = why.clone().unwrap_or_default();
+            if self.disruption.told.get(claim) == Some(&message) {
+                continue;
+            }
+            let condition = Condition {
+                type_: "Disruptable".into(),
+                status: if why.is_some() { "False" } else { "True" }.into(),
+                reason: Some(if why.is_some() { "DisruptionBlocked" } else { "Disruptable" }.into()),
+                message: why,
+                last_transition_time: Some(Timestamp::now().to_string()),
+                observed_generation: None,
+            };
+            let current = snapshot_conditions(&self.stores, claim);
+            let mut conditions: Vec<Condition> =
+                current.into_iter().filter(|c| c.type_ != "Disruptable").collect();
+            conditions.push(condition);
+            self.patch_claim_status(claim, json!({"status": {"conditions": conditions}})).await;
+            self.disruption.told.insert(claim.clone(), message);
+        }
     }
 
     async fn progress_replacement(&mut self, snapshot: &Snapshot, now: Millis) {
