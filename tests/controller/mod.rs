@@ -99,6 +99,13 @@ impl Cluster {
             .unwrap();
     }
 
+    /// A PodDisruptionBudget keeping `min_available` pods labelled app=`app` running.
+    pub fn pdb(&self, app: &str, min_available: u32) {
+        let pdb = json!({"metadata": {"name": app},
+            "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": app}}}});
+        self.server.create("policy", "poddisruptionbudgets", "default", pdb).unwrap();
+    }
+
     pub fn pods(&self) -> Vec<Value> {
         self.server.list("", "pods")
     }

@@ -285,16 +285,7 @@ async fn deleting_a_nodeclaim_drains_its_node_within_the_pod_disruption_budget()
     let mut cluster = Cluster::start().await;
     cluster.nodepool("default", general_pool(json!([])));
     let _controller = cluster.controller(&[]);
-    cluster
-        .server
-        .create(
-            "policy",
-            "poddisruptionbudgets",
-            "default",
-            json!({"metadata": {"name": "db"},
-            "spec": {"minAvailable": 5, "selector": {"matchLabels": {"app": "db"}}}}),
-        )
-        .unwrap();
+    cluster.pdb("db", 5);
     cluster.run_replicas("db", 6, pod_template("1", "2Gi"));
     wait_for("6 pods bound", MINUTE, || cluster.bound_pods() == 6).await;
     let per_node = cluster.pods_per_node();
@@ -512,16 +503,7 @@ async fn after_a_scale_in_the_cluster_shrinks_honouring_pdbs_and_do_not_disrupt(
     cluster.nodepool("default", pool);
     let _controller =
         cluster.controller(&[("--disruption-interval", "1s"), ("--disruption-validation", "1s")]);
-    cluster
-        .server
-        .create(
-            "policy",
-            "poddisruptionbudgets",
-            "default",
-            json!({"metadata": {"name": "web"},
-            "spec": {"minAvailable": 8, "selector": {"matchLabels": {"app": "web"}}}}),
-        )
-        .unwrap();
+    cluster.pdb("web", 8);
     let mut pinned = pod_template("250m", "256Mi");
     pinned["metadata"]["name"] = json!("batch-job");
     pinned["metadata"]["annotations"] = json!({"karpenter.sh/do-not-disrupt": "true"});
@@ -622,16 +604,7 @@ async fn expired_nodes_are_replaced_before_they_drain() {
     cluster.nodepool("default", pool);
     let _controller =
         cluster.controller(&[("--disruption-interval", "1s"), ("--disruption-validation", "1s")]);
-    cluster
-        .server
-        .create(
-            "policy",
-            "poddisruptionbudgets",
-            "default",
-            json!({"metadata": {"name": "web"},
-            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}}),
-        )
-        .unwrap();
+    cluster.pdb("web", 2);
     cluster.run_replicas("web", 3, pod_template("1", "2Gi"));
     wait_for("3 pods bound", MINUTE, || cluster.bound_pods() == 3).await;
     let first: Vec<String> = cluster.nodes().iter().map(|n| name(n).to_owned()).collect();

@@ -548,6 +548,8 @@ struct Controller<P> {
     /// What each pending pod (by uid) was last told: the node it is nominated to, or why it cannot get one.
     told: BTreeMap<String, String>,
     disruption: DisruptionState,
+    /// This pass's nodes by providerID.
+    nodes_by_id: BTreeMap<String, Arc<Node>>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -609,6 +611,7 @@ pub async fn run<P: CloudProvider + 'static>(
         recorder: Recorder::new(client.clone(), reporter),
         told: BTreeMap::new(),
         disruption: DisruptionState::default(),
+        nodes_by_id: BTreeMap::new(),
         claims: Api::all(client.clone()),
         nodes: Api::all(client.clone()),
         client,
@@ -674,6 +677,14 @@ pub async fn run<P: CloudProvider + 'static>(
 impl<P: CloudProvider> Controller<P> {
     async fn pass(&mut self) {
         let now = now_ms();
+        // Nodes by providerID, once per pass (every NodeClaim step looks its node up).
+        self.nodes_by_id = self
+            .stores
+            .nodes
+            .state()
+            .into_iter()
+            .filter_map(|n| Some((provider_id(&n)?.to_owned(), n.clone())))
+            .collect();
         let claims = self.stores.claims.state();
         for c in &claims {
             self.created.remove(&c.name_any());
@@ -693,9 +704,12 @@ impl<P: CloudProvider> Controller<P> {
     }
 
     fn node_for(&self, claim: &NodeClaim) -> Option<Arc<Node>> {
-        let status = claim.status.as_ref()?;
-        let id = status.provider_id.as_deref()?;
-        self.stores.nodes.state().into_iter().find(|n| provider_id(n) == Some(id))
+        let id = claim.status.as_ref()?.provider_id.as_deref()?;
+        self.nodes_by_id.get(id).cloned()
+    }
+
+    fn node_named(&self, name: &str) -> Option<Arc<Node>> {
+        self.stores.nodes.get(&reflector::ObjectRef::new(name))
     }
 
     /// kwok: marks kwok nodes Ready when due and collects kwok nodes whose NodeClaim is gone.
@@ -1020,7 +1034,7 @@ impl<P: CloudProvider> Controller<P> {
         }
         let node = self.node_for(claim).or_else(|| {
             let node_name = claim.status.as_ref()?.node_name.as_deref()?;
-            self.stores.nodes.state().into_iter().find(|n| n.name_any() == node_name)
+            self.node_named(node_name)
         });
         let evictable: Vec<Arc<Pod>> = match &node {
             Some(node) => self
@@ -1309,7 +1323,7 @@ impl<P: CloudProvider> Controller<P> {
 
     /// Adds or removes the `cartwright.sh/disrupted:NoSchedule` taint.
     async fn set_disrupted_taint(&self, node: &str, on: bool) {
-        let Some(current) = self.stores.nodes.state().into_iter().find(|n| n.name_any() == node) else {
+        let Some(current) = self.node_named(node) else {
             return;
         };
         let mut taints = current.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();

@@ -36,25 +36,23 @@ pub fn input<'a>(
     let nodes = model
         .nodes
         .iter()
-        .map(|n| Candidate {
-            view: n.view(),
-            price: n.price.unwrap_or(Price(0)),
-            capacity_type: n.capacity_type.unwrap_or(CapacityType::OnDemand),
-            pods: n.reschedulable.iter().collect(),
-            blocked: n.blocked.clone(),
-            initialized: n.initialized,
-            disrupting: n.deleting || in_progress.contains(&n.name),
-            settled_since: settled.get(&n.name).copied().unwrap_or(0),
-            expires_at: n.expires_at,
-        })
-        .map(|mut c| {
+        .map(|n| {
+            let mut view = n.view();
             // Only nodes Cartwright launched (with a NodeClaim) are candidates.
-            if c.view.nodepool.is_some()
-                && !model.nodes.iter().any(|n| n.name == c.view.name && n.claim.is_some())
-            {
-                c.view.nodepool = None;
+            if n.claim.is_none() {
+                view.nodepool = None;
             }
-            c
+            Candidate {
+                view,
+                price: n.price.unwrap_or(Price(0)),
+                capacity_type: n.capacity_type.unwrap_or(CapacityType::OnDemand),
+                pods: n.reschedulable.iter().collect(),
+                blocked: n.blocked.clone(),
+                initialized: n.initialized,
+                disrupting: n.deleting || in_progress.contains(&n.name),
+                settled_since: settled.get(&n.name).copied().unwrap_or(0),
+                expires_at: n.expires_at,
+            }
         })
         .collect();
     let input = Input {
