@@ -287,9 +287,7 @@ impl Snapshot {
 fn snapshot_conditions(stores: &Stores, claim: &str) -> Vec<Condition> {
     stores
         .claims
-        .state()
-        .iter()
-        .find(|c| c.name_any() == claim)
+        .get(&reflector::ObjectRef::new(claim))
         .and_then(|c| c.status.as_ref().map(|s| s.conditions.clone()))
         .unwrap_or_default()
 }
