@@ -6,17 +6,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use cartwright_api::ec2nodeclass::EC2NodeClass;
+use cartwright_aws::nodeclass::ClusterInfo;
+use cartwright_aws::provider::{AwsProvider, AwsSettings};
+use cartwright_aws::sdk::SdkEc2;
 use cartwright_binpack::{Catalog, CatalogOptions};
 use cartwright_core::batcher::BatchWindow;
 use cartwright_core::lifecycle::Timeouts;
 use cartwright_kube::controller::{LeaseSettings, Settings};
 use cartwright_kube::kwok::KwokProvider;
+use kube::runtime::reflector::Store;
+use tokio::sync::watch;
 
 /// Which cloud provider launches nodes.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Provider {
     /// Node objects without machines (for trying Cartwright on any cluster).
     Kwok,
+    /// EC2 instances.
+    Aws,
 }
 
 /// Arguments of `cartwright controller`.
@@ -26,14 +34,41 @@ pub struct Args {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// The cloud provider.
-    #[arg(long, value_enum, default_value_t = Provider::Kwok)]
-    pub provider: Provider,
-    /// AWS region whose catalog and prices to plan with.
-    #[arg(long, default_value = "us-east-1")]
-    pub region: String,
-    /// A catalog file (`cartwright catalog --output json`) instead of the embedded catalog.
+    #[arg(long, visible_alias = "provider", value_enum, default_value_t = Provider::Kwok)]
+    pub cloud_provider: Provider,
+    /// AWS region whose catalog and prices to plan with (aws: default from the environment or IMDS;
+    /// kwok: us-east-1).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// A catalog file (`cartwright catalog --output json`) instead of the embedded catalog (kwok only:
+    /// aws discovers its catalog from EC2).
     #[arg(long)]
     pub catalog: Option<PathBuf>,
+    /// aws: the EKS cluster's name (tags, user data).
+    #[arg(long, env = "CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// aws: the API server URL nodes join (`aws eks describe-cluster --query cluster.endpoint`).
+    #[arg(long, env = "CLUSTER_ENDPOINT")]
+    pub cluster_endpoint: Option<String>,
+    /// aws: the cluster CA bundle, base64 (`... --query cluster.certificateAuthority.data`); default: the
+    /// CA this controller trusts for the API server.
+    #[arg(long, env = "CLUSTER_CA_BUNDLE")]
+    pub cluster_ca_bundle: Option<String>,
+    /// aws: the cluster's service CIDR, for nodeadm (optional).
+    #[arg(long)]
+    pub service_cidr: Option<String>,
+    /// aws: the Kubernetes version whose AMIs aliases resolve to (default: the API server's).
+    #[arg(long)]
+    pub kubernetes_version: Option<String>,
+    /// aws: an EC2/SSM endpoint instead of AWS's (a local moto server, a VPC endpoint).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// aws: the root of the public AMI parameters in SSM.
+    #[arg(long, default_value = "/aws/service")]
+    pub ami_parameter_root: String,
+    /// aws: how often instance types, offerings and spot prices are read again.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub catalog_refresh: Duration,
     /// A batch closes after this long without a new pending pod...
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub batch_idle_duration: Duration,
@@ -75,12 +110,10 @@ pub struct Args {
     pub tick: Duration,
 }
 
+/// How often EC2NodeClass statuses are resolved and written.
+const NODE_CLASS_EVERY: Duration = Duration::from_secs(30);
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let catalog = match &args.catalog {
-        Some(path) => cartwright_api::catalog_file::read(path, &args.region).map_err(anyhow::Error::msg)?,
-        None => Catalog::embedded(&args.region, &CatalogOptions::default())?,
-    };
-    let catalog = Arc::new(catalog);
     let metrics_addr: Option<SocketAddr> = if args.metrics_address.is_empty() {
         None
     } else {
@@ -101,8 +134,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         identity,
         duration: args.lease_duration,
     });
-    let settings = Settings {
-        catalog: catalog.clone(),
+    let settings = |catalog| Settings {
+        catalog,
         batch: BatchWindow {
             idle_ms: args.batch_idle_duration.as_millis() as u64,
             max_ms: args.batch_max_duration.as_millis() as u64,
@@ -113,13 +146,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         replan_every: Duration::from_secs(10).max(args.batch_max_duration),
         tick: args.tick,
-        lease,
+        lease: lease.clone(),
         metrics_addr,
         disruption_every: (!args.disruption_interval.is_zero()).then_some(args.disruption_interval),
         disruption_validation: args.disruption_validation,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    runtime.block_on(async {
         let client = cartwright_kube::client(args.kubeconfig.as_deref()).await?;
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
@@ -133,11 +166,134 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
         };
-        match args.provider {
+        match args.cloud_provider {
             Provider::Kwok => {
+                let region = args.region.as_deref().unwrap_or("us-east-1");
+                let catalog = match &args.catalog {
+                    Some(path) => {
+                        cartwright_api::catalog_file::read(path, region).map_err(anyhow::Error::msg)?
+                    }
+                    None => Catalog::embedded(region, &CatalogOptions::default())?,
+                };
+                let catalog = Arc::new(catalog);
+                let (_keep, receiver) = tokio::sync::watch::channel(catalog.clone());
                 let kwok = KwokProvider::new(client.clone(), catalog, args.kwok_ready_after);
-                cartwright_kube::controller::run(client, kwok.clone(), Some(kwok), settings, shutdown).await
+                cartwright_kube::controller::run(
+                    client,
+                    kwok.clone(),
+                    Some(kwok),
+                    settings(receiver),
+                    shutdown,
+                )
+                .await
+            }
+            Provider::Aws => {
+                let (provider, receiver) = aws_provider(&args, &client).await?;
+                cartwright_kube::controller::run(client, provider, None, settings(receiver), shutdown).await
             }
         }
     })
+}
+
+/// The EC2 provider: the live catalog (refreshed in the background), the NodeClass cache and the loop
+/// that writes NodeClass statuses.
+async fn aws_provider(
+    args: &Args,
+    client: &kube::Client,
+) -> anyhow::Result<(Arc<AwsProvider<SdkEc2, Store<EC2NodeClass>>>, watch::Receiver<Arc<Catalog>>)> {
+    anyhow::ensure!(args.catalog.is_none(), "--catalog: the aws provider discovers its catalog from EC2");
+    let cluster_name =
+        args.cluster_name.clone().context("--cluster-name is required with --cloud-provider aws")?;
+    let endpoint =
+        args.cluster_endpoint.clone().context("--cluster-endpoint is required with --cloud-provider aws")?;
+    let ca_bundle = match &args.cluster_ca_bundle {
+        Some(ca) => ca.clone(),
+        None => cartwright_kube::ca_bundle(args.kubeconfig.as_deref())
+            .await?
+            .context("--cluster-ca-bundle: the kubeconfig names no CA to pass on; set it")?,
+    };
+    let kubernetes_version = match &args.kubernetes_version {
+        Some(v) => v.clone(),
+        None => {
+            let info = client.apiserver_version().await.context("reading the API server's version")?;
+            format!("{}.{}", info.major, info.minor.trim_end_matches('+'))
+        }
+    };
+    let config = cartwright_aws::Ec2Settings {
+        region: args.region.clone(),
+        endpoint_url: args.aws_endpoint_url.clone(),
+    }
+    .loader()
+    .load()
+    .await;
+    let region = config
+        .region()
+        .map(|r| r.to_string())
+        .context("no AWS region: set --region or AWS_REGION (or run where IMDS answers)")?;
+    let api = Arc::new(SdkEc2::new(&config));
+    let options = CatalogOptions::default();
+    let (catalog, discovery) = cartwright_aws::catalog::discover(api.as_ref(), &region, &options)
+        .await
+        .with_context(|| format!("discovering the instance types of {region}"))?;
+    tracing::info!(
+        region,
+        instance_types = catalog.instance_types().len(),
+        zones = catalog.zones().len(),
+        unknown = discovery.unknown_types.len(),
+        live_spot_prices = discovery.live_spot_prices,
+        "discovered the EC2 catalog"
+    );
+    let (sender, receiver) = watch::channel(Arc::new(catalog));
+    let refresh = args.catalog_refresh;
+    {
+        let api = api.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(refresh).await;
+                match cartwright_aws::catalog::discover(api.as_ref(), &region, &options).await {
+                    Ok((catalog, _)) => {
+                        tracing::info!(
+                            instance_types = catalog.instance_types().len(),
+                            "refreshed the EC2 catalog"
+                        );
+                        if sender.send(Arc::new(catalog)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "refreshing the EC2 catalog failed; keeping the last one")
+                    }
+                }
+            }
+        });
+    }
+    let classes = cartwright_kube::controller::reflect(kube::Api::<EC2NodeClass>::all(client.clone()));
+    let cluster = ClusterInfo {
+        name: cluster_name,
+        endpoint,
+        ca_bundle,
+        service_cidr: args.service_cidr.clone(),
+        kubernetes_version,
+        ssm_root: args.ami_parameter_root.clone(),
+    };
+    let provider = Arc::new(AwsProvider::new(
+        api,
+        classes.clone(),
+        AwsSettings { cluster, tags: Default::default() },
+        receiver.clone(),
+    ));
+    {
+        let (provider, client) = (provider.clone(), client.clone());
+        tokio::spawn(async move {
+            loop {
+                for class in classes.state() {
+                    if let Err(e) = provider.reconcile_node_class(&client, &class).await {
+                        tracing::warn!(nodeclass = class.metadata.name.as_deref().unwrap_or(""), error = %e, "resolving the EC2NodeClass failed");
+                    }
+                }
+                tokio::time::sleep(NODE_CLASS_EVERY).await;
+            }
+        });
+    }
+    Ok((provider, receiver))
 }

@@ -1,7 +1,15 @@
-//! `cartwright-aws`: the EC2 `CloudProvider`. For now it builds the EC2 client the provider will use, from
-//! the default credential chain (IRSA, EKS Pod Identity, environment) with an optional endpoint override
-//! (a local moto server in tests).
+//! `cartwright-aws`: the EC2 `CloudProvider`. The SDK configuration comes from the default credential chain
+//! (IRSA, EKS Pod Identity, environment) with an optional endpoint override (a local moto server in tests).
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod catalog;
+pub mod fake;
+pub mod nodeclass;
+pub mod provider;
+pub mod sdk;
+pub mod status;
+pub mod userdata;
 
 use aws_config::{BehaviorVersion, ConfigLoader, Region};
 
@@ -24,7 +32,8 @@ impl Ec2Settings {
         if let Some(endpoint) = &self.endpoint_url {
             loader = loader.endpoint_url(endpoint.clone());
         }
-        loader
+        // Throttling and transient errors: exponential backoff with jitter, up to 5 attempts.
+        loader.retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
     }
 
     /// Loads the SDK configuration and builds an EC2 client.

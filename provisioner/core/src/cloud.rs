@@ -16,6 +16,8 @@ pub struct LaunchRequest {
     /// controller restart the same claim is launched again) and never start a second machine for it.
     pub nodeclaim: String,
     pub nodepool: String,
+    /// The NodePool's node class (an EC2NodeClass's name); empty for providers without one.
+    pub node_class: String,
     /// The offerings to try, best first (the plan's ranked alternatives still available).
     pub options: Vec<LaunchOption>,
     /// Labels the node must carry (NodePool template labels, the NodePool's name, narrowed requirements).
@@ -34,6 +36,16 @@ pub struct Launched {
     pub option: LaunchOption,
     pub capacity: Resources,
     pub allocatable: Resources,
+}
+
+/// A machine the provider runs for this cluster (for garbage collection).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Machine {
+    pub provider_id: String,
+    /// The NodeClaim it was launched for, from its tags.
+    pub nodeclaim: Option<String>,
+    /// When it was launched, if known.
+    pub created_ms: Option<Millis>,
 }
 
 /// Why a cloud call failed.
@@ -69,6 +81,27 @@ pub trait CloudProvider: Send + Sync {
 
     /// Terminates the machine; `NotFound` when it is already gone.
     fn delete(&self, provider_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
+
+    /// This cluster's machines that still run, launched by Cartwright.
+    fn list(&self) -> impl Future<Output = Result<Vec<Machine>, CloudError>> + Send;
+}
+
+impl<P: CloudProvider> CloudProvider for std::sync::Arc<P> {
+    fn name(&self) -> &'static str {
+        P::name(self)
+    }
+
+    fn create(&self, request: &LaunchRequest) -> impl Future<Output = Result<Launched, CloudError>> + Send {
+        P::create(self, request)
+    }
+
+    fn delete(&self, provider_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send {
+        P::delete(self, provider_id)
+    }
+
+    fn list(&self) -> impl Future<Output = Result<Vec<Machine>, CloudError>> + Send {
+        P::list(self)
+    }
 }
 
 /// Offerings that recently failed to launch, unavailable until their time runs out (Karpenter keeps

@@ -49,8 +49,12 @@ use crate::metrics::{Metrics, labels as metric_labels};
 pub const FINALIZER: &str = "cartwright.sh/termination";
 /// The taint on a node being drained (Karpenter v1 uses `karpenter.sh/disrupted`).
 pub const DISRUPTED_TAINT: &str = "cartwright.sh/disrupted";
-/// How long a kwok node may exist without its NodeClaim before it is collected.
+/// How long a machine may run without its NodeClaim (or a launched NodeClaim go without its machine)
+/// before garbage collection acts: longer than the gap between a launch and the claim's status write,
+/// and than the cloud's listing lags behind a launch.
 const ORPHAN_GRACE_MS: Millis = 30_000;
+/// How often the provider's machines are listed for garbage collection.
+const GC_EVERY: Duration = Duration::from_secs(15);
 
 /// Leader election settings.
 #[derive(Clone, Debug)]
@@ -64,7 +68,8 @@ pub struct LeaseSettings {
 /// How the controller runs.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub catalog: Arc<Catalog>,
+    /// The catalog to plan with; the cloud provider may publish a fresher one (new spot prices).
+    pub catalog: tokio::sync::watch::Receiver<Arc<Catalog>>,
     pub batch: BatchWindow,
     pub timeouts: Timeouts,
     /// Pods still pending are planned again this often (in-flight capacity is counted, so nothing is
@@ -118,7 +123,8 @@ struct Stores {
     hpas: Store<HorizontalPodAutoscaler>,
 }
 
-fn reflect<K>(api: Api<K>) -> Store<K>
+/// A cache of `api`'s objects, filled by a watch that runs (and recovers) until the process ends.
+pub fn reflect<K>(api: Api<K>) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
@@ -537,6 +543,9 @@ struct Controller<P> {
     batcher: Batcher,
     seen: HashSet<String>,
     last_plan: Option<Millis>,
+    last_gc: Option<Instant>,
+    /// This pass's catalog.
+    catalog: Arc<Catalog>,
     unavailable: UnavailableOfferings,
     /// NodeClaims created by this process that the cache may not show yet.
     created: BTreeMap<String, NodeClaim>,
@@ -605,6 +614,7 @@ pub async fn run<P: CloudProvider + 'static>(
         controller: "cartwright".into(),
         instance: settings.lease.as_ref().map(|l| l.identity.clone()),
     };
+    let catalog = settings.catalog.borrow().clone();
     let mut controller = Controller {
         recorder: Recorder::new(client.clone(), reporter),
         told: BTreeMap::new(),
@@ -621,6 +631,8 @@ pub async fn run<P: CloudProvider + 'static>(
         metrics: metrics.clone(),
         seen: HashSet::new(),
         last_plan: None,
+        last_gc: None,
+        catalog,
         unavailable: UnavailableOfferings::default(),
         created: BTreeMap::new(),
     };
@@ -675,6 +687,7 @@ pub async fn run<P: CloudProvider + 'static>(
 impl<P: CloudProvider> Controller<P> {
     async fn pass(&mut self) {
         let now = now_ms();
+        self.catalog = self.settings.catalog.borrow().clone();
         // Nodes by providerID, once per pass (every NodeClaim step looks its node up).
         self.nodes_by_id = self
             .stores
@@ -687,7 +700,8 @@ impl<P: CloudProvider> Controller<P> {
         for c in &claims {
             self.created.remove(&c.name_any());
         }
-        self.ready_kwok_nodes(&claims, now).await;
+        self.ready_kwok_nodes().await;
+        self.collect_garbage(&claims, now).await;
         for claim in &claims {
             if claim.metadata.deletion_timestamp.is_some() {
                 self.terminate(claim).await;
@@ -710,8 +724,8 @@ impl<P: CloudProvider> Controller<P> {
         self.stores.nodes.get(&reflector::ObjectRef::new(name))
     }
 
-    /// kwok: marks kwok nodes Ready when due and collects kwok nodes whose NodeClaim is gone.
-    async fn ready_kwok_nodes(&self, claims: &[Arc<NodeClaim>], now: Millis) {
+    /// kwok: marks kwok nodes Ready when due.
+    async fn ready_kwok_nodes(&self) {
         let Some(kwok) = &self.kwok else { return };
         for node in self.stores.nodes.state() {
             if !provider_id(&node).is_some_and(|p| p.starts_with(kwok::SCHEME)) {
@@ -723,13 +737,78 @@ impl<P: CloudProvider> Controller<P> {
             {
                 tracing::warn!(node = node.name_any(), error = %e, "marking the kwok node ready failed");
             }
-            let owned = claims.iter().any(|c| c.name_any() == node.name_any())
-                || self.created.contains_key(&node.name_any());
-            let age =
-                node.metadata.creation_timestamp.as_ref().map(|t| now.saturating_sub(ms(t))).unwrap_or(0);
-            if !owned && node.labels().contains_key(labels::NODEPOOL) && age >= ORPHAN_GRACE_MS {
-                tracing::info!(node = node.name_any(), "deleting a kwok node without a NodeClaim");
-                self.release_node(&node).await;
+        }
+    }
+
+    /// Garbage collection, every `GC_EVERY`: machines running without a NodeClaim (a launch whose claim
+    /// was deleted before its status was written, a crash in between) are terminated, and launched
+    /// NodeClaims whose machine is gone (terminated outside Cartwright) are deleted.
+    async fn collect_garbage(&mut self, claims: &[Arc<NodeClaim>], now: Millis) {
+        if self.last_gc.is_some_and(|t| t.elapsed() < GC_EVERY) {
+            return;
+        }
+        self.last_gc = Some(Instant::now());
+        let method = metric_labels(&[("provider", self.provider.name()), ("method", "list")]);
+        self.metrics.cloud_calls.get_or_create(&method).inc();
+        let machines = match self.provider.list().await {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics.cloud_errors.get_or_create(&method).inc();
+                tracing::warn!(error = %e, "listing machines for garbage collection failed");
+                return;
+            }
+        };
+        let claim_ids: HashSet<&str> =
+            claims.iter().filter_map(|c| c.status.as_ref()?.provider_id.as_deref()).collect();
+        let claim_names: HashSet<String> = claims.iter().map(|c| c.name_any()).collect();
+        for machine in &machines {
+            let owned = claim_ids.contains(machine.provider_id.as_str())
+                || machine
+                    .nodeclaim
+                    .as_ref()
+                    .is_some_and(|n| claim_names.contains(n) || self.created.contains_key(n));
+            let age = machine.created_ms.map(|t| now.saturating_sub(t)).unwrap_or(0);
+            if owned || age < ORPHAN_GRACE_MS {
+                continue;
+            }
+            tracing::info!(provider_id = machine.provider_id, nodeclaim = ?machine.nodeclaim, "terminating a machine without a NodeClaim");
+            let delete = metric_labels(&[("provider", self.provider.name()), ("method", "delete")]);
+            self.metrics.cloud_calls.get_or_create(&delete).inc();
+            match self.provider.delete(&machine.provider_id).await {
+                Ok(()) | Err(CloudError::NotFound(_)) => {
+                    self.metrics
+                        .garbage_collected
+                        .get_or_create(&metric_labels(&[("kind", "machine")]))
+                        .inc();
+                    if let Some(node) = self.nodes_by_id.get(&machine.provider_id).cloned() {
+                        self.release_node(&node).await;
+                    }
+                }
+                Err(e) => {
+                    self.metrics.cloud_errors.get_or_create(&delete).inc();
+                    tracing::warn!(provider_id = machine.provider_id, error = %e, "terminating an orphan failed");
+                }
+            }
+        }
+        let running: HashSet<&str> = machines.iter().map(|m| m.provider_id.as_str()).collect();
+        for claim in claims {
+            let Some(id) = claim.status.as_ref().and_then(|s| s.provider_id.as_deref()) else { continue };
+            let launched_at = claim
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Launched"))
+                .and_then(|c| c.last_transition_time.as_deref())
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .map(|t| t.as_millisecond().max(0) as Millis);
+            let settled = launched_at.is_some_and(|t| now.saturating_sub(t) >= ORPHAN_GRACE_MS);
+            if claim.metadata.deletion_timestamp.is_none() && settled && !running.contains(id) {
+                tracing::info!(
+                    nodeclaim = claim.name_any(),
+                    provider_id = id,
+                    "the NodeClaim's machine is gone"
+                );
+                self.metrics.garbage_collected.get_or_create(&metric_labels(&[("kind", "nodeclaim")])).inc();
+                self.delete_claim(&claim.name_any(), "machine_gone").await;
             }
         }
     }
@@ -779,7 +858,7 @@ impl<P: CloudProvider> Controller<P> {
                 let reason =
                     if step == ClaimStep::LaunchTimedOut { "launch_timeout" } else { "registration_timeout" };
                 tracing::warn!(nodeclaim = name, reason, "giving up on the NodeClaim");
-                if let Some(option) = claim_option(&self.settings.catalog, claim) {
+                if let Some(option) = claim_option(&self.catalog, claim) {
                     self.unavailable.mark(&option, now);
                 }
                 self.delete_claim(&name, reason).await;
@@ -928,7 +1007,6 @@ impl<P: CloudProvider> Controller<P> {
     fn launch_options(&self, claim: &NodeClaim, now: Millis) -> Vec<LaunchOption> {
         let requirements = claim_requirements(&claim.spec);
         let mut options: Vec<LaunchOption> = self
-            .settings
             .catalog
             .compatible(&requirements)
             .flat_map(|t| {
@@ -944,7 +1022,7 @@ impl<P: CloudProvider> Controller<P> {
             .filter(|o| !self.unavailable.is_unavailable(o, now))
             .collect();
         // The planned offering first, then the rest cheapest first.
-        let planned = claim_option(&self.settings.catalog, claim);
+        let planned = claim_option(&self.catalog, claim);
         options.sort_by(|a, b| {
             let pa = Some(a) != planned.as_ref();
             let pb = Some(b) != planned.as_ref();
@@ -971,6 +1049,7 @@ impl<P: CloudProvider> Controller<P> {
         let request = LaunchRequest {
             nodeclaim: name.clone(),
             nodepool: claim.labels().get(labels::NODEPOOL).cloned().unwrap_or_default(),
+            node_class: claim.spec.node_class_ref.name.clone(),
             options,
             labels: request_labels,
             taints: claim.spec.taints.iter().filter_map(api_taint).collect(),
@@ -1166,7 +1245,7 @@ impl<P: CloudProvider> Controller<P> {
         }
         self.disruption.last = Some(now);
         let snapshot = self.snapshot();
-        let mut catalog = (*self.settings.catalog).clone();
+        let mut catalog = (*self.catalog).clone();
         self.unavailable.apply(&mut catalog, now);
         let model = Model::build(&snapshot, &catalog);
         // consolidateAfter counts from the last change of a node's pods.
@@ -1356,7 +1435,7 @@ impl<P: CloudProvider> Controller<P> {
         }
         for claim in claims {
             let launched = claim.status.as_ref().is_some_and(|s| s.provider_id.is_some());
-            if let (true, Some(o)) = (launched, claim_option(&self.settings.catalog, claim)) {
+            if let (true, Some(o)) = (launched, claim_option(&self.catalog, claim)) {
                 let pool = claim.labels().get(labels::NODEPOOL).cloned().unwrap_or_default();
                 *cost.entry((pool, o.capacity_type.as_str().to_owned())).or_default() += o.price.usd();
             }
@@ -1395,7 +1474,7 @@ impl<P: CloudProvider> Controller<P> {
         }
         self.last_plan = Some(now);
         let snapshot = self.snapshot();
-        let mut catalog = (*self.settings.catalog).clone();
+        let mut catalog = (*self.catalog).clone();
         self.unavailable.apply(&mut catalog, now);
         let Some((problem, pools)) = problem(&snapshot, &provisionable, &catalog) else { return };
         let pending: BTreeMap<String, PodSpec> =

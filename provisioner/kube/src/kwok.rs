@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cartwright_binpack::{Catalog, labels};
-use cartwright_core::cloud::{CloudError, CloudProvider, LaunchRequest, Launched};
+use cartwright_core::cloud::{CloudError, CloudProvider, LaunchRequest, Launched, Machine};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// The providerID prefix.
@@ -148,5 +148,28 @@ impl CloudProvider for KwokProvider {
             Err(e) if api_code(&e) == Some(404) => Err(CloudError::NotFound(provider_id.to_owned())),
             Err(e) => Err(other(e)),
         }
+    }
+
+    /// The kwok nodes (the machines), each named after its NodeClaim.
+    async fn list(&self) -> Result<Vec<Machine>, CloudError> {
+        let nodes =
+            self.nodes.list(&ListParams::default().labels("kwok.x-k8s.io/node=fake")).await.map_err(other)?;
+        Ok(nodes
+            .items
+            .into_iter()
+            .filter(|n| n.metadata.deletion_timestamp.is_none())
+            .filter_map(|n| {
+                let provider_id = n.spec.as_ref()?.provider_id.clone()?;
+                provider_id.starts_with(SCHEME).then(|| Machine {
+                    nodeclaim: n.metadata.name.clone(),
+                    created_ms: n
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| t.0.as_millisecond().max(0) as u64),
+                    provider_id,
+                })
+            })
+            .collect())
     }
 }

@@ -16,16 +16,39 @@ pub mod metrics;
 /// PodDisruptionBudget answers 429 and must come back at once (the drain tries again on its next pass),
 /// and every other call is retried by the loops that make it.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let mut config = match kubeconfig {
+    let mut config = config(kubeconfig).await?;
+    config.default_retry = false;
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", path.display()))?;
             kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default()).await?
         }
         None => kube::Config::infer().await?,
-    };
-    config.default_retry = false;
-    Ok(kube::Client::try_from(config)?)
+    })
+}
+
+/// The CA bundle the client trusts for the API server, as base64 of its PEM (what EKS calls
+/// `certificateAuthority.data`), if the configuration names one.
+pub async fn ca_bundle(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let Some(certs) = config(kubeconfig).await?.root_cert else { return Ok(None) };
+    let mut pem = String::new();
+    for der in certs {
+        let body = engine.encode(der);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in body.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    Ok((!pem.is_empty()).then(|| engine.encode(pem)))
 }
 
 /// Installs aws-lc-rs as the process-wide rustls crypto provider.

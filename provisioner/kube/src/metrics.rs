@@ -30,6 +30,8 @@ pub struct Metrics {
     pub solve_duration: Histogram,
     pub cloud_calls: Family<Labels, Counter>,
     pub cloud_errors: Family<Labels, Counter>,
+    /// Orphan machines terminated and NodeClaims whose machine was gone, by kind.
+    pub garbage_collected: Family<Labels, Counter>,
     /// Hourly price of the launched nodes by NodePool and capacity type.
     pub cost_per_hour: Family<Labels, Gauge<f64, AtomicU64>>,
     /// 1 while this replica holds the leader lease.
@@ -47,6 +49,7 @@ impl Default for Metrics {
             solve_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             cloud_calls: Family::default(),
             cloud_errors: Family::default(),
+            garbage_collected: Family::default(),
             cost_per_hour: Family::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
@@ -70,6 +73,11 @@ impl Default for Metrics {
         registry.register("solve_duration_seconds", "Time to plan one batch", m.solve_duration.clone());
         registry.register("cloudprovider_calls", "Cloud provider calls, by method", m.cloud_calls.clone());
         registry.register("cloudprovider_errors", "Cloud provider errors, by method", m.cloud_errors.clone());
+        registry.register(
+            "garbage_collected",
+            "Machines without a NodeClaim terminated and NodeClaims without a machine deleted, by kind",
+            m.garbage_collected.clone(),
+        );
         registry.register(
             "cluster_cost_per_hour_dollars",
             "Hourly price of launched nodes, by NodePool and capacity type",

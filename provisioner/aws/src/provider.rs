@@ -1,0 +1,483 @@
+//! The EC2 `CloudProvider`: launches a NodeClaim with CreateFleet `instant` over the plan's ranked offerings
+//! (one launch template per NodeClass, AMI and user data), finds what it launched before by tag (so a
+//! restart never launches twice), terminates, and lists this cluster's instances for garbage collection.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cartwright_api::ec2nodeclass::{EC2NodeClass, EC2NodeClassSpec};
+use cartwright_binpack::solver::LaunchOption;
+use cartwright_binpack::{CapacityType, Catalog, labels};
+use cartwright_core::cloud::{CloudError, CloudProvider, LaunchRequest, Launched, Machine};
+use kube::runtime::reflector::{ObjectRef, Store};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::api::*;
+use crate::nodeclass::{self, AmiFamily, ClusterInfo, Resolved};
+use crate::userdata::{self, NodeBootstrap};
+
+/// The providerID scheme.
+pub const SCHEME: &str = "aws:///";
+/// Tags on every instance launched (the IAM policy conditions on the first three).
+pub const TAG_NODECLAIM: &str = "cartwright.sh/nodeclaim";
+pub const TAG_NODEPOOL: &str = "cartwright.sh/nodepool";
+pub const TAG_CLUSTER: &str = "eks:eks-cluster-name";
+pub const TAG_NODECLASS: &str = "cartwright.sh/ec2nodeclass";
+/// CreateFleet takes at most this many overrides (Karpenter's cap too).
+const MAX_OVERRIDES: usize = 60;
+/// How long a NodeClass resolution is reused.
+const RESOLVE_TTL: Duration = Duration::from_secs(60);
+
+/// The EC2NodeClasses the provider launches with, by name.
+pub trait NodeClasses: Send + Sync {
+    fn get(&self, name: &str) -> Option<Arc<EC2NodeClass>>;
+}
+
+impl NodeClasses for Store<EC2NodeClass> {
+    fn get(&self, name: &str) -> Option<Arc<EC2NodeClass>> {
+        Store::get(self, &ObjectRef::new(name))
+    }
+}
+
+impl NodeClasses for BTreeMap<String, Arc<EC2NodeClass>> {
+    fn get(&self, name: &str) -> Option<Arc<EC2NodeClass>> {
+        BTreeMap::get(self, name).cloned()
+    }
+}
+
+/// Provider settings.
+#[derive(Clone, Debug)]
+pub struct AwsSettings {
+    pub cluster: ClusterInfo,
+    /// Tags on every instance, volume and launch template, under the NodeClass's own.
+    pub tags: Tags,
+}
+
+/// The EC2 provider.
+pub struct AwsProvider<A, N> {
+    api: Arc<A>,
+    classes: N,
+    settings: AwsSettings,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    resolved: Mutex<BTreeMap<String, (Instant, String, Arc<Resolved>)>>,
+    templates: Mutex<BTreeSet<String>>,
+}
+
+impl<A, N> std::fmt::Debug for AwsProvider<A, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsProvider").field("cluster", &self.settings.cluster.name).finish_non_exhaustive()
+    }
+}
+
+fn other(e: Ec2Error) -> CloudError {
+    CloudError::Other(e.to_string())
+}
+
+/// The instance ID in an `aws:///zone/i-...` providerID.
+pub fn instance_id(provider_id: &str) -> Option<&str> {
+    let rest = provider_id.strip_prefix(SCHEME)?;
+    let id = rest.rsplit('/').next()?;
+    id.starts_with("i-").then_some(id)
+}
+
+fn hash_hex(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Labels that vary per offering (type, zone, ...) or that the kubelet may not set itself stay out of the
+/// user data: the controller puts them on the Node when it registers.
+fn bootstrap_label(key: &str) -> bool {
+    let per_offering = [
+        labels::INSTANCE_TYPE,
+        labels::ZONE,
+        labels::CAPACITY_TYPE,
+        labels::ARCH,
+        labels::OS,
+        labels::HOSTNAME,
+    ];
+    !per_offering.contains(&key)
+        && !key.starts_with("karpenter.k8s.aws/")
+        && !key.starts_with("topology.kubernetes.io/")
+        && !key.starts_with("node.kubernetes.io/")
+}
+
+fn block_devices(spec: &EC2NodeClassSpec, family: AmiFamily) -> Result<Vec<BlockDevice>, String> {
+    if spec.block_device_mappings.is_empty() {
+        let volume = |name: &str, gib| BlockDevice {
+            device_name: name.into(),
+            volume_size_gib: Some(gib),
+            volume_type: Some("gp3".into()),
+            encrypted: Some(true),
+            delete_on_termination: Some(true),
+            ..Default::default()
+        };
+        // Karpenter's defaults: one 20 GiB root volume; Bottlerocket a 4 GiB OS volume and a 20 GiB data volume.
+        return Ok(match family {
+            AmiFamily::Bottlerocket => vec![volume("/dev/xvda", 4), volume("/dev/xvdb", 20)],
+            _ => vec![volume("/dev/xvda", 20)],
+        });
+    }
+    spec.block_device_mappings
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = format!("spec.blockDeviceMappings[{i}]");
+            let device_name = m.device_name.clone().ok_or(format!("{field}.deviceName: required"))?;
+            let ebs = m.ebs.clone().unwrap_or_default();
+            let volume_size_gib = match &ebs.volume_size {
+                Some(size) => {
+                    let bytes = cartwright_binpack::quantity::parse_units(size)
+                        .map_err(|e| format!("{field}.ebs.volumeSize: {e}"))?;
+                    Some(
+                        i32::try_from((bytes + (1 << 30) - 1) >> 30)
+                            .map_err(|_| format!("{field}.ebs.volumeSize: too large"))?,
+                    )
+                }
+                None => None,
+            };
+            let small = |v: Option<i64>, name: &str| {
+                v.map(|n| i32::try_from(n).map_err(|_| format!("{field}.ebs.{name}: out of range")))
+                    .transpose()
+            };
+            Ok(BlockDevice {
+                device_name,
+                volume_size_gib,
+                volume_type: ebs.volume_type.clone(),
+                iops: small(ebs.iops, "iops")?,
+                throughput: small(ebs.throughput, "throughput")?,
+                encrypted: ebs.encrypted,
+                kms_key_id: ebs.kms_key_id.clone(),
+                snapshot_id: ebs.snapshot_id.clone(),
+                delete_on_termination: ebs.delete_on_termination,
+            })
+        })
+        .collect()
+}
+
+fn metadata(spec: &EC2NodeClassSpec) -> MetadataSettings {
+    let mut m = MetadataSettings::default();
+    if let Some(o) = &spec.metadata_options {
+        if let Some(v) = &o.http_endpoint {
+            m.http_endpoint = v.clone();
+        }
+        if let Some(v) = &o.http_tokens {
+            m.http_tokens = v.clone();
+        }
+        if let Some(v) = o.http_put_response_hop_limit {
+            m.http_put_response_hop_limit = v.clamp(1, 64) as i32;
+        }
+        if let Some(v) = &o.http_protocol_ipv6 {
+            m.http_protocol_ipv6 = v.clone();
+        }
+    }
+    m
+}
+
+impl<A: Ec2Api, N: NodeClasses> AwsProvider<A, N> {
+    pub fn new(
+        api: Arc<A>,
+        classes: N,
+        settings: AwsSettings,
+        catalog: watch::Receiver<Arc<Catalog>>,
+    ) -> Self {
+        AwsProvider {
+            api,
+            classes,
+            settings,
+            catalog,
+            resolved: Mutex::new(BTreeMap::new()),
+            templates: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn api(&self) -> &Arc<A> {
+        &self.api
+    }
+
+    /// The NodeClass resolved, reused for a minute unless its spec changed.
+    pub async fn resolve(&self, name: &str, spec: &EC2NodeClassSpec) -> Result<Arc<Resolved>, Ec2Error> {
+        let key = serde_json::to_string(spec).unwrap_or_default();
+        if let Some((at, k, r)) = self.resolved.lock().unwrap().get(name)
+            && *k == key
+            && at.elapsed() < RESOLVE_TTL
+        {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(nodeclass::resolve(self.api.as_ref(), spec, &self.settings.cluster).await?);
+        self.resolved.lock().unwrap().insert(name.to_owned(), (Instant::now(), key, r.clone()));
+        Ok(r)
+    }
+
+    fn cluster_tags(&self, class: &EC2NodeClass) -> Tags {
+        let mut tags = self.settings.tags.clone();
+        tags.extend(class.spec.tags.clone());
+        let cluster = &self.settings.cluster.name;
+        tags.insert(TAG_CLUSTER.into(), cluster.clone());
+        tags.insert(format!("kubernetes.io/cluster/{cluster}"), "owned".into());
+        tags.insert(TAG_NODECLASS.into(), class.metadata.name.clone().unwrap_or_default());
+        tags
+    }
+
+    /// The launch template for this class, AMI and bootstrap, created when missing.
+    async fn template(
+        &self,
+        class: &EC2NodeClass,
+        resolved: &Resolved,
+        image: &Image,
+        user_data: &str,
+    ) -> Result<String, CloudError> {
+        let spec = &class.spec;
+        let devices = block_devices(spec, resolved.family).map_err(CloudError::Other)?;
+        let mut template = LaunchTemplate {
+            name: String::new(),
+            image_id: image.id.clone(),
+            user_data: userdata::encode(user_data),
+            security_group_ids: resolved.security_groups.iter().map(|g| g.id.clone()).collect(),
+            instance_profile: resolved.instance_profile.clone(),
+            block_devices: devices,
+            metadata: metadata(spec),
+            associate_public_ip: spec.associate_public_ip_address,
+            detailed_monitoring: spec.detailed_monitoring.unwrap_or(false),
+            tags: self.cluster_tags(class),
+        };
+        template.name =
+            format!("cartwright/{}/{}", self.settings.cluster.name, hash_hex(&format!("{template:?}")));
+        if self.templates.lock().unwrap().contains(&template.name) {
+            return Ok(template.name);
+        }
+        let existing =
+            self.api.existing_launch_templates(std::slice::from_ref(&template.name)).await.map_err(other)?;
+        if existing.is_empty() {
+            self.api.create_launch_template(&template).await.map_err(other)?;
+            tracing::info!(template = template.name, image = image.id, "created a launch template");
+        }
+        self.templates.lock().unwrap().insert(template.name.clone());
+        Ok(template.name)
+    }
+
+    /// This cluster's live instances, or the one of a NodeClaim.
+    async fn instances(&self, nodeclaim: Option<&str>) -> Result<Vec<Instance>, Ec2Error> {
+        let mut filters = vec![
+            Filter::tag(TAG_CLUSTER, &self.settings.cluster.name),
+            Filter::new("instance-state-name", ["pending", "running", "stopping", "stopped"]),
+        ];
+        filters.push(match nodeclaim {
+            Some(name) => Filter::tag(TAG_NODECLAIM, name),
+            None => Filter::tag(TAG_NODECLAIM, "*"),
+        });
+        Ok(self.api.describe_instances(&filters).await?.into_iter().filter(Instance::is_live).collect())
+    }
+
+    fn launched(
+        &self,
+        id: &str,
+        instance_type: &str,
+        zone: &str,
+        spot: bool,
+        request: &LaunchRequest,
+    ) -> Result<Launched, CloudError> {
+        let capacity_type = if spot { CapacityType::Spot } else { CapacityType::OnDemand };
+        let catalog = self.catalog.borrow().clone();
+        let t = catalog.get(instance_type).ok_or_else(|| {
+            CloudError::Other(format!("launched {instance_type}, which is not in the catalog"))
+        })?;
+        let option = request
+            .options
+            .iter()
+            .find(|o| o.instance_type == instance_type && o.zone == zone && o.capacity_type == capacity_type)
+            .cloned()
+            .unwrap_or_else(|| LaunchOption {
+                instance_type: instance_type.to_owned(),
+                zone: zone.to_owned(),
+                capacity_type,
+                price: t
+                    .offerings
+                    .iter()
+                    .find(|o| o.zone == zone && o.capacity_type == capacity_type)
+                    .map(|o| o.price)
+                    .unwrap_or_default(),
+            });
+        Ok(Launched {
+            provider_id: format!("{SCHEME}{zone}/{id}"),
+            option,
+            capacity: t.capacity.clone(),
+            allocatable: t.allocatable(),
+        })
+    }
+
+    /// Writes what each NodeClass resolved to into its status (only when it changed).
+    pub async fn reconcile_node_class(
+        &self,
+        client: &kube::Client,
+        class: &EC2NodeClass,
+    ) -> Result<(), String> {
+        let name = class.metadata.name.clone().unwrap_or_default();
+        let resolved = self.resolve(&name, &class.spec).await.map_err(|e| e.to_string())?;
+        let status = crate::status::status(&resolved, class.status.as_ref(), class.metadata.generation);
+        if class.status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        let api: kube::Api<EC2NodeClass> = kube::Api::all(client.clone());
+        let patch = serde_json::json!({"status": status});
+        api.patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+impl<A: Ec2Api + 'static, N: NodeClasses + 'static> CloudProvider for AwsProvider<A, N> {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    async fn create(&self, request: &LaunchRequest) -> Result<Launched, CloudError> {
+        // Launched before (a restart between CreateFleet and the NodeClaim's status): the same instance.
+        if let Some(i) = self.instances(Some(&request.nodeclaim)).await.map_err(other)?.first() {
+            return self.launched(&i.id, &i.instance_type, &i.zone, i.spot, request);
+        }
+        let class = self
+            .classes
+            .get(&request.node_class)
+            .ok_or_else(|| CloudError::Other(format!("EC2NodeClass {} not found", request.node_class)))?;
+        let resolved = self.resolve(&request.node_class, &class.spec).await.map_err(other)?;
+        if !resolved.is_ready() {
+            let problems: Vec<String> = resolved.problems.iter().map(|p| p.message.clone()).collect();
+            return Err(CloudError::Other(format!(
+                "EC2NodeClass {} is not ready: {}",
+                request.node_class,
+                problems.join("; ")
+            )));
+        }
+        let first =
+            request.options.first().ok_or_else(|| CloudError::Other("no launch option left".into()))?;
+        let capacity_type = first.capacity_type;
+        let bootstrap = NodeBootstrap {
+            labels: request
+                .labels
+                .iter()
+                .filter(|(k, _)| bootstrap_label(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            taints: request.taints.iter().chain(&request.startup_taints).cloned().collect(),
+            kubelet: class.spec.kubelet.clone(),
+            user_data: class.spec.user_data.clone(),
+        };
+        let user_data = userdata::render(resolved.family, &self.settings.cluster, &bootstrap)
+            .map_err(|e| CloudError::Other(format!("EC2NodeClass {}: {e}", request.node_class)))?;
+        let catalog = self.catalog.borrow().clone();
+        let mut configs: BTreeMap<String, FleetConfig> = BTreeMap::new();
+        let mut tried = Vec::new();
+        let mut unplaceable = Vec::new();
+        for option in request.options.iter().filter(|o| o.capacity_type == capacity_type).take(MAX_OVERRIDES)
+        {
+            let arch = catalog
+                .get(&option.instance_type)
+                .and_then(|t| t.requirements.get(labels::ARCH)?.values()?.iter().next().cloned())
+                .unwrap_or_else(|| "amd64".into());
+            let (Some(image), Some(subnet)) = (resolved.ami_for(&arch), resolved.subnet_in(&option.zone))
+            else {
+                unplaceable.push(option.clone());
+                continue;
+            };
+            let template = self.template(&class, &resolved, image, &user_data).await?;
+            let rank = tried.len() as f64;
+            configs
+                .entry(template.clone())
+                .or_insert_with(|| FleetConfig { launch_template: template, overrides: Vec::new() })
+                .overrides
+                .push(FleetOverride {
+                    instance_type: option.instance_type.clone(),
+                    subnet_id: subnet.id.clone(),
+                    priority: rank,
+                });
+            tried.push((option.clone(), subnet.id.clone()));
+        }
+        if tried.is_empty() {
+            // No subnet in the offerings' zones, or no AMI for their architecture: not launchable now.
+            return Err(CloudError::InsufficientCapacity(unplaceable));
+        }
+        let mut tags = self.cluster_tags(&class);
+        tags.insert(TAG_NODECLAIM.into(), request.nodeclaim.clone());
+        tags.insert(TAG_NODEPOOL.into(), request.nodepool.clone());
+        tags.insert("Name".into(), request.nodeclaim.clone());
+        // The same claim with the same overrides is one launch however often it is asked for.
+        let overrides: Vec<String> = tried.iter().map(|(o, s)| format!("{}/{s}", o.instance_type)).collect();
+        let client_token = format!("{}-{}", request.nodeclaim, hash_hex(&overrides.join(",")));
+        let fleet = FleetRequest {
+            client_token: client_token.chars().rev().take(64).collect::<Vec<_>>().into_iter().rev().collect(),
+            capacity_type,
+            configs: configs.into_values().collect(),
+            tags,
+        };
+        let outcome = self.api.create_fleet(&fleet).await.map_err(other)?;
+        if let Some(instance) = outcome.instances.first() {
+            let zone = tried
+                .iter()
+                .find(|(_, s)| Some(s) == instance.subnet_id.as_ref())
+                .map(|(o, _)| o.zone.clone())
+                .unwrap_or_else(|| first.zone.clone());
+            return self.launched(
+                &instance.id,
+                &instance.instance_type,
+                &zone,
+                capacity_type == CapacityType::Spot,
+                request,
+            );
+        }
+        let capacity_errors: Vec<&FleetError> =
+            outcome.errors.iter().filter(|e| is_insufficient_capacity(&e.code)).collect();
+        if !outcome.errors.is_empty() && capacity_errors.len() == outcome.errors.len() {
+            let failed: Vec<LaunchOption> = tried
+                .iter()
+                .filter(|(o, s)| {
+                    capacity_errors.iter().any(|e| {
+                        e.instance_type.as_deref().is_none_or(|t| t == o.instance_type)
+                            && e.subnet_id.as_ref().is_none_or(|es| es == s)
+                    })
+                })
+                .map(|(o, _)| o.clone())
+                .chain(unplaceable)
+                .collect();
+            return Err(CloudError::InsufficientCapacity(failed));
+        }
+        let reason = outcome
+            .errors
+            .iter()
+            .find(|e| !is_insufficient_capacity(&e.code))
+            .map(|e| format!("{}: {}", e.code, e.message))
+            .unwrap_or_else(|| "CreateFleet launched nothing and said why not".into());
+        Err(CloudError::Other(reason))
+    }
+
+    async fn delete(&self, provider_id: &str) -> Result<(), CloudError> {
+        let id = instance_id(provider_id)
+            .ok_or_else(|| CloudError::Other(format!("{provider_id} is not an EC2 providerID")))?;
+        let found = self.api.describe_instances(&[Filter::new("instance-id", [id])]).await.map_err(other)?;
+        if !found.iter().any(Instance::is_live) {
+            return Err(CloudError::NotFound(provider_id.to_owned()));
+        }
+        match self.api.terminate_instances(&[id.to_owned()]).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Err(CloudError::NotFound(provider_id.to_owned())),
+            Err(e) => Err(other(e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Machine>, CloudError> {
+        Ok(self
+            .instances(None)
+            .await
+            .map_err(other)?
+            .into_iter()
+            .map(|i| Machine {
+                provider_id: format!("{SCHEME}{}/{}", i.zone, i.id),
+                nodeclaim: i.tags.get(TAG_NODECLAIM).cloned(),
+                created_ms: i.launch_time_ms.map(|t| t.max(0) as u64),
+            })
+            .collect())
+    }
+}
