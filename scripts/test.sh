@@ -42,6 +42,14 @@ fi
 cmake --version | head -1
 /usr/bin/chromium --version
 
+step "moto (a local EC2/SSM/SQS API server for the AWS provider's tests)"
+python="${CARTWRIGHT_PYTHON:-python3}"
+command -v "$python" >/dev/null 2>&1 || { echo "error: $python not found (the AWS tests run moto on it)" >&2; exit 1; }
+if ! "$python" -c 'import moto.server, flask' >/dev/null 2>&1; then
+  "$python" -m pip install --quiet 'moto[server]==5.2.1'
+fi
+"$python" -c 'import moto; print("moto", moto.__version__)'
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -46,9 +46,14 @@ impl Cluster {
     /// Starts `cartwright controller` with fast test timings; `overrides` are (flag, value) pairs replacing
     /// or adding to them.
     pub fn controller(&self, overrides: &[(&str, &str)]) -> Child {
+        self.controller_command(overrides).spawn().expect("starting cartwright controller")
+    }
+
+    /// The `cartwright controller` command `controller` runs, to add to before spawning.
+    pub fn controller_command(&self, overrides: &[(&str, &str)]) -> Command {
         let mut flags: Vec<(String, String)> = [
             ("--kubeconfig", self.kubeconfig.to_str().unwrap()),
-            ("--provider", "kwok"),
+            ("--cloud-provider", "kwok"),
             ("--kwok-ready-after", "1s"),
             ("--batch-idle-duration", "300ms"),
             ("--batch-max-duration", "3s"),
@@ -71,14 +76,14 @@ impl Cluster {
         for (k, v) in flags {
             args.push(format!("{k}={v}"));
         }
-        Command::new(env!("CARGO_BIN_EXE_cartwright"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cartwright"));
+        command
             .args(&args)
             .env_remove("KUBECONFIG")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting cartwright controller")
+            .kill_on_drop(true);
+        command
     }
 
     /// Runs a ReplicaSet stand-in; the returned counter scales it.
