@@ -66,6 +66,9 @@ pub struct Args {
     /// aws: the root of the public AMI parameters in SSM.
     #[arg(long, default_value = "/aws/service")]
     pub ami_parameter_root: String,
+    /// aws: the SQS queue (name or URL) EventBridge sends interruption events to; none: not watched.
+    #[arg(long, env = "INTERRUPTION_QUEUE")]
+    pub interruption_queue: Option<String>,
     /// aws: how often instance types, offerings and spot prices are read again.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub catalog_refresh: Duration,
@@ -292,6 +295,23 @@ async fn aws_provider(
                     }
                 }
                 tokio::time::sleep(NODE_CLASS_EVERY).await;
+            }
+        });
+    }
+    if let Some(queue) = &args.interruption_queue {
+        let queue = cartwright_aws::interruption::SdkQueue::new(&config, queue)
+            .await
+            .with_context(|| format!("--interruption-queue {queue}"))?;
+        let provider = provider.clone();
+        tokio::spawn(async move {
+            loop {
+                match cartwright_aws::interruption::poll(&queue).await {
+                    Ok(notices) => provider.push_interruptions(notices),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the interruption queue failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
             }
         });
     }

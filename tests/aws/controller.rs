@@ -69,6 +69,9 @@ async fn the_controller_launches_registers_and_terminates_ec2_instances() {
             "disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "1s"}}),
     );
     let _kubelets = kubelets(cluster.server.clone());
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let queue = sqs.create_queue().queue_name("e2e-interruptions").send().await.unwrap();
+    let queue_url = queue.queue_url().unwrap().to_owned();
     let mut command = cluster.controller_command(&[
         ("--cloud-provider", "aws"),
         ("--cluster-name", "e2e"),
@@ -78,6 +81,7 @@ async fn the_controller_launches_registers_and_terminates_ec2_instances() {
         ("--ami-parameter-root", SSM_ROOT),
         ("--disruption-interval", "1s"),
         ("--disruption-validation", "1s"),
+        ("--interruption-queue", "e2e-interruptions"),
     ]);
     command.envs(moto.env());
     let _controller = command.spawn().expect("starting cartwright controller");
@@ -111,6 +115,47 @@ async fn the_controller_launches_registers_and_terminates_ec2_instances() {
             && class.pointer("/status/subnets").and_then(Value::as_array).is_some_and(|s| s.len() == 3)
     })
     .await;
+
+    // A spot interruption warning for one instance: its node is replaced and drained, its pods land on the
+    // replacement, the instance is terminated and the queue is emptied.
+    let victim = claims[0].clone();
+    let victim_id = victim
+        .pointer("/status/providerID")
+        .and_then(Value::as_str)
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let warning = json!({"version": "0", "id": "7", "detail-type": "EC2 Spot Instance Interruption Warning",
+        "source": "aws.ec2", "region": "us-east-1", "resources": [],
+        "detail": {"instance-id": victim_id, "instance-action": "terminate"}});
+    sqs.send_message().queue_url(&queue_url).message_body(warning.to_string()).send().await.unwrap();
+    wait_for("the interrupted node replaced", 2 * MINUTE, || {
+        let claims = cluster.claims();
+        !claims.iter().any(|c| name(c) == name(&victim))
+            && cluster.bound_pods() == 12
+            && !cluster.nodes().iter().any(|n| name(n) == victim_id)
+    })
+    .await;
+    let victim_instance = instances(&config, "e2e")
+        .await
+        .into_iter()
+        .find(|i| i.instance_id() == Some(victim_id.as_str()))
+        .unwrap();
+    assert!(!is_running(&victim_instance), "the interrupted instance is terminated");
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap();
+    let left = attributes
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
+        .cloned();
+    assert_eq!(left.as_deref(), Some("0"), "the message was deleted");
 
     // An instance tagged for this cluster without a NodeClaim (a launch whose claim was lost) is collected.
     let ec2 = aws_sdk_ec2::Client::new(&config);

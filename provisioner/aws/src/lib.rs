@@ -5,6 +5,7 @@
 pub mod api;
 pub mod catalog;
 pub mod fake;
+pub mod interruption;
 pub mod nodeclass;
 pub mod provider;
 pub mod sdk;

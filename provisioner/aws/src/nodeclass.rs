@@ -333,7 +333,7 @@ pub async fn resolve<A: Ec2Api>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fake::FakeEc2;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cartwright_api::ec2nodeclass::{EC2NodeClass, EC2NodeClassSpec};
 use cartwright_binpack::solver::LaunchOption;
 use cartwright_binpack::{CapacityType, Catalog, labels};
-use cartwright_core::cloud::{CloudError, CloudProvider, LaunchRequest, Launched, Machine};
+use cartwright_core::cloud::{CloudError, CloudProvider, Interruption, LaunchRequest, Launched, Machine};
 use kube::runtime::reflector::{ObjectRef, Store};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -63,6 +63,7 @@ pub struct AwsProvider<A, N> {
     catalog: watch::Receiver<Arc<Catalog>>,
     resolved: Mutex<BTreeMap<String, (Instant, String, Arc<Resolved>)>>,
     templates: Mutex<BTreeSet<String>>,
+    interruptions: Mutex<Vec<Interruption>>,
 }
 
 impl<A, N> std::fmt::Debug for AwsProvider<A, N> {
@@ -190,7 +191,13 @@ impl<A: Ec2Api, N: NodeClasses> AwsProvider<A, N> {
             catalog,
             resolved: Mutex::new(BTreeMap::new()),
             templates: Mutex::new(BTreeSet::new()),
+            interruptions: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Queues interruption notices for the controller's next pass.
+    pub fn push_interruptions(&self, notices: Vec<Interruption>) {
+        self.interruptions.lock().unwrap().extend(notices);
     }
 
     pub fn api(&self) -> &Arc<A> {
@@ -467,6 +474,10 @@ impl<A: Ec2Api + 'static, N: NodeClasses + 'static> CloudProvider for AwsProvide
         }
     }
 
+    fn take_interruptions(&self) -> Vec<Interruption> {
+        std::mem::take(&mut *self.interruptions.lock().unwrap())
+    }
+
     async fn list(&self) -> Result<Vec<Machine>, CloudError> {
         Ok(self
             .instances(None)
@@ -479,5 +490,195 @@ impl<A: Ec2Api + 'static, N: NodeClasses + 'static> CloudProvider for AwsProvide
                 created_ms: i.launch_time_ms.map(|t| t.max(0) as u64),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeEc2;
+    use cartwright_binpack::{CatalogOptions, Price};
+
+    fn class(spec: EC2NodeClassSpec) -> Arc<EC2NodeClass> {
+        let mut c = EC2NodeClass::new("default", spec);
+        c.metadata.name = Some("default".into());
+        Arc::new(c)
+    }
+
+    fn provider(fake: Arc<FakeEc2>) -> AwsProvider<FakeEc2, BTreeMap<String, Arc<EC2NodeClass>>> {
+        let mut spec = crate::nodeclass::tests::spec();
+        spec.ami_selector_terms[0].alias = Some("al2023@latest".into());
+        let classes = [("default".to_owned(), class(spec))].into();
+        let catalog = Catalog::embedded("us-east-1", &CatalogOptions::default()).unwrap();
+        // The receiver keeps the last catalog after the sender is gone.
+        let (_, receiver) = watch::channel(Arc::new(catalog));
+        let settings = AwsSettings {
+            cluster: crate::nodeclass::tests::cluster(),
+            tags: [("env".to_owned(), "test".to_owned())].into(),
+        };
+        AwsProvider::new(fake, classes, settings, receiver)
+    }
+
+    fn option(t: &str, zone: &str, ct: CapacityType) -> LaunchOption {
+        LaunchOption { instance_type: t.into(), zone: zone.into(), capacity_type: ct, price: Price(0) }
+    }
+
+    fn request(options: Vec<LaunchOption>) -> LaunchRequest {
+        LaunchRequest {
+            nodeclaim: "default-abc12".into(),
+            nodepool: "default".into(),
+            node_class: "default".into(),
+            options,
+            labels: [
+                (labels::NODEPOOL.to_owned(), "default".to_owned()),
+                (labels::INSTANCE_TYPE.to_owned(), "m5.large".to_owned()),
+                ("team".to_owned(), "web".to_owned()),
+            ]
+            .into(),
+            taints: vec![],
+            startup_taints: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn insufficient_capacity_names_the_offerings_and_the_next_launch_skips_them() {
+        let fake = Arc::new(crate::nodeclass::tests::seeded());
+        fake.remove_capacity("m5.large", "us-east-1a", CapacityType::Spot);
+        fake.remove_capacity("c5.large", "us-east-1b", CapacityType::Spot);
+        let p = provider(fake.clone());
+        let options = vec![
+            option("m5.large", "us-east-1a", CapacityType::Spot),
+            option("c5.large", "us-east-1b", CapacityType::Spot),
+            option("m5.large", "us-east-1a", CapacityType::OnDemand),
+        ];
+        let err = p.create(&request(options.clone())).await.unwrap_err();
+        // Only spot was tried (one capacity type per fleet); both spot offerings ran out.
+        let CloudError::InsufficientCapacity(failed) = err else { panic!("{err:?}") };
+        assert_eq!(failed, options[..2].to_vec());
+        assert!(fake.instances().is_empty());
+        // Re-planned without them (the controller marks them unavailable): on demand launches.
+        let launched = p.create(&request(options[2..].to_vec())).await.unwrap();
+        assert_eq!(launched.option, options[2]);
+        assert_eq!(fake.instances().len(), 1);
+        assert!(!fake.instances()[0].spot);
+    }
+
+    #[tokio::test]
+    async fn spot_launches_the_most_preferred_offering_with_capacity() {
+        let fake = Arc::new(crate::nodeclass::tests::seeded());
+        fake.remove_capacity("m5.large", "us-east-1a", CapacityType::Spot);
+        let p = provider(fake.clone());
+        let options = vec![
+            option("m5.large", "us-east-1a", CapacityType::Spot),
+            option("m6g.large", "us-east-1b", CapacityType::Spot),
+        ];
+        let launched = p.create(&request(options.clone())).await.unwrap();
+        assert_eq!(launched.option, options[1]);
+        assert!(launched.provider_id.starts_with("aws:///us-east-1b/i-"));
+        let instance = &fake.instances()[0];
+        assert!(instance.spot);
+        assert_eq!(instance.image_id.as_deref(), Some("ami-arm"), "arm64 types launch the arm64 AMI");
+        assert_eq!(instance.subnet_id.as_deref(), Some("subnet-b"));
+        // One template per AMI: the x86_64 and arm64 overrides went in separate configs.
+        let templates = fake.templates();
+        assert_eq!(templates.len(), 2);
+        assert!(templates.iter().all(|t| t.tags.get(TAG_CLUSTER).map(String::as_str) == Some("prod")));
+        assert!(templates.iter().all(|t| t.tags.get("env").map(String::as_str) == Some("test")));
+        let tags = &instance.tags;
+        assert_eq!(tags.get(TAG_NODECLAIM).map(String::as_str), Some("default-abc12"));
+        assert_eq!(tags.get(TAG_NODEPOOL).map(String::as_str), Some("default"));
+        // The user data carries the pool's labels but not the per-offering ones.
+        let user_data =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &templates[0].user_data)
+                .unwrap();
+        let user_data = String::from_utf8(user_data).unwrap();
+        assert!(user_data.contains("--node-labels=karpenter.sh/nodepool=default,team=web"), "{user_data}");
+    }
+
+    #[tokio::test]
+    async fn a_throttled_launch_fails_and_the_retry_launches_once() {
+        let fake = Arc::new(crate::nodeclass::tests::seeded());
+        fake.fail_next("CreateFleet", Ec2Error::new("RequestLimitExceeded", "Request limit exceeded."));
+        let p = provider(fake.clone());
+        let r = request(vec![option("m5.large", "us-east-1a", CapacityType::OnDemand)]);
+        let err = p.create(&r).await.unwrap_err();
+        assert_eq!(err, CloudError::Other("RequestLimitExceeded: Request limit exceeded.".into()));
+        let first = p.create(&r).await.unwrap();
+        let second = p.create(&r).await.unwrap();
+        assert_eq!(first.provider_id, second.provider_id);
+        assert_eq!(fake.instances().len(), 1);
+        assert_eq!(fake.count("CreateFleet"), 2, "the third call found the instance by its tag");
+        assert_eq!(fake.count("CreateLaunchTemplate"), 1, "the template is created once");
+    }
+
+    #[tokio::test]
+    async fn offerings_without_a_subnet_are_not_launchable() {
+        let fake = Arc::new(crate::nodeclass::tests::seeded());
+        let p = provider(fake.clone());
+        let options = vec![option("m5.large", "us-east-1d", CapacityType::OnDemand)];
+        assert_eq!(p.create(&request(options.clone())).await, Err(CloudError::InsufficientCapacity(options)));
+        assert_eq!(fake.count("CreateFleet"), 0);
+    }
+
+    #[tokio::test]
+    async fn list_and_delete_cover_this_clusters_instances_only() {
+        let fake = Arc::new(crate::nodeclass::tests::seeded());
+        let p = provider(fake.clone());
+        let launched =
+            p.create(&request(vec![option("m5.large", "us-east-1a", CapacityType::OnDemand)])).await.unwrap();
+        fake.add_instance(Instance {
+            id: "i-other".into(),
+            instance_type: "m5.large".into(),
+            zone: "us-east-1a".into(),
+            state: "running".into(),
+            launch_time_ms: Some(0),
+            spot: false,
+            image_id: None,
+            subnet_id: None,
+            security_group_ids: vec![],
+            tags: [
+                (TAG_CLUSTER.to_owned(), "staging".to_owned()),
+                (TAG_NODECLAIM.to_owned(), "x".to_owned()),
+            ]
+            .into(),
+        });
+        let machines = p.list().await.unwrap();
+        assert_eq!(machines.len(), 1);
+        assert_eq!(machines[0].provider_id, launched.provider_id);
+        p.delete(&launched.provider_id).await.unwrap();
+        assert!(p.list().await.unwrap().is_empty());
+        assert_eq!(
+            p.delete(&launched.provider_id).await,
+            Err(CloudError::NotFound(launched.provider_id.clone()))
+        );
+        assert!(matches!(p.delete("kwok://x").await, Err(CloudError::Other(_))));
+    }
+
+    #[test]
+    fn block_devices_default_per_family_and_parse_sizes() {
+        let spec = EC2NodeClassSpec::default();
+        assert_eq!(block_devices(&spec, AmiFamily::Bottlerocket).unwrap().len(), 2);
+        let spec: EC2NodeClassSpec = serde_json::from_value(serde_json::json!({
+            "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"volumeSize": "100Gi", "volumeType": "gp3", "iops": 3000}}]
+        }))
+        .unwrap();
+        let d = block_devices(&spec, AmiFamily::Al2023).unwrap();
+        assert_eq!(d[0].volume_size_gib, Some(100));
+        assert_eq!(d[0].iops, Some(3000));
+        let bad: EC2NodeClassSpec = serde_json::from_value(
+            serde_json::json!({"blockDeviceMappings": [{"ebs": {"volumeSize": "1Ti"}}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            block_devices(&bad, AmiFamily::Al2023).unwrap_err(),
+            "spec.blockDeviceMappings[0].deviceName: required"
+        );
+    }
+
+    #[test]
+    fn provider_ids_name_their_instance() {
+        assert_eq!(instance_id("aws:///us-east-1a/i-0abc"), Some("i-0abc"));
+        assert_eq!(instance_id("kwok://node"), None);
+        assert_eq!(instance_id("aws:///us-east-1a/vol-1"), None);
     }
 }

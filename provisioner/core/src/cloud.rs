@@ -48,6 +48,50 @@ pub struct Machine {
     pub created_ms: Option<Millis>,
 }
 
+/// What the cloud says is about to happen to a machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum InterruptionKind {
+    /// A spot instance will be reclaimed in two minutes.
+    SpotInterruption,
+    /// Scheduled maintenance will retire or reboot the machine.
+    ScheduledChange,
+    /// The machine is stopping or terminating (outside Cartwright).
+    StateChange,
+    /// Spot capacity is at elevated risk; nothing is taken yet (noted, not acted on, as in Karpenter).
+    RebalanceRecommendation,
+}
+
+impl InterruptionKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InterruptionKind::SpotInterruption => "spot_interruption",
+            InterruptionKind::ScheduledChange => "scheduled_change",
+            InterruptionKind::StateChange => "state_change",
+            InterruptionKind::RebalanceRecommendation => "rebalance_recommendation",
+        }
+    }
+
+    /// Whether the machine is going away, so its node is replaced and drained now.
+    pub fn takes_the_machine(&self) -> bool {
+        !matches!(self, InterruptionKind::RebalanceRecommendation)
+    }
+}
+
+/// An interruption notice for one machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interruption {
+    /// The machine's ID as the cloud names it: the providerID or its last segment (an EC2 instance ID).
+    pub machine: String,
+    pub kind: InterruptionKind,
+}
+
+impl Interruption {
+    /// Whether it concerns the machine with this providerID.
+    pub fn is_for(&self, provider_id: &str) -> bool {
+        provider_id == self.machine || provider_id.rsplit('/').next() == Some(self.machine.as_str())
+    }
+}
+
 /// Why a cloud call failed.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum CloudError {
@@ -84,6 +128,11 @@ pub trait CloudProvider: Send + Sync {
 
     /// This cluster's machines that still run, launched by Cartwright.
     fn list(&self) -> impl Future<Output = Result<Vec<Machine>, CloudError>> + Send;
+
+    /// Interruption notices received since the last call (none for providers without them).
+    fn take_interruptions(&self) -> Vec<Interruption> {
+        Vec::new()
+    }
 }
 
 impl<P: CloudProvider> CloudProvider for std::sync::Arc<P> {
@@ -101,6 +150,10 @@ impl<P: CloudProvider> CloudProvider for std::sync::Arc<P> {
 
     fn list(&self) -> impl Future<Output = Result<Vec<Machine>, CloudError>> + Send {
         P::list(self)
+    }
+
+    fn take_interruptions(&self) -> Vec<Interruption> {
+        P::take_interruptions(self)
     }
 }
 

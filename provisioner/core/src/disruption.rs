@@ -44,6 +44,9 @@ pub enum Reason {
     Drifted,
     /// Older than its `expireAfter` (not limited by budgets, as in Karpenter v1).
     Expired,
+    /// The cloud is taking the machine away (spot interruption, scheduled maintenance, stop): not limited
+    /// by budgets or do-not-disrupt, as in Karpenter.
+    Interrupted,
 }
 
 impl Reason {
@@ -53,6 +56,7 @@ impl Reason {
             Reason::Underutilized => "Underutilized",
             Reason::Drifted => "Drifted",
             Reason::Expired => "Expired",
+            Reason::Interrupted => "Interrupted",
         }
     }
 }
@@ -582,6 +586,20 @@ impl Screen {
 
 /// The expired node's pods planned over the other nodes and as many new nodes as they need.
 fn replace_expired(input: &Input, i: usize) -> Option<Command> {
+    let command = replace(input, i, Reason::Expired);
+    command.1.is_empty().then_some(command.0)
+}
+
+/// The replacement of a node the cloud is taking away: its pods planned over the other nodes and as many
+/// new nodes as they need, launched at once (there is no waiting for a warning's two minutes). Pods that
+/// fit nowhere are left to provisioning once they are evicted. `None` when no such node is in the input.
+pub fn replace_interrupted(input: &Input, node: &str) -> Option<Command> {
+    let i = input.nodes.iter().position(|n| n.view.name == node)?;
+    Some(replace(input, i, Reason::Interrupted).0)
+}
+
+/// The node's pods planned elsewhere; also the pods that fit nowhere.
+fn replace(input: &Input, i: usize, reason: Reason) -> (Command, Vec<String>) {
     let node = &input.nodes[i];
     let pods: Vec<PodSpec> = node.pods.iter().map(|p| (*p).clone()).collect();
     let others: Vec<NodeView> = input
@@ -594,16 +612,15 @@ fn replace_expired(input: &Input, i: usize) -> Option<Command> {
     let problem =
         provisioning::problem(pods, &others, &input.nodepools, &input.daemonsets, input.catalog.clone());
     let plan = solver::solve(&problem);
-    if !plan.unschedulable.is_empty() {
-        return None;
-    }
-    Some(Command {
-        reason: Reason::Expired,
+    let unplaced = plan.unschedulable.iter().map(|u| u.pod.clone()).collect();
+    let command = Command {
+        reason,
         nodes: vec![node.view.name.to_owned()],
         placements: plan.placements.iter().map(|p| (p.pod.clone(), p.node.clone())).collect(),
         savings: Price(node.price.0.saturating_sub(plan.cost.0)),
         replacements: plan.new_nodes,
-    })
+    };
+    (command, unplaced)
 }
 
 /// Whether removing `chosen` saves money: their pods re-planned over the other nodes (never onto nodes
@@ -905,5 +922,26 @@ mod tests {
         nodes[0].blocked = Some("pod default/x has a do-not-disrupt annotation".into());
         let out = decide(&input(nodes, policy, c), 60_000);
         assert_eq!(out.command, None);
+    }
+
+    #[test]
+    fn an_interrupted_node_is_replaced_whatever_holds_it() {
+        let c = catalog();
+        let owned = [
+            node(&c, "spot", "m5.large", CapacityType::Spot, &[1500]),
+            node(&c, "roomy", "m5.xlarge", CapacityType::OnDemand, &[500]),
+        ];
+        let mut nodes = candidates(&owned);
+        nodes[0].blocked = Some("pod default/x has a do-not-disrupt annotation".into());
+        let policy = PoolPolicy { consolidate_after_ms: None, ..PoolPolicy::default() };
+        let input = input(nodes, policy, c);
+        let command = replace_interrupted(&input, "spot").expect("the node is in the input");
+        assert_eq!(command.reason, Reason::Interrupted);
+        assert_eq!(command.nodes, ["spot"]);
+        // Its 1.5-CPU pod fits on the roomy node: nothing new to launch.
+        assert!(command.replacements.is_empty(), "{command:?}");
+        assert_eq!(command.placements.len(), 1);
+        assert_eq!(command.placements[0].1, "roomy");
+        assert!(replace_interrupted(&input, "gone").is_none());
     }
 }

@@ -106,6 +106,8 @@ struct DisruptionState {
     replacing: Option<Replacing>,
     /// The `Disruptable` condition last written on each NodeClaim (its message), so it is written on change.
     told: BTreeMap<String, String>,
+    /// NodeClaims whose machine the cloud is taking away, to replace and drain this pass.
+    interrupted: BTreeSet<String>,
 }
 
 /// The watched objects.
@@ -710,6 +712,7 @@ impl<P: CloudProvider> Controller<P> {
             }
         }
         self.deleted_nodes(&claims).await;
+        self.interrupt(&claims, now).await;
         self.provision(now).await;
         self.disrupt(now).await;
         self.update_gauges(&claims);
@@ -1303,6 +1306,7 @@ impl<P: CloudProvider> Controller<P> {
             cartwright_core::disruption::Reason::Underutilized => "underutilized",
             cartwright_core::disruption::Reason::Drifted => "drifted",
             cartwright_core::disruption::Reason::Expired => "expired",
+            cartwright_core::disruption::Reason::Interrupted => "interrupted",
         };
         let old: Vec<(String, String)> = command
             .nodes
@@ -1336,6 +1340,61 @@ impl<P: CloudProvider> Controller<P> {
         }
         tracing::info!(old = ?old, new = ?new_claims, reason, savings_per_hour = command.savings.usd(), "replacing");
         self.disruption.replacing = Some(Replacing { reason, old, new_claims, started: now });
+    }
+
+    /// Interruption notices: a machine the cloud is taking away gets its replacements launched at once
+    /// (its pods planned over the other nodes and new ones), its node tainted so nothing new lands there,
+    /// and its NodeClaim deleted, which drains it within PDBs. Budgets and do-not-disrupt do not hold the
+    /// machine back (it goes either way). A rebalance recommendation is only recorded as an event.
+    async fn interrupt(&mut self, claims: &[Arc<NodeClaim>], now: Millis) {
+        for notice in self.provider.take_interruptions() {
+            let kind = notice.kind.as_str();
+            self.metrics.interruptions.get_or_create(&metric_labels(&[("kind", kind)])).inc();
+            let Some(claim) = claims.iter().find(|c| {
+                c.status.as_ref().and_then(|s| s.provider_id.as_deref()).is_some_and(|id| notice.is_for(id))
+            }) else {
+                tracing::debug!(machine = notice.machine, kind, "an interruption notice for no NodeClaim");
+                continue;
+            };
+            let note = format!("{} for {}", kind.replace('_', " "), notice.machine);
+            self.event(claim.as_ref(), true, "Interrupted", note).await;
+            if notice.kind.takes_the_machine() && claim.metadata.deletion_timestamp.is_none() {
+                self.disruption.interrupted.insert(claim.name_any());
+            }
+        }
+        if self.disruption.interrupted.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot();
+        let mut catalog = (*self.catalog).clone();
+        self.unavailable.apply(&mut catalog, now);
+        let model = Model::build(&snapshot, &catalog);
+        let in_progress: BTreeSet<String> =
+            self.disruption.replacing.iter().flat_map(|r| r.old.iter().map(|(n, _)| n.clone())).collect();
+        let catalog = Arc::new(provisioning::launchable(&catalog, &model.templates));
+        let (input, _) = crate::disruption::input(&model, &BTreeMap::new(), &in_progress, catalog, now);
+        for claim in std::mem::take(&mut self.disruption.interrupted) {
+            let Some(node) = model.nodes.iter().find(|n| n.claim.as_deref() == Some(claim.as_str())) else {
+                // Not registered yet: nothing runs there, the claim just goes.
+                self.delete_claim(&claim, "interrupted").await;
+                continue;
+            };
+            if node.deleting {
+                continue;
+            }
+            let command = cartwright_core::disruption::replace_interrupted(&input, &node.name);
+            self.set_disrupted_taint(&node.name, true).await;
+            let pods: BTreeMap<String, PodSpec> =
+                node.reschedulable.iter().map(|p| (p.name.clone(), p.clone())).collect();
+            let mut new_claims = Vec::new();
+            for new in command.iter().flat_map(|c| &c.replacements) {
+                if let Some(name) = self.create_claim(new, &model.pools, &pods).await {
+                    new_claims.push(name);
+                }
+            }
+            tracing::info!(node = node.name, nodeclaim = claim, replacements = ?new_claims, "interrupted: replacing and draining");
+            self.delete_claim(&claim, "interrupted").await;
+        }
     }
 
     /// Writes why each managed node stays as its NodeClaim's `Disruptable=False` condition (the reason's

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub solve_duration: Histogram,
     pub cloud_calls: Family<Labels, Counter>,
     pub cloud_errors: Family<Labels, Counter>,
+    /// Interruption notices received, by kind.
+    pub interruptions: Family<Labels, Counter>,
     /// Orphan machines terminated and NodeClaims whose machine was gone, by kind.
     pub garbage_collected: Family<Labels, Counter>,
     /// Hourly price of the launched nodes by NodePool and capacity type.
@@ -50,6 +52,7 @@ impl Default for Metrics {
             cloud_calls: Family::default(),
             cloud_errors: Family::default(),
             garbage_collected: Family::default(),
+            interruptions: Family::default(),
             cost_per_hour: Family::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
@@ -73,6 +76,11 @@ impl Default for Metrics {
         registry.register("solve_duration_seconds", "Time to plan one batch", m.solve_duration.clone());
         registry.register("cloudprovider_calls", "Cloud provider calls, by method", m.cloud_calls.clone());
         registry.register("cloudprovider_errors", "Cloud provider errors, by method", m.cloud_errors.clone());
+        registry.register(
+            "interruptions_received",
+            "Interruption notices received, by kind",
+            m.interruptions.clone(),
+        );
         registry.register(
             "garbage_collected",
             "Machines without a NodeClaim terminated and NodeClaims without a machine deleted, by kind",
