@@ -45,7 +45,7 @@ pub enum Command {
     /// Run Cartwright's solver and the re-implemented peers on a built-in workload and compare them.
     Bench(bench::Args),
     /// Run the controller against a cluster: turn Unschedulable pods into nodes and manage their lifecycle.
-    Controller(controller::Args),
+    Controller(Box<controller::Args>),
     /// Rewrite Karpenter v1 NodePools, NodeClaims and EC2NodeClasses for Cartwright (prints to stdout).
     Convert(convert::Args),
     /// Print the CustomResourceDefinitions of NodePool, NodeClaim and EC2NodeClass.
@@ -77,7 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Catalog(args) => catalog::run(args),
-        Command::Controller(args) => controller::run(args),
+        Command::Controller(args) => controller::run(*args),
         Command::Convert(args) => convert::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Explain(args) => explain::run(args),

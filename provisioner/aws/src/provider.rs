@@ -55,13 +55,16 @@ pub struct AwsSettings {
     pub tags: Tags,
 }
 
+/// A NodeClass's resolution: when it was made, for which spec (as JSON), and what it found.
+type CachedResolution = (Instant, String, Arc<Resolved>);
+
 /// The EC2 provider.
 pub struct AwsProvider<A, N> {
     api: Arc<A>,
     classes: N,
     settings: AwsSettings,
     catalog: watch::Receiver<Arc<Catalog>>,
-    resolved: Mutex<BTreeMap<String, (Instant, String, Arc<Resolved>)>>,
+    resolved: Mutex<BTreeMap<String, CachedResolution>>,
     templates: Mutex<BTreeSet<String>>,
     interruptions: Mutex<Vec<Interruption>>,
 }
