@@ -2,6 +2,7 @@
 //! installs) through the real AWS SDK over HTTP. Each test starts its own server, so tests share no state.
 
 mod controller;
+mod policy;
 mod provider;
 
 use std::process::{Child, Command, Stdio};
