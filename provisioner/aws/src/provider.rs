@@ -86,9 +86,10 @@ pub fn instance_id(provider_id: &str) -> Option<&str> {
     id.starts_with("i-").then_some(id)
 }
 
-fn hash_hex(text: &str) -> String {
+/// The first `bytes` bytes of the text's SHA-256, in hex.
+fn hash_hex(text: &str, bytes: usize) -> String {
     let digest = Sha256::digest(text.as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    digest.iter().take(bytes).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Labels that vary per offering (type, zone, ...) or that the kubelet may not set itself stay out of the
@@ -254,7 +255,7 @@ impl<A: Ec2Api, N: NodeClasses> AwsProvider<A, N> {
             tags: self.cluster_tags(class),
         };
         template.name =
-            format!("cartwright/{}/{}", self.settings.cluster.name, hash_hex(&format!("{template:?}")));
+            format!("cartwright/{}/{}", self.settings.cluster.name, hash_hex(&format!("{template:?}"), 8));
         if self.templates.lock().unwrap().contains(&template.name) {
             return Ok(template.name);
         }
@@ -382,6 +383,7 @@ impl<A: Ec2Api + 'static, N: NodeClasses + 'static> CloudProvider for AwsProvide
         let mut configs: BTreeMap<String, FleetConfig> = BTreeMap::new();
         let mut tried = Vec::new();
         let mut unplaceable = Vec::new();
+        let mut templates: BTreeMap<String, String> = BTreeMap::new();
         for option in request.options.iter().filter(|o| o.capacity_type == capacity_type).take(MAX_OVERRIDES)
         {
             let arch = catalog
@@ -393,7 +395,15 @@ impl<A: Ec2Api + 'static, N: NodeClasses + 'static> CloudProvider for AwsProvide
                 unplaceable.push(option.clone());
                 continue;
             };
-            let template = self.template(&class, &resolved, image, &user_data).await?;
+            // One template per AMI: built (hashed, looked up) once per launch, not once per offering.
+            let template = match templates.get(&image.id) {
+                Some(name) => name.clone(),
+                None => {
+                    let name = self.template(&class, &resolved, image, &user_data).await?;
+                    templates.insert(image.id.clone(), name.clone());
+                    name
+                }
+            };
             let rank = tried.len() as f64;
             configs
                 .entry(template.clone())
@@ -416,13 +426,10 @@ impl<A: Ec2Api + 'static, N: NodeClasses + 'static> CloudProvider for AwsProvide
         tags.insert("Name".into(), request.nodeclaim.clone());
         // The same claim with the same overrides is one launch however often it is asked for.
         let overrides: Vec<String> = tried.iter().map(|(o, s)| format!("{}/{s}", o.instance_type)).collect();
-        let client_token = format!("{}-{}", request.nodeclaim, hash_hex(&overrides.join(",")));
-        let fleet = FleetRequest {
-            client_token: client_token.chars().rev().take(64).collect::<Vec<_>>().into_iter().rev().collect(),
-            capacity_type,
-            configs: configs.into_values().collect(),
-            tags,
-        };
+        // A hex SHA-256 is 64 characters, CreateFleet's limit for client tokens.
+        let client_token = hash_hex(&format!("{}/{}", request.nodeclaim, overrides.join(",")), 32);
+        let fleet =
+            FleetRequest { client_token, capacity_type, configs: configs.into_values().collect(), tags };
         let outcome = self.api.create_fleet(&fleet).await.map_err(other)?;
         if let Some(instance) = outcome.instances.first() {
             let zone = tried

@@ -586,8 +586,8 @@ impl Screen {
 
 /// The expired node's pods planned over the other nodes and as many new nodes as they need.
 fn replace_expired(input: &Input, i: usize) -> Option<Command> {
-    let command = replace(input, i, Reason::Expired);
-    command.1.is_empty().then_some(command.0)
+    let (command, all_placed) = replace(input, i, Reason::Expired);
+    all_placed.then_some(command)
 }
 
 /// The replacement of a node the cloud is taking away: its pods planned over the other nodes and as many
@@ -598,8 +598,8 @@ pub fn replace_interrupted(input: &Input, node: &str) -> Option<Command> {
     Some(replace(input, i, Reason::Interrupted).0)
 }
 
-/// The node's pods planned elsewhere; also the pods that fit nowhere.
-fn replace(input: &Input, i: usize, reason: Reason) -> (Command, Vec<String>) {
+/// The node's pods planned elsewhere, and whether every one of them found a place.
+fn replace(input: &Input, i: usize, reason: Reason) -> (Command, bool) {
     let node = &input.nodes[i];
     let pods: Vec<PodSpec> = node.pods.iter().map(|p| (*p).clone()).collect();
     let others: Vec<NodeView> = input
@@ -612,7 +612,7 @@ fn replace(input: &Input, i: usize, reason: Reason) -> (Command, Vec<String>) {
     let problem =
         provisioning::problem(pods, &others, &input.nodepools, &input.daemonsets, input.catalog.clone());
     let plan = solver::solve(&problem);
-    let unplaced = plan.unschedulable.iter().map(|u| u.pod.clone()).collect();
+    let all_placed = plan.unschedulable.is_empty();
     let command = Command {
         reason,
         nodes: vec![node.view.name.to_owned()],
@@ -620,7 +620,7 @@ fn replace(input: &Input, i: usize, reason: Reason) -> (Command, Vec<String>) {
         savings: Price(node.price.0.saturating_sub(plan.cost.0)),
         replacements: plan.new_nodes,
     };
-    (command, unplaced)
+    (command, all_placed)
 }
 
 /// Whether removing `chosen` saves money: their pods re-planned over the other nodes (never onto nodes

@@ -148,7 +148,7 @@ fn now_ms() -> Millis {
     Timestamp::now().as_millisecond().max(0) as Millis
 }
 
-fn ms(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Millis {
+pub(crate) fn ms(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Millis {
     t.0.as_millisecond().max(0) as Millis
 }
 
@@ -169,6 +169,12 @@ fn pod_facts(pod: &Pod) -> PodFacts {
 
 fn pod_key(pod: &Pod) -> String {
     format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+/// When a condition last changed, if it says so readably.
+fn transition_ms(condition: &Condition) -> Option<Millis> {
+    let t = condition.last_transition_time.as_deref()?.parse::<Timestamp>().ok()?;
+    Some(t.as_millisecond().max(0) as Millis)
 }
 
 fn condition_true(conditions: &[Condition], type_: &str) -> bool {
@@ -800,9 +806,7 @@ impl<P: CloudProvider> Controller<P> {
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Launched"))
-                .and_then(|c| c.last_transition_time.as_deref())
-                .and_then(|t| t.parse::<Timestamp>().ok())
-                .map(|t| t.as_millisecond().max(0) as Millis);
+                .and_then(transition_ms);
             let settled = launched_at.is_some_and(|t| now.saturating_sub(t) >= ORPHAN_GRACE_MS);
             if claim.metadata.deletion_timestamp.is_none() && settled && !running.contains(id) {
                 tracing::info!(
@@ -841,12 +845,10 @@ impl<P: CloudProvider> Controller<P> {
         let status = claim.status.as_ref();
         let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
         let node = self.node_for(claim);
-        let launched_ms = conditions.iter().find(|c| c.type_ == "Launched" && c.status == "True").map(|c| {
-            c.last_transition_time
-                .as_deref()
-                .and_then(|t| t.parse::<Timestamp>().ok())
-                .map_or(now, |t| t.as_millisecond().max(0) as Millis)
-        });
+        let launched_ms = conditions
+            .iter()
+            .find(|c| c.type_ == "Launched" && c.status == "True")
+            .map(|c| transition_ms(c).unwrap_or(now));
         let facts = ClaimFacts {
             created_ms: claim.metadata.creation_timestamp.as_ref().map_or(now, ms),
             launched_ms,

@@ -162,11 +162,7 @@ impl CloudProvider for KwokProvider {
                 let provider_id = n.spec.as_ref()?.provider_id.clone()?;
                 provider_id.starts_with(SCHEME).then(|| Machine {
                     nodeclaim: n.metadata.name.clone(),
-                    created_ms: n
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|t| t.0.as_millisecond().max(0) as u64),
+                    created_ms: n.metadata.creation_timestamp.as_ref().map(crate::controller::ms),
                     provider_id,
                 })
             })
