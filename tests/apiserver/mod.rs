@@ -196,6 +196,11 @@ impl ApiServer {
         self.shared.faults.lock().unwrap().injected
     }
 
+    /// Every request served so far: method and path with query.
+    pub fn request_log(&self) -> Vec<(Method, String)> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
     /// Requests served so far whose method and path match.
     pub fn requests(&self, method: &Method, path_contains: &str) -> usize {
         self.shared

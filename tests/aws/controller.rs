@@ -204,4 +204,6 @@ async fn the_controller_launches_registers_and_terminates_ec2_instances() {
         "instances still running: {:?}",
         left.iter().map(|i| i.instance_id()).collect::<Vec<_>>()
     );
+    // The chart installed with the aws provider grants every request made (NodeClass status included).
+    crate::deploy::rbac::assert_chart_allows(&cluster.server.request_log(), "aws", "kube-system");
 }

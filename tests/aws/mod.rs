@@ -154,13 +154,15 @@ pub async fn seed(config: &aws_config::SdkConfig, cluster: &str) -> Seeded {
 
 /// An EC2NodeClass spec selecting what `seed` made.
 pub fn node_class_spec(cluster: &str) -> serde_json::Value {
-    serde_json::json!({
-        "subnetSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster}}],
-        "securityGroupSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster}}],
-        "amiSelectorTerms": [{"alias": "al2023@latest"}],
-        "instanceProfile": format!("{cluster}-nodes"),
-        "tags": {"team": "platform"},
-    })
+    // The example the EKS install guide applies, with the cluster's name filled in as the guide does: the
+    // moto tests launch with exactly what users are told to write.
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/eks/ec2nodeclass.yaml"))
+            .unwrap()
+            .replace("${CLUSTER_NAME}", cluster);
+    let class: serde_json::Value = yaml_serde::from_str(&text).expect("the example is YAML");
+    assert_eq!(class["kind"], "EC2NodeClass");
+    class["spec"].clone()
 }
 
 /// This cluster's instances in moto, every state.

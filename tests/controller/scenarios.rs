@@ -346,6 +346,9 @@ async fn of_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     assert_eq!(holder(&cluster).as_deref(), Some("replica-b"));
     settle(&cluster, Duration::from_secs(2)).await;
     cluster.assert_no_orphans_or_duplicates();
+    // Everything both replicas asked of the API server (leases included) is what the chart grants.
+    let checked = crate::deploy::rbac::assert_chart_allows(&cluster.server.request_log(), "kwok", "default");
+    assert!(checked > 50, "{checked} requests checked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,6 +548,8 @@ async fn after_a_scale_in_the_cluster_shrinks_honouring_pdbs_and_do_not_disrupt(
     assert!(lowest.await.unwrap() >= 8, "the PDB kept 8 web pods running");
     wait_for("11 pods bound", MINUTE, || cluster.bound_pods() == 11).await;
     cluster.assert_no_orphans_or_duplicates();
+    // Evictions, taints, node and NodeClaim deletions, events: all granted by the chart's RBAC.
+    crate::deploy::rbac::assert_chart_allows(&cluster.server.request_log(), "kwok", "kube-system");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -646,14 +646,22 @@ pub async fn run<P: CloudProvider + 'static>(
     };
     let mut leading = elector.is_none();
     let mut last_renewal: Option<Instant> = None;
+    // A standby replica asks for the lease every STANDBY_RETRY at most (not every tick: replicas waiting
+    // would otherwise read the Lease several times a second).
+    let mut last_attempt: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(controller.settings.tick) => {}
         }
         if let Some(elector) = &elector {
-            let due = last_renewal.is_none_or(|t| t.elapsed() >= elector.renew_every());
-            if due || !leading {
+            let due = if leading {
+                last_renewal.is_none_or(|t| t.elapsed() >= elector.renew_every())
+            } else {
+                last_attempt.is_none_or(|t| t.elapsed() >= elector.renew_every().min(STANDBY_RETRY))
+            };
+            if due {
+                last_attempt = Some(Instant::now());
                 match elector.try_acquire_or_renew().await {
                     Ok(now_leading) => {
                         if now_leading && !leading {
@@ -691,6 +699,9 @@ pub async fn run<P: CloudProvider + 'static>(
     }
     Ok(())
 }
+
+/// How often a replica that does not lead asks for the lease (client-go's retry period).
+const STANDBY_RETRY: Duration = Duration::from_secs(2);
 
 impl<P: CloudProvider> Controller<P> {
     async fn pass(&mut self) {

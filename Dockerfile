@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# The controller image: one statically linked `cartwright` binary on distroless, as a non-root user.
+#
+#   docker build -t cartwright:0.1.0 .
+#   docker buildx build --platform linux/amd64,linux/arm64 -t REPOSITORY:TAG --push .   # both architectures
+#
+# The binary links glibc statically (`+crt-static` on the gnu target): HiGHS is C++, which the musl targets
+# cannot build with Debian's toolchain, and a static gnu binary needs no libc in the image. CI lints this
+# file (hadolint) and builds the same static target (scripts/test.sh, docs/install-eks.md).
+
+ARG RUST_VERSION=1.95
+
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+# HiGHS builds with cmake; aws-lc with cmake and clang's headers. Debian's current versions are wanted.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake clang libclang-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+# Static only for the target: build scripts and proc macros stay dynamic host binaries.
+ENV RUSTFLAGS="-C target-feature=+crt-static" \
+    CARGO_TARGET_DIR=/cargo-target
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/cargo-target \
+    target="$(uname -m)-unknown-linux-gnu" \
+ && cargo build --release --locked --bin cartwright --target "$target" \
+ && cp "/cargo-target/$target/release/cartwright" /cartwright \
+ && /cartwright --version
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /cartwright /cartwright
+USER 65532:65532
+ENTRYPOINT ["/cartwright"]
+CMD ["controller"]
