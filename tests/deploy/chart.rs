@@ -8,7 +8,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use serde_json::Value;
 
-use super::{chart_dir, documents, helms, python, render, render_with, run, values_files};
+use super::{chart_dir, documents, helm, helms, python, render, render_with, run, values_files};
 
 /// One rendering of the chart, parsed into the k8s-openapi types.
 #[derive(Default)]
@@ -382,4 +382,29 @@ fn the_dashboard_queries_only_metrics_the_controller_exports() {
     {
         assert!(used.contains(wanted), "{wanted} is on the dashboard");
     }
+}
+
+#[test]
+fn notes_tell_what_to_do_next_and_warn_when_the_cluster_is_not_named() {
+    // Helm 4 renders NOTES without a cluster (`--dry-run=client`); Helm 3 asks a cluster for its version
+    // first, and renders the same templates otherwise.
+    let notes = |args: &[&str]| {
+        let mut helm = helm();
+        helm.args(["install", "cartwright"])
+            .arg(chart_dir())
+            .args(["--namespace", "kube-system", "--dry-run=client"])
+            .args(args);
+        let out = run(helm).unwrap_or_else(|e| panic!("helm install --dry-run: {e}"));
+        out.split_once("NOTES:").expect("NOTES rendered").1.to_owned()
+    };
+    let unnamed = notes(&[]);
+    assert!(unnamed.contains("settings.clusterName and settings.clusterEndpoint are required"), "{unnamed}");
+    let irsa = chart_dir().join("ci/irsa-values.yaml");
+    let named = notes(&["--values", irsa.to_str().unwrap()]);
+    assert!(!named.contains("WARNING"), "{named}");
+    assert!(named.contains("get lease cartwright-leader-election"), "{named}");
+    assert!(named.contains("sed \"s/\\${CLUSTER_NAME}/demo/g\" examples/eks/ec2nodeclass.yaml"), "{named}");
+    let kwok = chart_dir().join("ci/kwok-values.yaml");
+    let kwok = notes(&["--values", kwok.to_str().unwrap()]);
+    assert!(!kwok.contains("ec2nodeclass") && !kwok.contains("get lease"), "{kwok}");
 }

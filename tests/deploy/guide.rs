@@ -264,3 +264,118 @@ fn the_example_nodepool_gives_the_example_pods_nodes() {
     assert!(new_nodes.iter().all(|n| n["nodepool"] == "default"));
     assert!(plan["unschedulable"].as_array().is_none_or(Vec::is_empty), "{plan}");
 }
+
+/// Every `aws SERVICE OPERATION --option ...` in the guide's shell blocks, folded lines split at `$(`, pipes
+/// and semicolons.
+fn aws_commands(lines: &[String]) -> Vec<Vec<String>> {
+    let mut commands = Vec::new();
+    for line in lines {
+        for segment in line.split("$(").flat_map(|s| s.split(['|', ';'])) {
+            let segment = segment.split(')').next().unwrap_or(segment);
+            let words: Vec<&str> = segment.split_whitespace().collect();
+            if let Some(start) = words.iter().position(|w| *w == "aws") {
+                let command: Vec<String> = words[start + 1..].iter().map(|w| (*w).to_owned()).collect();
+                if command.len() >= 2 {
+                    commands.push(command);
+                }
+            }
+        }
+    }
+    commands
+}
+
+/// Checks AWS CLI commands against botocore's service models (the AWS CLI is generated from them): the
+/// operation exists and each `--option` is a member of its input or a global option. The CLI's own
+/// commands (`cloudformation deploy`, `ecr get-login-password`) are checked against their documented
+/// options.
+const AWS_CLI_CHECK: &str = r#"
+import json, sys
+import botocore.session
+from botocore import xform_name
+
+GLOBAL = {"query", "output", "region", "profile", "no-cli-pager", "cli-input-json"}
+CUSTOM = {
+    ("cloudformation", "deploy"): {"stack-name", "template-file", "capabilities", "parameter-overrides"},
+    ("ecr", "get-login-password"): set(),
+}
+session = botocore.session.get_session()
+problems = []
+for words in json.load(sys.stdin):
+    service, operation = words[0], words[1]
+    options = {w[2:].split("=")[0] for w in words[2:] if w.startswith("--")}
+    if (service, operation) in CUSTOM:
+        allowed = CUSTOM[(service, operation)]
+    else:
+        model = session.get_service_model(service)
+        names = {xform_name(o, "-"): o for o in model.operation_names}
+        if operation not in names:
+            problems.append(f"aws {service} {operation}: no such operation")
+            continue
+        shape = model.operation_model(names[operation]).input_shape
+        allowed = {xform_name(m, "-") for m in (shape.members if shape else {})}
+    unknown = options - allowed - GLOBAL
+    if unknown:
+        problems.append(f"aws {service} {operation}: unknown options {sorted(unknown)}")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+"#;
+
+#[test]
+fn every_aws_cli_command_in_the_guide_exists_with_the_options_it_passes() {
+    let commands = aws_commands(&shell_lines(&guide()));
+    let services: BTreeSet<&str> = commands.iter().map(|c| c[0].as_str()).collect();
+    for service in ["cloudformation", "eks", "iam", "ec2", "sqs", "events", "ecr", "sts"] {
+        assert!(services.contains(service), "the guide uses aws {service}: {services:?}");
+    }
+    let check = |commands: &[Vec<String>]| {
+        let input = std::env::temp_dir().join(format!("cartwright-aws-cli-{}.json", std::process::id()));
+        std::fs::write(&input, serde_json::to_string(commands).unwrap()).unwrap();
+        let mut command = python();
+        command.args(["-c", AWS_CLI_CHECK]).stdin(std::fs::File::open(&input).unwrap());
+        let out = run(command);
+        std::fs::remove_file(&input).unwrap();
+        out
+    };
+    check(&commands).unwrap_or_else(|e| panic!("docs/install-eks.md: {e}"));
+    // The check fails on a misspelled operation or option.
+    let bad = vec![
+        vec!["eks".to_owned(), "create-access-entries".to_owned()],
+        vec!["iam".to_owned(), "create-role".to_owned(), "--role".to_owned()],
+    ];
+    let err = check(&bad).expect_err("misspellings are caught");
+    assert!(err.contains("create-access-entries: no such operation") && err.contains("['role']"), "{err}");
+}
+
+#[test]
+fn every_shell_block_in_the_guide_parses_and_fills_every_policy_placeholder() {
+    let text = guide();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match (&mut current, line.trim()) {
+            (None, "```sh") => current = Some(String::new()),
+            (Some(block), "```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(blocks.len() >= 10, "{} blocks", blocks.len());
+    for block in &blocks {
+        let mut bash = std::process::Command::new("bash");
+        bash.args(["-n", "-c", block]);
+        run(bash).unwrap_or_else(|e| panic!("bash -n: {e}\n{block}"));
+    }
+    // The CLI route fills in the policy's placeholders with sed: all of them.
+    let policy = std::fs::read_to_string(repo().join("deploy/aws/controller-policy.json")).unwrap();
+    let placeholders: BTreeSet<&str> =
+        policy.match_indices("${").map(|(i, _)| &policy[i + 2..i + policy[i..].find('}').unwrap()]).collect();
+    let filled: BTreeSet<&str> =
+        text.match_indices("s/\\${").map(|(i, _)| &text[i + 5..i + text[i..].find('}').unwrap()]).collect();
+    assert_eq!(placeholders, filled, "the guide's sed fills every placeholder of the policy");
+}
