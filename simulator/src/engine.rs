@@ -1141,8 +1141,9 @@ impl Engine {
                     initialized: node.ready.is_some(),
                     disrupting: node.cordoned,
                     settled_since: node.settled_since,
-                    // Nodes do not expire in the simulator yet.
+                    // Nodes do not expire or drift in the simulator yet.
                     expires_at: None,
+                    drifted: None,
                 }
             })
             .collect();

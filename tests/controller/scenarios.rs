@@ -131,6 +131,20 @@ async fn scale_out_from_zero_spreads_a_200_replica_deployment_over_three_zones()
         .sum();
     assert!(100.0 / allocatable > 0.7, "CPU utilisation {:.2}", 100.0 / allocatable);
 
+    let count_events = |reason: &str, kind: &str| {
+        cluster
+            .server
+            .list("events.k8s.io", "events")
+            .iter()
+            .filter(|e| e["reason"] == reason && e.pointer("/regarding/kind") == Some(&json!(kind)))
+            .count()
+    };
+    // Events are written one by one after the plan; on a loaded machine the last may land after the pods
+    // are bound.
+    wait_for("every pod told which NodeClaim it waits for", MINUTE, || {
+        count_events("Nominated", "Pod") == 200
+    })
+    .await;
     let events = cluster.server.list("events.k8s.io", "events");
     let count = |reason: &str, kind: &str| {
         events
@@ -631,4 +645,69 @@ async fn expired_nodes_are_replaced_before_they_drain() {
     );
     let lowest = lowest.await.unwrap();
     assert!(lowest >= 2, "with a replacement ready first, the PDB (minAvailable 2) holds: lowest {lowest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_drift_when_their_nodepool_changes_and_are_replaced_one_by_one() {
+    let mut cluster = Cluster::start().await;
+    let mut pool = general_pool(json!([]));
+    // Consolidation held off (consolidateAfter: Never): only drift replaces nodes here.
+    pool["disruption"] = json!({"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "Never",
+        "budgets": [{"nodes": "1"}]});
+    cluster.nodepool("default", pool);
+    let _controller =
+        cluster.controller(&[("--disruption-interval", "1s"), ("--disruption-validation", "1s")]);
+    cluster.run_replicas("web", 12, pod_template("1500m", "1Gi"));
+    wait_for("12 pods bound", MINUTE, || cluster.bound_pods() == 12).await;
+    settle(&cluster, Duration::from_secs(2)).await;
+    let before: Vec<String> = cluster.nodes().iter().map(|n| name(n).to_owned()).collect();
+    assert!(before.len() >= 2, "{before:?}");
+    let claims_before = cluster.claims();
+    assert!(
+        claims_before
+            .iter()
+            .all(|c| c.pointer("/metadata/annotations/cartwright.sh~1nodepool-hash").is_some()),
+        "every NodeClaim carries its NodePool's template hash"
+    );
+
+    // A new label on the template: every node drifts, and is replaced (one at a time, the budget).
+    cluster
+        .server
+        .edit("cartwright.sh", "nodepools", "", "default", |p| {
+            p["spec"]["template"]["metadata"] = json!({"labels": {"team": "web"}});
+        })
+        .unwrap();
+    let most_nodes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watcher = {
+        let server = cluster.server.clone();
+        let most = most_nodes.clone();
+        tokio::spawn(async move {
+            loop {
+                let draining = server
+                    .list("", "nodes")
+                    .iter()
+                    .filter(|n| {
+                        n.pointer("/spec/taints")
+                            .and_then(Value::as_array)
+                            .is_some_and(|t| t.iter().any(|t| t["key"] == "cartwright.sh/disrupted"))
+                    })
+                    .count();
+                most.fetch_max(draining, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    wait_for("every node replaced by one with the new label", 3 * MINUTE, || {
+        let nodes = cluster.nodes();
+        !nodes.is_empty()
+            && nodes.iter().all(|n| label(n, "team") == "web")
+            && nodes.iter().all(|n| !before.contains(&name(n).to_owned()))
+            && cluster.bound_pods() == 12
+    })
+    .await;
+    watcher.abort();
+    assert!(most_nodes.load(std::sync::atomic::Ordering::Relaxed) <= 1, "the budget of one node held");
+    settle(&cluster, Duration::from_secs(2)).await;
+    cluster.assert_no_orphans_or_duplicates();
+    crate::deploy::rbac::assert_chart_allows(&cluster.server.request_log(), "kwok", "kube-system");
 }

@@ -14,6 +14,25 @@ pub const GROUP: &str = "cartwright.sh";
 /// Karpenter's group, accepted on input unchanged.
 pub const KARPENTER_GROUP: &str = "karpenter.sh";
 
+/// The annotation a NodeClaim carries with [`template_hash`] of its NodePool at launch; a different hash
+/// now means the node drifted.
+pub const HASH_ANNOTATION: &str = "cartwright.sh/nodepool-hash";
+
+/// A hash of the NodePool's static template fields (labels, annotations, taints, startup taints, node
+/// class): what a node launched from it carries. Requirements are checked against the node's labels
+/// instead, and `expireAfter` / `terminationGracePeriod` apply to existing nodes without replacing
+/// them — as in Karpenter, none of those three is hashed.
+pub fn template_hash(spec: &NodePoolSpec) -> String {
+    use sha2::Digest;
+    let mut template = spec.template.clone();
+    template.spec.requirements.clear();
+    template.spec.expire_after = None;
+    template.spec.termination_grace_period = None;
+    let text = serde_json::to_string(&template).expect("a template serializes");
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 /// What nodes a NodePool launches, how they are disrupted, and how many it may own.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -286,4 +305,38 @@ pub fn disruption_policy(spec: &NodePoolSpec, now_ms: Millis) -> Result<PoolPoli
             .collect::<Result<_, _>>()?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> NodePoolSpec {
+        yaml_serde::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn the_template_hash_changes_with_static_fields_only() {
+        let base = spec(
+            "template:\n  metadata: {labels: {team: web}}\n  spec:\n    requirements: [{key: kubernetes.io/arch, operator: In, values: [amd64]}]\n    expireAfter: 720h\n",
+        );
+        let hash = template_hash(&base);
+        assert_eq!(hash.len(), 16);
+        assert_eq!(hash, template_hash(&base.clone()), "stable");
+        // Requirements, expireAfter, terminationGracePeriod, limits and disruption settings: same hash.
+        let mut same = base.clone();
+        same.template.spec.requirements[0].values = vec!["arm64".into()];
+        same.template.spec.expire_after = Some("24h".into());
+        same.template.spec.termination_grace_period = Some("1h".into());
+        same.weight = Some(50);
+        assert_eq!(template_hash(&same), hash);
+        // A label or a taint: a new hash.
+        let mut labelled = base.clone();
+        labelled.template.metadata.as_mut().unwrap().labels.insert("team".into(), "api".into());
+        assert_ne!(template_hash(&labelled), hash);
+        let tainted = spec(
+            "template:\n  metadata: {labels: {team: web}}\n  spec:\n    requirements: []\n    taints: [{key: dedicated, value: web, effect: NoSchedule}]\n",
+        );
+        assert_ne!(template_hash(&tainted), hash);
+    }
 }

@@ -1,13 +1,17 @@
 //! Disruption decisions: which nodes to remove or replace to save money, and why every other node stays.
 //!
 //! Methods, in order, the first that finds something acts (one command per pass):
+//! 0. **Expiry**: the node past its NodePool's `expireAfter` longest is replaced (not held by budgets).
 //! 1. **Emptiness**: nodes without reschedulable pods (daemonset and mirror pods do not count) for their
 //!    NodePool's `consolidateAfter` are deleted, as many as the budgets allow.
-//! 2. **Multi-node consolidation** (`WhenEmptyOrUnderutilized`): candidates ordered by disruption cost
+//! 2. **Drift**: a node that no longer matches its NodePool or NodeClass ([`Candidate::drifted`], decided
+//!    by the caller) is replaced, empty ones first, within the pool's Drifted budget, whatever
+//!    `consolidateAfter` says.
+//! 3. **Multi-node consolidation** (`WhenEmptyOrUnderutilized`): candidates ordered by disruption cost
 //!    (fewest pods, then the most expensive first); the largest prefix whose pods fit on the remaining
 //!    nodes plus at most one new, cheaper node is found by binary search with the solver — never every
 //!    subset.
-//! 3. **Single-node consolidation**: the first candidate whose pods fit elsewhere (delete) or on one cheaper
+//! 4. **Single-node consolidation**: the first candidate whose pods fit elsewhere (delete) or on one cheaper
 //!    node (replace). A spot node is replaced by spot only when at least 15 cheaper offerings exist.
 //!
 //! Safety: disruption budgets per NodePool (count or percent of its nodes, optional cron schedule and
@@ -196,6 +200,8 @@ pub struct Candidate<'a> {
     pub settled_since: Millis,
     /// When it reaches its NodePool's `expireAfter` (`None`: never).
     pub expires_at: Option<Millis>,
+    /// Why it no longer matches what its NodePool or NodeClass would launch now (`None`: it does).
+    pub drifted: Option<String>,
 }
 
 impl<'a> Candidate<'a> {
@@ -216,6 +222,7 @@ impl<'a> Candidate<'a> {
             disrupting: false,
             settled_since: 0,
             expires_at: None,
+            drifted: None,
         }
     }
 }
@@ -383,6 +390,12 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
         );
     }
 
+    // 2. Drift: one drifted node per pass, within its pool's Drifted budget, replaced before it drains
+    // (not held by consolidateAfter; do-not-disrupt still holds).
+    if let Some(command) = drift(input, &mut kept) {
+        return finish(input, kept, command);
+    }
+
     if !input.consolidate {
         return Outcome { command: None, kept: kept.kept };
     }
@@ -414,7 +427,7 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
 
     let mut screen = Screen::new(input);
 
-    // 2. Multi-node: the largest feasible prefix (within each pool's budget), by binary search.
+    // 3. Multi-node: the largest feasible prefix (within each pool's budget), by binary search.
     let mut prefix: Vec<usize> = Vec::new();
     let mut budget = left.clone();
     for &i in candidates.iter().take(MULTI_NODE_MAX) {
@@ -443,7 +456,7 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
         }
     }
 
-    // 3. Single node.
+    // 4. Single node.
     for &i in candidates.iter().take(SINGLE_NODE_TRIES) {
         if let Some(command) = screen.evaluate(input, &[i]) {
             return finish(input, kept, command);
@@ -582,6 +595,47 @@ impl Screen {
         self.solves_left -= 1;
         evaluate(input, chosen)
     }
+}
+
+/// The drifted node to replace this pass, if any: empty drifted nodes first, then the others, each within
+/// its pool's Drifted budget and only when its pods have somewhere to go.
+fn drift(input: &Input, kept: &mut Notes) -> Option<Command> {
+    let mut drifted: Vec<usize> = (0..input.nodes.len())
+        .filter(|&i| {
+            let n = &input.nodes[i];
+            n.view.nodepool.is_some()
+                && n.drifted.is_some()
+                && !n.disrupting
+                && n.blocked.is_none()
+                && n.initialized
+        })
+        .collect();
+    drifted.sort_by_key(|&i| (!input.nodes[i].pods.is_empty(), input.nodes[i].view.name));
+    let left = allowances(input, Reason::Drifted);
+    for (k, &i) in drifted.iter().enumerate() {
+        let n = &input.nodes[i];
+        let pool = n.view.nodepool.unwrap_or_default();
+        let why = n.drifted.as_deref().unwrap_or_default();
+        if left.get(pool).copied().unwrap_or(0) <= 0 {
+            kept.insert(n.view.name, || {
+                format!(
+                    "drifted ({why}), but the disruption budget of NodePool {pool} is exhausted (Drifted)"
+                )
+            });
+            continue;
+        }
+        let (command, all_placed) = replace(input, i, Reason::Drifted);
+        if all_placed {
+            for &j in &drifted[k + 1..] {
+                let other = &input.nodes[j];
+                let why = other.drifted.as_deref().unwrap_or_default();
+                kept.insert(other.view.name, || format!("drifted ({why}); replaced after {}", n.view.name));
+            }
+            return Some(command);
+        }
+        kept.insert(n.view.name, || format!("drifted ({why}), but its pods fit nowhere"));
+    }
+    None
 }
 
 /// The expired node's pods planned over the other nodes and as many new nodes as they need.
@@ -943,5 +997,73 @@ mod tests {
         assert_eq!(command.placements.len(), 1);
         assert_eq!(command.placements[0].1, "roomy");
         assert!(replace_interrupted(&input, "gone").is_none());
+    }
+
+    #[test]
+    fn a_drifted_node_is_replaced_within_the_drift_budget_unless_do_not_disrupt() {
+        let c = catalog();
+        let owned = [
+            node(&c, "a-drifted", "m5.large", CapacityType::OnDemand, &[1500]),
+            node(&c, "b-drifted", "m5.large", CapacityType::OnDemand, &[1500]),
+            node(&c, "c-current", "m5.large", CapacityType::OnDemand, &[1500]),
+        ];
+        let mut nodes = candidates(&owned);
+        nodes[0].drifted = Some("NodePool default changed (template hash)".into());
+        nodes[1].drifted = Some("AMI ami-1 is no longer selected".into());
+        // consolidateAfter: Never holds consolidation, not drift.
+        let policy = PoolPolicy { consolidate_after_ms: None, ..PoolPolicy::default() };
+        let out = decide(&input(nodes.clone(), policy.clone(), c.clone()), 1_000);
+        let command = out.command.expect("a drift replacement");
+        assert_eq!(command.reason, Reason::Drifted);
+        assert_eq!(command.nodes, ["a-drifted"], "one node per pass");
+        assert_eq!(command.replacements.len(), 1, "its pod needs a new node first: {command:?}");
+        assert_eq!(
+            out.kept.get("b-drifted").map(String::as_str),
+            Some("drifted (AMI ami-1 is no longer selected); replaced after a-drifted")
+        );
+
+        // A budget that excludes drift stops it, and the node says why.
+        let no_drift = PoolPolicy {
+            budgets: vec![Budget::parse("0", &["Drifted".into()], None, None, 0).unwrap()],
+            ..policy.clone()
+        };
+        let out = decide(&input(nodes.clone(), no_drift, c.clone()), 1_000);
+        assert_eq!(out.command, None);
+        let why = &out.kept["a-drifted"];
+        assert!(why.contains("drifted (NodePool default changed") && why.contains("budget"), "{why}");
+
+        // The first in flight uses the budget: 10 % of 3 nodes is one at a time.
+        nodes[0].disrupting = true;
+        let out = decide(&input(nodes.clone(), policy.clone(), c.clone()), 1_000);
+        assert_eq!(out.command, None, "{:?}", out.kept);
+        assert!(out.kept["b-drifted"].contains("budget"), "{:?}", out.kept);
+
+        // do-not-disrupt holds drift off.
+        nodes[0].disrupting = false;
+        nodes[0].blocked = Some("pod default/x has a do-not-disrupt annotation".into());
+        let out = decide(&input(nodes, policy, c), 1_000);
+        let command = out.command.expect("the other drifted node");
+        assert_eq!(command.nodes, ["b-drifted"]);
+    }
+
+    #[test]
+    fn an_empty_drifted_node_goes_first_and_needs_no_replacement() {
+        let c = catalog();
+        let owned = [
+            node(&c, "a-busy", "m5.large", CapacityType::OnDemand, &[1500]),
+            node(&c, "b-empty", "m5.large", CapacityType::OnDemand, &[]),
+        ];
+        let mut nodes = candidates(&owned);
+        nodes[0].drifted = Some("NodePool default changed".into());
+        nodes[1].drifted = Some("NodePool default changed".into());
+        // Not yet empty long enough for emptiness: drift acts on it.
+        let policy = PoolPolicy { consolidate_after_ms: Some(600_000), ..PoolPolicy::default() };
+        let out = decide(&input(nodes, policy, c), 1_000);
+        let command = out.command.expect("drift");
+        assert_eq!(
+            (command.reason, command.nodes.as_slice()),
+            (Reason::Drifted, ["b-empty".to_owned()].as_slice())
+        );
+        assert!(command.replacements.is_empty());
     }
 }

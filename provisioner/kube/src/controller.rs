@@ -320,6 +320,30 @@ fn expires_at(claim: &NodeClaim) -> Option<Millis> {
     Some(claim.metadata.creation_timestamp.as_ref().map(ms)? + after)
 }
 
+/// Why a launched node no longer matches its NodePool: the template's static fields changed since launch
+/// (the hash the NodeClaim carries), or one of the node's labels no longer satisfies a requirement. A
+/// NodeClaim without the hash (launched by an older version) is judged by its labels only.
+fn nodepool_drift(
+    model: &Model,
+    claim: &NodeClaim,
+    node_labels: &BTreeMap<String, String>,
+) -> Option<String> {
+    let pool_name = claim.labels().get(labels::NODEPOOL)?;
+    let pool = model.pools.get(pool_name)?;
+    if let Some(launched) = claim.annotations().get(nodepool::HASH_ANNOTATION)
+        && *launched != nodepool::template_hash(&pool.spec)
+    {
+        return Some(format!("NodePool {pool_name}'s template changed since launch"));
+    }
+    let template = model.templates.iter().find(|t| t.name == *pool_name)?;
+    template.requirements.iter().find_map(|r| {
+        let value = node_labels.get(r.key())?;
+        (!r.matches(Some(value))).then(|| {
+            format!("label {}={value} no longer satisfies NodePool {pool_name}'s requirements", r.key())
+        })
+    })
+}
+
 /// One node of the cluster model: a registered Node, or an in-flight NodeClaim counted as one.
 #[derive(Clone, Debug)]
 pub struct ModelNode {
@@ -346,6 +370,8 @@ pub struct ModelNode {
     pub deleting: bool,
     /// When its NodeClaim reaches `expireAfter` (Unix milliseconds).
     pub expires_at: Option<Millis>,
+    /// Why it no longer matches its NodePool (or what the cloud provider reports), if it does not.
+    pub drifted: Option<String>,
 }
 
 impl ModelNode {
@@ -442,7 +468,9 @@ impl Model {
                 pod_blocked
             };
             let option = claim.and_then(|c| claim_option(catalog, c));
+            let drifted = claim.and_then(|c| nodepool_drift(&model, c, &m.labels));
             model.nodes.push(ModelNode {
+                drifted,
                 name: m.name,
                 labels: m.labels,
                 taints: m.taints,
@@ -507,6 +535,7 @@ impl Model {
                 blocked: None,
                 deleting,
                 expires_at: expires_at(claim),
+                drifted: None,
             });
         }
         model
@@ -1647,6 +1676,10 @@ impl<P: CloudProvider> Controller<P> {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.clone()),
                 labels: Some(claim_labels),
+                annotations: Some(BTreeMap::from([(
+                    nodepool::HASH_ANNOTATION.to_owned(),
+                    nodepool::template_hash(&pool.spec),
+                )])),
                 finalizers: Some(vec![FINALIZER.into()]),
                 owner_references: Some(vec![
                     k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {

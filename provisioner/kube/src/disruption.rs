@@ -52,6 +52,7 @@ pub fn input<'a>(
                 disrupting: n.deleting || in_progress.contains(&n.name),
                 settled_since: settled.get(&n.name).copied().unwrap_or(0),
                 expires_at: n.expires_at,
+                drifted: n.drifted.clone(),
             }
         })
         .collect();
