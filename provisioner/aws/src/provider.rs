@@ -25,6 +25,8 @@ pub const TAG_NODECLAIM: &str = "cartwright.sh/nodeclaim";
 pub const TAG_NODEPOOL: &str = "cartwright.sh/nodepool";
 pub const TAG_CLUSTER: &str = "eks:eks-cluster-name";
 pub const TAG_NODECLASS: &str = "cartwright.sh/ec2nodeclass";
+/// The [`node_class_hash`] of the instance's EC2NodeClass when it was launched.
+pub const TAG_NODECLASS_HASH: &str = "cartwright.sh/ec2nodeclass-hash";
 /// CreateFleet takes at most this many overrides (Karpenter's cap too).
 const MAX_OVERRIDES: usize = 60;
 /// How long a NodeClass resolution is reused.
@@ -87,6 +89,55 @@ pub fn instance_id(provider_id: &str) -> Option<&str> {
 }
 
 /// The first `bytes` bytes of the text's SHA-256, in hex.
+/// A hash of the EC2NodeClass fields an instance keeps for life (user data, tags, block devices, metadata
+/// options, instance profile or role, kubelet, AMI family): a different hash now means a launched
+/// instance drifted. The selector terms are left out: what they resolve to is compared instead.
+pub fn node_class_hash(spec: &EC2NodeClassSpec) -> String {
+    let mut spec = spec.clone();
+    spec.subnet_selector_terms.clear();
+    spec.security_group_selector_terms.clear();
+    spec.ami_selector_terms.clear();
+    spec.capacity_reservation_selector_terms.clear();
+    hash_hex(&serde_json::to_string(&spec).unwrap_or_default(), 8)
+}
+
+/// A NodeClass and what it resolves to now.
+type ClassResolution = (Arc<EC2NodeClass>, Arc<Resolved>);
+
+/// Why a launched instance no longer matches its NodeClass as it resolves now, if it does not. Nothing is
+/// said while the NodeClass does not resolve (an empty selection is a misconfiguration to report, not a
+/// reason to replace every node).
+fn drift(instance: &Instance, class: &EC2NodeClass, resolved: &Resolved) -> Option<String> {
+    let name = class.metadata.name.as_deref().unwrap_or_default();
+    if let Some(launched) = instance.tags.get(TAG_NODECLASS_HASH)
+        && *launched != node_class_hash(&class.spec)
+    {
+        return Some(format!("EC2NodeClass {name} changed since launch"));
+    }
+    if !resolved.is_ready() {
+        return None;
+    }
+    if let Some(image) = &instance.image_id
+        && !resolved.amis.iter().any(|a| a.id == *image)
+    {
+        return Some(format!("AMI {image} is no longer selected by EC2NodeClass {name}"));
+    }
+    if let Some(subnet) = &instance.subnet_id
+        && !resolved.subnets.iter().any(|s| s.id == *subnet)
+    {
+        return Some(format!("subnet {subnet} is no longer selected by EC2NodeClass {name}"));
+    }
+    let has: BTreeSet<&str> = instance.security_group_ids.iter().map(String::as_str).collect();
+    let wanted: BTreeSet<&str> = resolved.security_groups.iter().map(|g| g.id.as_str()).collect();
+    (!has.is_empty() && has != wanted).then(|| {
+        format!(
+            "security groups {} are not EC2NodeClass {name}'s {}",
+            has.into_iter().collect::<Vec<_>>().join(","),
+            wanted.into_iter().collect::<Vec<_>>().join(",")
+        )
+    })
+}
+
 fn hash_hex(text: &str, bytes: usize) -> String {
     let digest = Sha256::digest(text.as_bytes());
     digest.iter().take(bytes).map(|b| format!("{b:02x}")).collect()
@@ -421,6 +472,7 @@ impl<A: Ec2Api + 'static, N: NodeClasses + 'static> CloudProvider for AwsProvide
             return Err(CloudError::InsufficientCapacity(unplaceable));
         }
         let mut tags = self.cluster_tags(&class);
+        tags.insert(TAG_NODECLASS_HASH.into(), node_class_hash(&class.spec));
         tags.insert(TAG_NODECLAIM.into(), request.nodeclaim.clone());
         tags.insert(TAG_NODEPOOL.into(), request.nodepool.clone());
         tags.insert("Name".into(), request.nodeclaim.clone());
@@ -489,15 +541,39 @@ impl<A: Ec2Api + 'static, N: NodeClasses + 'static> CloudProvider for AwsProvide
     }
 
     async fn list(&self) -> Result<Vec<Machine>, CloudError> {
-        Ok(self
-            .instances(None)
-            .await
-            .map_err(other)?
+        let instances = self.instances(None).await.map_err(other)?;
+        // Each NodeClass the instances name, resolved once (from the cache when fresh) for drift.
+        let mut classes: BTreeMap<String, Option<ClassResolution>> = BTreeMap::new();
+        for name in instances.iter().filter_map(|i| i.tags.get(TAG_NODECLASS)) {
+            if classes.contains_key(name) {
+                continue;
+            }
+            let resolved = match self.classes.get(name) {
+                Some(class) => match self.resolve(name, &class.spec).await {
+                    Ok(r) => Some((class, r)),
+                    Err(e) => {
+                        tracing::warn!(nodeclass = name, error = %e, "resolving the NodeClass for drift failed");
+                        None
+                    }
+                },
+                None => None,
+            };
+            classes.insert(name.clone(), resolved);
+        }
+        Ok(instances
             .into_iter()
-            .map(|i| Machine {
-                provider_id: format!("{SCHEME}{}/{}", i.zone, i.id),
-                nodeclaim: i.tags.get(TAG_NODECLAIM).cloned(),
-                created_ms: i.launch_time_ms.map(|t| t.max(0) as u64),
+            .map(|i| {
+                let drifted = i
+                    .tags
+                    .get(TAG_NODECLASS)
+                    .and_then(|n| classes.get(n)?.as_ref())
+                    .and_then(|(class, resolved)| drift(&i, class, resolved));
+                Machine {
+                    provider_id: format!("{SCHEME}{}/{}", i.zone, i.id),
+                    nodeclaim: i.tags.get(TAG_NODECLAIM).cloned(),
+                    created_ms: i.launch_time_ms.map(|t| t.max(0) as u64),
+                    drifted,
+                }
             })
             .collect())
     }
@@ -662,6 +738,65 @@ mod tests {
             Err(CloudError::NotFound(launched.provider_id.clone()))
         );
         assert!(matches!(p.delete("kwok://x").await, Err(CloudError::Other(_))));
+    }
+
+    fn with_class(
+        fake: Arc<FakeEc2>,
+        edit: impl FnOnce(&mut EC2NodeClassSpec),
+    ) -> AwsProvider<FakeEc2, BTreeMap<String, Arc<EC2NodeClass>>> {
+        let mut p = provider(fake);
+        let mut spec = p.classes["default"].spec.clone();
+        edit(&mut spec);
+        p.classes.insert("default".into(), class(spec));
+        p
+    }
+
+    #[tokio::test]
+    async fn listing_reports_instances_whose_ami_security_groups_or_class_drifted() {
+        let fake = Arc::new(crate::nodeclass::tests::seeded());
+        let p = provider(fake.clone());
+        p.create(&request(vec![option("m5.large", "us-east-1a", CapacityType::OnDemand)])).await.unwrap();
+        let machines = p.list().await.unwrap();
+        assert_eq!(machines[0].drifted, None, "launched from what the class selects now");
+
+        // A new AMI release behind al2023@latest: the instance runs an AMI no longer selected.
+        fake.add_image(Image {
+            id: "ami-newer".into(),
+            name: "al2023-ami-newer".into(),
+            architecture: "x86_64".into(),
+            creation_date: "2026-09-01T00:00:00.000Z".into(),
+            tags: BTreeMap::new(),
+        });
+        let root = "/aws/service/eks/optimized-ami/1.33/amazon-linux-2023";
+        fake.put_parameter(&format!("{root}/x86_64/standard/recommended/image_id"), "ami-newer");
+        let machines = provider(fake.clone()).list().await.unwrap();
+        assert_eq!(
+            machines[0].drifted.as_deref(),
+            Some("AMI ami-new is no longer selected by EC2NodeClass default")
+        );
+        // The parameter back on the AMI it runs: no drift.
+        fake.put_parameter(&format!("{root}/x86_64/standard/recommended/image_id"), "ami-new");
+        assert_eq!(provider(fake.clone()).list().await.unwrap()[0].drifted, None);
+
+        // Another security group selected: the instance's set differs.
+        fake.add_security_group(SecurityGroup {
+            id: "sg-2".into(),
+            name: "more".into(),
+            tags: [("karpenter.sh/discovery".to_owned(), "prod".to_owned())].into(),
+        });
+        assert_eq!(
+            provider(fake.clone()).list().await.unwrap()[0].drifted.as_deref(),
+            Some("security groups sg-1 are not EC2NodeClass default's sg-1,sg-2")
+        );
+
+        // A field the instance keeps for life (its tags): drifted whatever the selectors say.
+        let retagged = with_class(fake, |s| {
+            s.tags.insert("team".into(), "platform".into());
+        });
+        assert_eq!(
+            retagged.list().await.unwrap()[0].drifted.as_deref(),
+            Some("EC2NodeClass default changed since launch")
+        );
     }
 
     #[test]

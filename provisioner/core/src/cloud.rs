@@ -46,6 +46,9 @@ pub struct Machine {
     pub nodeclaim: Option<String>,
     /// When it was launched, if known.
     pub created_ms: Option<Millis>,
+    /// Why it no longer matches what its node class would launch now (an AMI, subnet or security group
+    /// no longer selected, the class's other fields changed), when the provider can tell.
+    pub drifted: Option<String>,
 }
 
 /// What the cloud says is about to happen to a machine.

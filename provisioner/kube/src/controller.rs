@@ -586,6 +586,8 @@ struct Controller<P> {
     unavailable: UnavailableOfferings,
     /// NodeClaims created by this process that the cache may not show yet.
     created: BTreeMap<String, NodeClaim>,
+    /// What the cloud provider's last listing said had drifted, by NodeClaim name.
+    machine_drift: BTreeMap<String, String>,
     claims: Api<NodeClaim>,
     nodes: Api<Node>,
     recorder: Recorder,
@@ -672,6 +674,7 @@ pub async fn run<P: CloudProvider + 'static>(
         catalog,
         unavailable: UnavailableOfferings::default(),
         created: BTreeMap::new(),
+        machine_drift: BTreeMap::new(),
     };
     let mut leading = elector.is_none();
     let mut last_renewal: Option<Instant> = None;
@@ -807,6 +810,8 @@ impl<P: CloudProvider> Controller<P> {
                 return;
             }
         };
+        self.machine_drift =
+            machines.iter().filter_map(|m| Some((m.nodeclaim.clone()?, m.drifted.clone()?))).collect();
         let claim_ids: HashSet<&str> =
             claims.iter().filter_map(|c| c.status.as_ref()?.provider_id.as_deref()).collect();
         let claim_names: HashSet<String> = claims.iter().map(|c| c.name_any()).collect();
@@ -1292,7 +1297,13 @@ impl<P: CloudProvider> Controller<P> {
         let snapshot = self.snapshot();
         let mut catalog = (*self.catalog).clone();
         self.unavailable.apply(&mut catalog, now);
-        let model = Model::build(&snapshot, &catalog);
+        let mut model = Model::build(&snapshot, &catalog);
+        // The cloud's view of drift (AMI, subnet, security groups, NodeClass) where the NodePool sees none.
+        for node in &mut model.nodes {
+            if node.drifted.is_none() {
+                node.drifted = node.claim.as_ref().and_then(|c| self.machine_drift.get(c)).cloned();
+            }
+        }
         // consolidateAfter counts from the last change of a node's pods.
         let mut settled = BTreeMap::new();
         for n in &model.nodes {

@@ -164,6 +164,7 @@ impl CloudProvider for KwokProvider {
                     nodeclaim: n.metadata.name.clone(),
                     created_ms: n.metadata.creation_timestamp.as_ref().map(crate::controller::ms),
                     provider_id,
+                    drifted: None,
                 })
             })
             .collect())
