@@ -2,11 +2,13 @@
 # The controller image: one statically linked `cartwright` binary on distroless, as a non-root user.
 #
 #   docker build -t cartwright:0.1.0 .
-#   docker buildx build --platform linux/amd64,linux/arm64 -t REPOSITORY:TAG --push .   # both architectures
+#   docker buildx build --platform linux/arm64 -t REPOSITORY:TAG --push .   # for Graviton nodes
 #
 # The binary links glibc statically (`+crt-static` on the gnu target): HiGHS is C++, which the musl targets
-# cannot build with Debian's toolchain, and a static gnu binary needs no libc in the image. CI lints this
-# file (hadolint) and builds the same static target (scripts/test.sh, docs/install-eks.md).
+# cannot build with Debian's toolchain. A static glibc binary still loads glibc's NSS modules to resolve
+# host names (the AWS endpoints), so the runtime image is distroless `base` (the same Debian 12 glibc,
+# CA certificates, user 65532) rather than `static`. CI lints this file with hadolint; the static build
+# was checked by running its commands outside Docker (docs/install-eks.md, step 4).
 
 ARG RUST_VERSION=1.95
 
@@ -30,7 +32,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp "/cargo-target/$target/release/cartwright" /cartwright \
  && /cartwright --version
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM gcr.io/distroless/base-debian12:nonroot
 COPY --from=build /cartwright /cartwright
 USER 65532:65532
 ENTRYPOINT ["/cartwright"]
