@@ -288,11 +288,22 @@ async fn aws_provider(
     {
         let (provider, client) = (provider.clone(), client.clone());
         tokio::spawn(async move {
+            // Until the NodeClasses are listed, every instance profile would look unused.
+            if classes.wait_until_ready().await.is_err() {
+                return;
+            }
             loop {
+                let mut using_role = std::collections::BTreeSet::new();
                 for class in classes.state() {
                     if let Err(e) = provider.reconcile_node_class(&client, &class).await {
                         tracing::warn!(nodeclass = class.metadata.name.as_deref().unwrap_or(""), error = %e, "resolving the EC2NodeClass failed");
                     }
+                    if class.spec.role.is_some() && class.spec.instance_profile.is_none() {
+                        using_role.insert(class.metadata.name.clone().unwrap_or_default());
+                    }
+                }
+                if let Err(e) = provider.collect_instance_profiles(&using_role).await {
+                    tracing::warn!(error = %e, "collecting unused instance profiles failed");
                 }
                 tokio::time::sleep(NODE_CLASS_EVERY).await;
             }

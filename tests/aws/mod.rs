@@ -95,7 +95,8 @@ pub struct Seeded {
 }
 
 /// A VPC with one subnet in each of three zones and a security group, tagged
-/// `karpenter.sh/discovery=<cluster>`, and an AL2023 AMI parameter for `al2023@latest`.
+/// `karpenter.sh/discovery=<cluster>`, an AL2023 AMI parameter for `al2023@latest`, and the nodes' IAM role
+/// `CartwrightNodeRole-<cluster>`.
 pub async fn seed(config: &aws_config::SdkConfig, cluster: &str) -> Seeded {
     let ec2 = aws_sdk_ec2::Client::new(config);
     let discovery = || {
@@ -149,7 +150,32 @@ pub async fn seed(config: &aws_config::SdkConfig, cluster: &str) -> Seeded {
         .send()
         .await
         .unwrap();
+    // The nodes' role the example EC2NodeClass names (the install guide's CloudFormation stack makes it).
+    aws_sdk_iam::Client::new(config)
+        .create_role()
+        .role_name(format!("CartwrightNodeRole-{cluster}"))
+        .assume_role_policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+        )
+        .send()
+        .await
+        .unwrap();
     Seeded { subnets, security_group: group.group_id().unwrap().to_owned(), ami }
+}
+
+/// The instance profiles under `path` in moto and the roles they hold.
+pub async fn instance_profiles(config: &aws_config::SdkConfig, path: &str) -> Vec<(String, Vec<String>)> {
+    let out =
+        aws_sdk_iam::Client::new(config).list_instance_profiles().path_prefix(path).send().await.unwrap();
+    out.instance_profiles()
+        .iter()
+        .map(|p| {
+            (
+                p.instance_profile_name().to_owned(),
+                p.roles().iter().map(|r| r.role_name().to_owned()).collect(),
+            )
+        })
+        .collect()
 }
 
 /// An EC2NodeClass spec selecting what `seed` made.

@@ -45,6 +45,12 @@ fn the_iam_policy_allows_exactly_the_calls_made_and_conditions_every_write() {
         ("receive_message()", "sqs:ReceiveMessage"),
         ("delete_message()", "sqs:DeleteMessage"),
         ("get_queue_url()", "sqs:GetQueueUrl"),
+        ("get_instance_profile()", "iam:GetInstanceProfile"),
+        ("list_instance_profiles()", "iam:ListInstanceProfiles"),
+        ("create_instance_profile()", "iam:CreateInstanceProfile"),
+        ("add_role_to_instance_profile()", "iam:AddRoleToInstanceProfile"),
+        ("remove_role_from_instance_profile()", "iam:RemoveRoleFromInstanceProfile"),
+        ("delete_instance_profile()", "iam:DeleteInstanceProfile"),
     ];
     let mut expected = std::collections::BTreeSet::new();
     for (call, action) in called {
@@ -56,7 +62,10 @@ fn the_iam_policy_allows_exactly_the_calls_made_and_conditions_every_write() {
         expected.insert(action.to_owned());
     }
     // Launching needs RunInstances on the resources CreateFleet uses; tags only while creating; the node role.
-    expected.extend(["ec2:RunInstances", "ec2:CreateTags", "iam:PassRole"].map(String::from));
+    // Tags on a new instance profile need TagInstanceProfile.
+    expected.extend(
+        ["ec2:RunInstances", "ec2:CreateTags", "iam:PassRole", "iam:TagInstanceProfile"].map(String::from),
+    );
     assert_eq!(allowed, expected, "nothing beyond what is called");
     for s in &statements {
         let acts = actions(s);
@@ -68,7 +77,10 @@ fn the_iam_policy_allows_exactly_the_calls_made_and_conditions_every_write() {
             assert!(resource_scoped, "{} writes on every resource", s["Sid"]);
         }
         if acts.iter().any(|a| {
-            a == "ec2:TerminateInstances" || a == "ec2:CreateTags" || a == "ec2:CreateLaunchTemplate"
+            a == "ec2:TerminateInstances"
+                || a == "ec2:CreateTags"
+                || a == "ec2:CreateLaunchTemplate"
+                || a.starts_with("iam:") && !a.contains(":Get") && !a.contains(":List") && a != "iam:PassRole"
         }) {
             assert!(s.get("Condition").is_some(), "{} is not conditioned on tags", s["Sid"]);
         }

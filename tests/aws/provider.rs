@@ -80,6 +80,12 @@ async fn a_nodeclaim_launches_once_with_its_template_and_tags_then_terminates() 
     assert_eq!(resolved.subnets.len(), 3);
     assert_eq!(resolved.security_groups[0].id, seeded.security_group);
     assert_eq!(resolved.ami_for("amd64").unwrap().id, seeded.ami);
+    // The role got an instance profile in IAM (under the cluster's path) holding it.
+    let profile = resolved.instance_profile.clone().expect("an instance profile for the role");
+    assert_eq!(
+        super::instance_profiles(&config, "/cartwright/alpha/").await,
+        [(profile.clone(), vec!["CartwrightNodeRole-alpha".to_owned()])]
+    );
 
     let request = LaunchRequest {
         nodeclaim: "default-x7k2p".into(),
@@ -138,6 +144,7 @@ async fn a_nodeclaim_launches_once_with_its_template_and_tags_then_terminates() 
     assert!(user_data.contains("--node-labels=karpenter.sh/nodepool=default,team=web"), "{user_data}");
     let metadata = data.metadata_options().unwrap();
     assert_eq!(metadata.http_tokens().map(|t| t.as_str()), Some("required"), "IMDSv2 only");
+    assert_eq!(data.iam_instance_profile().and_then(|p| p.name()), Some(profile.as_str()));
 
     // Asked again (a restart before the claim's status was written): the same instance, nothing new.
     let again = provider.create(&request).await.unwrap();
@@ -153,6 +160,11 @@ async fn a_nodeclaim_launches_once_with_its_template_and_tags_then_terminates() 
     assert!(instances(&config, "alpha").await.iter().all(|i| !is_running(i)), "terminated");
     assert!(provider.list().await.unwrap().is_empty());
     assert!(matches!(provider.delete(&launched.provider_id).await, Err(CloudError::NotFound(_))));
+
+    // The NodeClass gone and its instances with it: its instance profile is deleted.
+    let deleted = provider.collect_instance_profiles(&Default::default()).await.unwrap();
+    assert_eq!(deleted, [profile]);
+    assert!(super::instance_profiles(&config, "/cartwright/alpha/").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,7 +201,7 @@ fn the_cloudformation_template_lints_clean_and_carries_the_policy_file_word_for_
     assert_eq!(parsed["Parameters"]["ServiceAccountName"]["Default"], "cartwright");
     assert_eq!(resources["NodeAccess"]["Properties"]["Type"], "EC2_LINUX");
     let example = std::fs::read_to_string(repo().join("examples/eks/ec2nodeclass.yaml")).unwrap();
-    assert!(example.contains("instanceProfile: CartwrightNodeInstanceProfile-${CLUSTER_NAME}"));
+    assert!(example.contains("role: CartwrightNodeRole-${CLUSTER_NAME}"), "the role the policy may pass");
     // One EventBridge rule per event the interruption poller understands.
     let rules: BTreeSet<String> = resources
         .as_object()

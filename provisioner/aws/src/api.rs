@@ -37,6 +37,15 @@ pub struct InstanceTypeInfo {
     pub architectures: Vec<String>,
 }
 
+/// An IAM instance profile and the roles in it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceProfile {
+    pub name: String,
+    pub path: String,
+    pub roles: Vec<String>,
+    pub tags: Tags,
+}
+
 /// The latest spot price of a type in a zone.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpotPrice {
@@ -226,7 +235,10 @@ impl Ec2Error {
     /// The resource does not exist.
     pub fn is_not_found(&self) -> bool {
         self.code_is(|c| {
-            c.ends_with(".NotFound") || c.ends_with("NotFoundException") || c == "ParameterNotFound"
+            c.ends_with(".NotFound")
+                || c.ends_with("NotFoundException")
+                || c == "ParameterNotFound"
+                || c == "NoSuchEntity"
         })
     }
 }
@@ -287,4 +299,31 @@ pub trait Ec2Api: Send + Sync {
         filters: &[Filter],
     ) -> impl Future<Output = Result<Vec<Instance>, Ec2Error>> + Send;
     fn terminate_instances(&self, ids: &[String]) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    /// An IAM instance profile; `None` when it does not exist.
+    fn get_instance_profile(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<InstanceProfile>, Ec2Error>> + Send;
+    /// The instance profiles under an IAM path (tags not filled in).
+    fn list_instance_profiles(
+        &self,
+        path_prefix: &str,
+    ) -> impl Future<Output = Result<Vec<InstanceProfile>, Ec2Error>> + Send;
+    fn create_instance_profile(
+        &self,
+        name: &str,
+        path: &str,
+        tags: &Tags,
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn add_role_to_instance_profile(
+        &self,
+        profile: &str,
+        role: &str,
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn remove_role_from_instance_profile(
+        &self,
+        profile: &str,
+        role: &str,
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn delete_instance_profile(&self, name: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
 }

@@ -20,6 +20,7 @@ struct State {
     images: Vec<Image>,
     parameters: BTreeMap<String, String>,
     templates: BTreeMap<String, LaunchTemplate>,
+    profiles: BTreeMap<String, InstanceProfile>,
     instances: Vec<Instance>,
     fleets: BTreeMap<String, FleetOutcome>,
     /// (type, zone, capacity type) without capacity.
@@ -118,6 +119,11 @@ impl FakeEc2 {
 
     pub fn add_security_group(&self, group: SecurityGroup) {
         self.with(|s| s.security_groups.push(group));
+    }
+
+    /// The instance profiles, by name.
+    pub fn instance_profiles(&self) -> BTreeMap<String, InstanceProfile> {
+        self.with(|s| s.profiles.clone())
     }
 
     pub fn add_image(&self, image: Image) {
@@ -335,4 +341,71 @@ impl Ec2Api for FakeEc2 {
             Ok(())
         })
     }
+
+    async fn get_instance_profile(&self, name: &str) -> Result<Option<InstanceProfile>, Ec2Error> {
+        self.call("GetInstanceProfile")?;
+        Ok(self.with(|s| s.profiles.get(name).cloned()))
+    }
+
+    async fn list_instance_profiles(&self, path_prefix: &str) -> Result<Vec<InstanceProfile>, Ec2Error> {
+        self.call("ListInstanceProfiles")?;
+        Ok(self.with(|s| {
+            s.profiles
+                .values()
+                .filter(|p| p.path.starts_with(path_prefix))
+                .map(|p| InstanceProfile { tags: Tags::new(), ..p.clone() })
+                .collect()
+        }))
+    }
+
+    async fn create_instance_profile(&self, name: &str, path: &str, tags: &Tags) -> Result<(), Ec2Error> {
+        self.call("CreateInstanceProfile")?;
+        self.with(|s| {
+            if s.profiles.contains_key(name) {
+                return Err(Ec2Error::new("EntityAlreadyExists", format!("instance profile {name} exists")));
+            }
+            let profile =
+                InstanceProfile { name: name.into(), path: path.into(), roles: vec![], tags: tags.clone() };
+            s.profiles.insert(name.into(), profile);
+            Ok(())
+        })
+    }
+
+    async fn add_role_to_instance_profile(&self, profile: &str, role: &str) -> Result<(), Ec2Error> {
+        self.call("AddRoleToInstanceProfile")?;
+        self.with(|s| {
+            let p = s.profiles.get_mut(profile).ok_or_else(|| no_profile(profile))?;
+            if !p.roles.is_empty() {
+                // IAM allows one role per instance profile.
+                return Err(Ec2Error::new("LimitExceeded", format!("{profile} already holds a role")));
+            }
+            p.roles.push(role.into());
+            Ok(())
+        })
+    }
+
+    async fn remove_role_from_instance_profile(&self, profile: &str, role: &str) -> Result<(), Ec2Error> {
+        self.call("RemoveRoleFromInstanceProfile")?;
+        self.with(|s| {
+            let p = s.profiles.get_mut(profile).ok_or_else(|| no_profile(profile))?;
+            p.roles.retain(|r| r != role);
+            Ok(())
+        })
+    }
+
+    async fn delete_instance_profile(&self, name: &str) -> Result<(), Ec2Error> {
+        self.call("DeleteInstanceProfile")?;
+        self.with(|s| {
+            let p = s.profiles.get(name).ok_or_else(|| no_profile(name))?;
+            if !p.roles.is_empty() {
+                return Err(Ec2Error::new("DeleteConflict", format!("{name} still holds a role")));
+            }
+            s.profiles.remove(name);
+            Ok(())
+        })
+    }
+}
+
+fn no_profile(name: &str) -> Ec2Error {
+    Ec2Error::new("NoSuchEntity", format!("instance profile {name} not found"))
 }

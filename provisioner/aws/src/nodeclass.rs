@@ -312,15 +312,8 @@ pub async fn resolve<A: Ec2Api>(
     };
     let instance_profile = match (&spec.instance_profile, &spec.role) {
         (Some(profile), _) => Some(profile.clone()),
-        (None, Some(role)) => {
-            problems.push(Problem {
-                condition: "InstanceProfileReady",
-                message: format!(
-                    "role {role}: Cartwright does not create instance profiles yet; set spec.instanceProfile to a profile holding the role"
-                ),
-            });
-            None
-        }
+        // The provider makes (and keeps) a profile holding the role: `AwsProvider::resolve`.
+        (None, Some(_)) => None,
         (None, None) => {
             problems.push(Problem {
                 condition: "InstanceProfileReady",
@@ -460,7 +453,6 @@ pub(crate) mod tests {
         spec.ami_selector_terms =
             vec![AmiSelectorTerm { alias: Some("bottlerocket@latest".into()), ..Default::default() }];
         spec.instance_profile = None;
-        spec.role = Some("KarpenterNodeRole-prod".into());
         let r = resolve(&fake, &spec, &cluster()).await.unwrap();
         let messages: Vec<String> =
             r.problems.iter().map(|p| format!("{}: {}", p.condition, p.message)).collect();
@@ -473,10 +465,14 @@ pub(crate) mod tests {
             "{messages:?}"
         );
         assert!(
-            messages.iter().any(|m| m.starts_with("InstanceProfileReady: role KarpenterNodeRole-prod")),
+            messages.contains(&"InstanceProfileReady: set spec.role or spec.instanceProfile".to_owned()),
             "{messages:?}"
         );
         assert!(!r.is_ready());
+        // A role: the provider makes its profile (provider.rs); resolving alone names no problem.
+        spec.role = Some("KarpenterNodeRole-prod".into());
+        let r = resolve(&fake, &spec, &cluster()).await.unwrap();
+        assert!(r.problems.iter().all(|p| p.condition != "InstanceProfileReady"), "{:?}", r.problems);
     }
 
     #[test]

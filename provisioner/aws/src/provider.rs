@@ -89,6 +89,17 @@ pub fn instance_id(provider_id: &str) -> Option<&str> {
 }
 
 /// The first `bytes` bytes of the text's SHA-256, in hex.
+/// The IAM path of the instance profiles made for this cluster's NodeClasses.
+pub fn profile_path(cluster: &str) -> String {
+    format!("/cartwright/{cluster}/")
+}
+
+/// The instance profile made for a NodeClass's `role`: the cluster's name and a hash of its endpoint and
+/// the NodeClass (unique across clusters of one name in several regions; IAM is global).
+pub fn instance_profile_name(cluster: &ClusterInfo, class: &str) -> String {
+    format!("{}_{}", cluster.name, hash_hex(&format!("{}/{class}", cluster.endpoint), 8))
+}
+
 /// A hash of the EC2NodeClass fields an instance keeps for life (user data, tags, block devices, metadata
 /// options, instance profile or role, kubelet, AMI family): a different hash now means a launched
 /// instance drifted. The selector terms are left out: what they resolve to is compared instead.
@@ -268,9 +279,96 @@ impl<A: Ec2Api, N: NodeClasses> AwsProvider<A, N> {
         {
             return Ok(r.clone());
         }
-        let r = Arc::new(nodeclass::resolve(self.api.as_ref(), spec, &self.settings.cluster).await?);
+        let mut r = nodeclass::resolve(self.api.as_ref(), spec, &self.settings.cluster).await?;
+        if let (None, Some(role)) = (&spec.instance_profile, &spec.role) {
+            match self.ensure_instance_profile(name, role).await {
+                Ok(profile) => r.instance_profile = Some(profile),
+                Err(e) => r.problems.push(nodeclass::Problem {
+                    condition: "InstanceProfileReady",
+                    message: format!("role {role}: making its instance profile failed: {e}"),
+                }),
+            }
+        }
+        let r = Arc::new(r);
         self.resolved.lock().unwrap().insert(name.to_owned(), (Instant::now(), key, r.clone()));
         Ok(r)
+    }
+
+    /// The instance profile Cartwright keeps for a NodeClass's `role` (Karpenter's behaviour): created
+    /// under this cluster's IAM path and tagged for it, holding exactly that role.
+    async fn ensure_instance_profile(&self, class: &str, role: &str) -> Result<String, Ec2Error> {
+        let cluster = &self.settings.cluster;
+        let name = instance_profile_name(cluster, class);
+        // A role given as an ARN: IAM wants its name.
+        let role = role.rsplit('/').next().unwrap_or(role);
+        let roles = match self.api.get_instance_profile(&name).await? {
+            Some(profile) => profile.roles,
+            None => {
+                let mut tags = Tags::new();
+                tags.insert(TAG_CLUSTER.into(), cluster.name.clone());
+                tags.insert(format!("kubernetes.io/cluster/{}", cluster.name), "owned".into());
+                tags.insert(TAG_NODECLASS.into(), class.to_owned());
+                self.api.create_instance_profile(&name, &profile_path(&cluster.name), &tags).await?;
+                tracing::info!(nodeclass = class, instance_profile = name, "created the instance profile");
+                Vec::new()
+            }
+        };
+        if roles.iter().any(|r| r == role) {
+            return Ok(name);
+        }
+        // One role per profile: a changed `role` replaces the old one.
+        for old in &roles {
+            self.api.remove_role_from_instance_profile(&name, old).await?;
+        }
+        self.api.add_role_to_instance_profile(&name, role).await?;
+        tracing::info!(
+            nodeclass = class,
+            instance_profile = name,
+            role,
+            "the instance profile holds the role"
+        );
+        Ok(name)
+    }
+
+    /// Deletes the instance profiles made for NodeClasses that no longer exist or no longer use `role`,
+    /// once no instance of this cluster was launched from that NodeClass. Returns the profiles deleted.
+    pub async fn collect_instance_profiles(
+        &self,
+        using_role: &BTreeSet<String>,
+    ) -> Result<Vec<String>, Ec2Error> {
+        let cluster = &self.settings.cluster;
+        let keep: BTreeSet<String> = using_role.iter().map(|c| instance_profile_name(cluster, c)).collect();
+        let mut deleted = Vec::new();
+        let mut instances: Option<Vec<Instance>> = None;
+        for listed in self.api.list_instance_profiles(&profile_path(&cluster.name)).await? {
+            if keep.contains(&listed.name) {
+                continue;
+            }
+            // Only profiles this cluster made (the path is ours, the tags say so).
+            let Some(profile) = self.api.get_instance_profile(&listed.name).await? else { continue };
+            if profile.tags.get(TAG_CLUSTER) != Some(&cluster.name) {
+                continue;
+            }
+            let class = profile.tags.get(TAG_NODECLASS).cloned().unwrap_or_default();
+            if instances.is_none() {
+                instances = Some(self.instances(None).await?);
+            }
+            let in_use = instances.iter().flatten().any(|i| i.tags.get(TAG_NODECLASS) == Some(&class));
+            if in_use {
+                continue;
+            }
+            for role in &profile.roles {
+                self.api.remove_role_from_instance_profile(&profile.name, role).await?;
+            }
+            self.api.delete_instance_profile(&profile.name).await?;
+            tracing::info!(
+                instance_profile = profile.name,
+                nodeclass = class,
+                "deleted an unused instance profile"
+            );
+            deleted.push(profile.name);
+        }
+        Ok(deleted)
     }
 
     fn cluster_tags(&self, class: &EC2NodeClass) -> Tags {
@@ -797,6 +895,63 @@ mod tests {
             retagged.list().await.unwrap()[0].drifted.as_deref(),
             Some("EC2NodeClass default changed since launch")
         );
+    }
+
+    #[tokio::test]
+    async fn a_role_gets_an_instance_profile_that_follows_it_and_goes_when_unused() {
+        let fake = Arc::new(crate::nodeclass::tests::seeded());
+        let p = with_class(fake.clone(), |s| {
+            s.instance_profile = None;
+            s.role = Some("arn:aws:iam::111122223333:role/nodes/NodeRole-prod".into());
+        });
+        let class = p.classes["default"].clone();
+        let resolved = p.resolve("default", &class.spec).await.unwrap();
+        assert!(resolved.is_ready(), "{:?}", resolved.problems);
+        let name = resolved.instance_profile.clone().unwrap();
+        assert!(name.starts_with("prod_") && name.len() == "prod_".len() + 16, "{name}");
+        let profiles = fake.instance_profiles();
+        let profile = &profiles[&name];
+        assert_eq!(profile.path, "/cartwright/prod/");
+        assert_eq!(profile.roles, ["NodeRole-prod"], "the role's name, from its ARN");
+        assert_eq!(profile.tags.get(TAG_CLUSTER).map(String::as_str), Some("prod"));
+        assert_eq!(profile.tags.get(TAG_NODECLASS).map(String::as_str), Some("default"));
+        // The launch template names it.
+        let launched =
+            p.create(&request(vec![option("m5.large", "us-east-1a", CapacityType::OnDemand)])).await.unwrap();
+        let templates = fake.templates();
+        assert!(
+            templates.iter().all(|t| t.instance_profile.as_deref() == Some(name.as_str())),
+            "{templates:?}"
+        );
+
+        // Resolving again changes nothing; a new role replaces the old one in the same profile.
+        let calls = fake.calls().len();
+        let again = with_class(fake.clone(), |s| {
+            s.instance_profile = None;
+            s.role = Some("NodeRole-prod".into());
+        });
+        again.resolve("default", &again.classes["default"].spec).await.unwrap();
+        assert!(
+            !fake.calls()[calls..].iter().any(|c| c.contains("Create") || c.contains("Role")),
+            "{:?}",
+            &fake.calls()[calls..]
+        );
+        let renamed = with_class(fake.clone(), |s| {
+            s.instance_profile = None;
+            s.role = Some("NodeRole-prod-v2".into());
+        });
+        renamed.resolve("default", &renamed.classes["default"].spec).await.unwrap();
+        assert_eq!(fake.instance_profiles()[&name].roles, ["NodeRole-prod-v2"]);
+
+        // Kept while the class uses a role, or while an instance launched from it runs; then deleted.
+        assert!(p.collect_instance_profiles(&["default".to_owned()].into()).await.unwrap().is_empty());
+        assert!(
+            p.collect_instance_profiles(&BTreeSet::new()).await.unwrap().is_empty(),
+            "an instance uses it"
+        );
+        p.delete(&launched.provider_id).await.unwrap();
+        assert_eq!(p.collect_instance_profiles(&BTreeSet::new()).await.unwrap(), [name]);
+        assert!(fake.instance_profiles().is_empty());
     }
 
     #[test]

@@ -13,11 +13,16 @@ use cartwright_binpack::CapacityType;
 pub struct SdkEc2 {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
+    iam: aws_sdk_iam::Client,
 }
 
 impl SdkEc2 {
     pub fn new(config: &aws_config::SdkConfig) -> SdkEc2 {
-        SdkEc2 { ec2: aws_sdk_ec2::Client::new(config), ssm: aws_sdk_ssm::Client::new(config) }
+        SdkEc2 {
+            ec2: aws_sdk_ec2::Client::new(config),
+            ssm: aws_sdk_ssm::Client::new(config),
+            iam: aws_sdk_iam::Client::new(config),
+        }
     }
 
     pub fn ec2(&self) -> &aws_sdk_ec2::Client {
@@ -461,5 +466,82 @@ impl Ec2Api for SdkEc2 {
     async fn terminate_instances(&self, ids: &[String]) -> Result<(), Ec2Error> {
         self.ec2.terminate_instances().set_instance_ids(Some(ids.to_vec())).send().await.map_err(error)?;
         Ok(())
+    }
+
+    async fn get_instance_profile(&self, name: &str) -> Result<Option<InstanceProfile>, Ec2Error> {
+        match self.iam.get_instance_profile().instance_profile_name(name).send().await {
+            Ok(out) => Ok(out.instance_profile().map(instance_profile)),
+            Err(e) => {
+                let e = error(e);
+                if e.is_not_found() { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    async fn list_instance_profiles(&self, path_prefix: &str) -> Result<Vec<InstanceProfile>, Ec2Error> {
+        let profiles: Vec<aws_sdk_iam::types::InstanceProfile> = self
+            .iam
+            .list_instance_profiles()
+            .path_prefix(path_prefix)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(error)?;
+        Ok(profiles.iter().map(instance_profile).collect())
+    }
+
+    async fn create_instance_profile(&self, name: &str, path: &str, tags: &Tags) -> Result<(), Ec2Error> {
+        let tags = tags
+            .iter()
+            .map(|(k, v)| aws_sdk_iam::types::Tag::builder().key(k).value(v).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Ec2Error { code: None, message: e.to_string() })?;
+        self.iam
+            .create_instance_profile()
+            .instance_profile_name(name)
+            .path(path)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    async fn add_role_to_instance_profile(&self, profile: &str, role: &str) -> Result<(), Ec2Error> {
+        self.iam
+            .add_role_to_instance_profile()
+            .instance_profile_name(profile)
+            .role_name(role)
+            .send()
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    async fn remove_role_from_instance_profile(&self, profile: &str, role: &str) -> Result<(), Ec2Error> {
+        self.iam
+            .remove_role_from_instance_profile()
+            .instance_profile_name(profile)
+            .role_name(role)
+            .send()
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    async fn delete_instance_profile(&self, name: &str) -> Result<(), Ec2Error> {
+        self.iam.delete_instance_profile().instance_profile_name(name).send().await.map_err(error)?;
+        Ok(())
+    }
+}
+
+fn instance_profile(p: &aws_sdk_iam::types::InstanceProfile) -> InstanceProfile {
+    InstanceProfile {
+        name: p.instance_profile_name().to_owned(),
+        path: p.path().to_owned(),
+        roles: p.roles().iter().map(|r| r.role_name().to_owned()).collect(),
+        tags: p.tags().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect(),
     }
 }
