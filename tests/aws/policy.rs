@@ -45,6 +45,7 @@ fn the_iam_policy_allows_exactly_the_calls_made_and_conditions_every_write() {
         ("receive_message()", "sqs:ReceiveMessage"),
         ("delete_message()", "sqs:DeleteMessage"),
         ("get_queue_url()", "sqs:GetQueueUrl"),
+        ("delete_launch_template()", "ec2:DeleteLaunchTemplate"),
         ("get_instance_profile()", "iam:GetInstanceProfile"),
         ("list_instance_profiles()", "iam:ListInstanceProfiles"),
         ("create_instance_profile()", "iam:CreateInstanceProfile"),
@@ -80,6 +81,7 @@ fn the_iam_policy_allows_exactly_the_calls_made_and_conditions_every_write() {
             a == "ec2:TerminateInstances"
                 || a == "ec2:CreateTags"
                 || a == "ec2:CreateLaunchTemplate"
+                || a == "ec2:DeleteLaunchTemplate"
                 || a.starts_with("iam:") && !a.contains(":Get") && !a.contains(":List") && a != "iam:PassRole"
         }) {
             assert!(s.get("Condition").is_some(), "{} is not conditioned on tags", s["Sid"]);

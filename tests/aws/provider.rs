@@ -67,12 +67,14 @@ async fn a_nodeclaim_launches_once_with_its_template_and_tags_then_terminates() 
     .unwrap();
     let classes: BTreeMap<String, Arc<EC2NodeClass>> =
         [("default".to_owned(), Arc::new(class.clone()))].into();
+    // Launch templates live no longer than their last use: here, not at all once collected.
     let provider = AwsProvider::new(
         api.clone(),
         classes,
         AwsSettings { cluster: cluster("alpha"), tags: BTreeMap::new() },
         catalog,
-    );
+    )
+    .with_template_ttl(std::time::Duration::ZERO);
 
     // The NodeClass resolves to what the test created.
     let resolved = provider.resolve("default", &class.spec).await.unwrap();
@@ -160,6 +162,11 @@ async fn a_nodeclaim_launches_once_with_its_template_and_tags_then_terminates() 
     assert!(instances(&config, "alpha").await.iter().all(|i| !is_running(i)), "terminated");
     assert!(provider.list().await.unwrap().is_empty());
     assert!(matches!(provider.delete(&launched.provider_id).await, Err(CloudError::NotFound(_))));
+
+    // The launch template goes when collected (DescribeLaunchTemplates by tag, DeleteLaunchTemplate).
+    assert_eq!(provider.collect_resources().await.unwrap(), [names[0].to_owned()]);
+    let templates = ec2.describe_launch_templates().send().await.unwrap();
+    assert!(templates.launch_templates().is_empty(), "{templates:?}");
 
     // The NodeClass gone and its instances with it: its instance profile is deleted.
     let deleted = provider.collect_instance_profiles(&Default::default()).await.unwrap();

@@ -290,6 +290,12 @@ pub trait Ec2Api: Send + Sync {
         &self,
         template: &LaunchTemplate,
     ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    /// The names of the launch templates matching `filters`.
+    fn list_launch_templates(
+        &self,
+        filters: &[Filter],
+    ) -> impl Future<Output = Result<Vec<String>, Ec2Error>> + Send;
+    fn delete_launch_template(&self, name: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
     fn create_fleet(
         &self,
         request: &FleetRequest,

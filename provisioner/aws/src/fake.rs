@@ -234,6 +234,34 @@ impl Ec2Api for FakeEc2 {
         Ok(self.with(|s| names.iter().filter(|n| s.templates.contains_key(*n)).cloned().collect()))
     }
 
+    async fn list_launch_templates(&self, filters: &[Filter]) -> Result<Vec<String>, Ec2Error> {
+        self.call("DescribeLaunchTemplates")?;
+        Ok(self.with(|s| {
+            s.templates
+                .values()
+                .filter(|t| {
+                    matches(filters, |name| {
+                        tag_attribute(&t.tags, name).unwrap_or_else(|| {
+                            if name == "launch-template-name" { vec![t.name.clone()] } else { vec![] }
+                        })
+                    })
+                })
+                .map(|t| t.name.clone())
+                .collect()
+        }))
+    }
+
+    async fn delete_launch_template(&self, name: &str) -> Result<(), Ec2Error> {
+        self.call("DeleteLaunchTemplate")?;
+        self.with(|s| match s.templates.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(Ec2Error::new(
+                "InvalidLaunchTemplateName.NotFoundException",
+                format!("no template {name}"),
+            )),
+        })
+    }
+
     async fn create_launch_template(&self, template: &LaunchTemplate) -> Result<(), Ec2Error> {
         self.call("CreateLaunchTemplate")?;
         self.with(|s| {

@@ -67,9 +67,28 @@ pub struct AwsProvider<A, N> {
     settings: AwsSettings,
     catalog: watch::Receiver<Arc<Catalog>>,
     resolved: Mutex<BTreeMap<String, CachedResolution>>,
-    templates: Mutex<BTreeSet<String>>,
+    /// Launch templates known to exist, and when this process last launched from (or first saw) each.
+    templates: Mutex<BTreeMap<String, TemplateUse>>,
+    /// A launch template unused this long is deleted.
+    template_ttl: Duration,
     interruptions: Mutex<Vec<Interruption>>,
 }
+
+/// What the provider knows of a launch template.
+#[derive(Clone, Copy, Debug)]
+struct TemplateUse {
+    /// When its existence was last checked with EC2.
+    checked: Instant,
+    /// When a launch last used it (or this process first saw it).
+    used: Instant,
+}
+
+/// How long a launch template may go unused before it is deleted (Karpenter's cache lifetime is of this
+/// order); launching from it again re-creates it.
+pub const TEMPLATE_TTL: Duration = Duration::from_secs(3600);
+/// How long a template's existence is trusted before EC2 is asked again (another replica, leading in
+/// between, may have deleted it).
+const TEMPLATE_RECHECK: Duration = Duration::from_secs(300);
 
 impl<A, N> std::fmt::Debug for AwsProvider<A, N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -256,9 +275,16 @@ impl<A: Ec2Api, N: NodeClasses> AwsProvider<A, N> {
             settings,
             catalog,
             resolved: Mutex::new(BTreeMap::new()),
-            templates: Mutex::new(BTreeSet::new()),
+            templates: Mutex::new(BTreeMap::new()),
+            template_ttl: TEMPLATE_TTL,
             interruptions: Mutex::new(Vec::new()),
         }
+    }
+
+    /// How long a launch template may go unused before it is deleted ([`TEMPLATE_TTL`] by default).
+    pub fn with_template_ttl(mut self, ttl: Duration) -> Self {
+        self.template_ttl = ttl;
+        self
     }
 
     /// Queues interruption notices for the controller's next pass.
@@ -405,7 +431,11 @@ impl<A: Ec2Api, N: NodeClasses> AwsProvider<A, N> {
         };
         template.name =
             format!("cartwright/{}/{}", self.settings.cluster.name, hash_hex(&format!("{template:?}"), 8));
-        if self.templates.lock().unwrap().contains(&template.name) {
+        let now = Instant::now();
+        if let Some(known) = self.templates.lock().unwrap().get_mut(&template.name)
+            && known.checked.elapsed() < TEMPLATE_RECHECK
+        {
+            known.used = now;
             return Ok(template.name);
         }
         let existing =
@@ -414,8 +444,41 @@ impl<A: Ec2Api, N: NodeClasses> AwsProvider<A, N> {
             self.api.create_launch_template(&template).await.map_err(other)?;
             tracing::info!(template = template.name, image = image.id, "created a launch template");
         }
-        self.templates.lock().unwrap().insert(template.name.clone());
+        self.templates.lock().unwrap().insert(template.name.clone(), TemplateUse { checked: now, used: now });
         Ok(template.name)
+    }
+
+    /// Deletes this cluster's launch templates that no launch used for the template TTL. Templates made
+    /// before this process started count as used when it first lists them.
+    async fn collect_launch_templates(&self) -> Result<Vec<String>, Ec2Error> {
+        let cluster = &self.settings.cluster.name;
+        let prefix = format!("cartwright/{cluster}/");
+        let listed = self.api.list_launch_templates(&[Filter::tag(TAG_CLUSTER, cluster)]).await?;
+        let now = Instant::now();
+        let stale: Vec<String> = {
+            let mut known = self.templates.lock().unwrap();
+            listed
+                .into_iter()
+                .filter(|name| name.starts_with(&prefix))
+                .filter(|name| {
+                    let seen = known.entry(name.clone()).or_insert(TemplateUse { checked: now, used: now });
+                    seen.used.elapsed() >= self.template_ttl
+                })
+                .collect()
+        };
+        let mut deleted = Vec::new();
+        for name in stale {
+            self.templates.lock().unwrap().remove(&name);
+            match self.api.delete_launch_template(&name).await {
+                Ok(()) => {
+                    tracing::info!(template = name, "deleted an unused launch template");
+                    deleted.push(name);
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
     }
 
     /// This cluster's live instances, or the one of a NodeClaim.
@@ -636,6 +699,10 @@ impl<A: Ec2Api + 'static, N: NodeClasses + 'static> CloudProvider for AwsProvide
 
     fn take_interruptions(&self) -> Vec<Interruption> {
         std::mem::take(&mut *self.interruptions.lock().unwrap())
+    }
+
+    async fn collect_resources(&self) -> Result<Vec<String>, CloudError> {
+        self.collect_launch_templates().await.map_err(other)
     }
 
     async fn list(&self) -> Result<Vec<Machine>, CloudError> {
@@ -952,6 +1019,35 @@ mod tests {
         p.delete(&launched.provider_id).await.unwrap();
         assert_eq!(p.collect_instance_profiles(&BTreeSet::new()).await.unwrap(), [name]);
         assert!(fake.instance_profiles().is_empty());
+    }
+
+    #[tokio::test]
+    async fn launch_templates_unused_for_their_ttl_are_deleted_and_made_again_when_needed() {
+        let fake = Arc::new(crate::nodeclass::tests::seeded());
+        let p = provider(fake.clone());
+        p.create(&request(vec![option("m5.large", "us-east-1a", CapacityType::OnDemand)])).await.unwrap();
+        let made = fake.templates();
+        assert_eq!(made.len(), 1);
+        // Another cluster's template, and one not named by Cartwright, are never touched.
+        let mut other = made[0].clone();
+        other.name = "cartwright/staging/abc".into();
+        other.tags.insert(TAG_CLUSTER.into(), "staging".into());
+        fake.create_launch_template(&other).await.unwrap();
+        let mut foreign = made[0].clone();
+        foreign.name = "hand-made".into();
+        fake.create_launch_template(&foreign).await.unwrap();
+
+        assert!(p.collect_resources().await.unwrap().is_empty(), "used just now");
+        let p = provider(fake.clone()).with_template_ttl(Duration::ZERO);
+        // A process that never used it sees it first now; with no time to live it goes.
+        assert_eq!(p.collect_resources().await.unwrap(), [made[0].name.clone()]);
+        let left: Vec<String> = fake.templates().into_iter().map(|t| t.name).collect();
+        assert_eq!(left, ["cartwright/staging/abc", "hand-made"]);
+        // Needed again: made again.
+        let mut again = request(vec![option("m5.large", "us-east-1a", CapacityType::OnDemand)]);
+        again.nodeclaim = "default-def34".into();
+        p.create(&again).await.unwrap();
+        assert!(fake.templates().iter().any(|t| t.name == made[0].name));
     }
 
     #[test]

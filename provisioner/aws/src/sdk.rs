@@ -249,6 +249,25 @@ impl Ec2Api for SdkEc2 {
         Ok(templates.iter().filter_map(|t| t.launch_template_name().map(str::to_owned)).collect())
     }
 
+    async fn list_launch_templates(&self, f: &[Filter]) -> Result<Vec<String>, Ec2Error> {
+        let templates: Vec<ec2::LaunchTemplate> = self
+            .ec2
+            .describe_launch_templates()
+            .set_filters(filters(f))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(error)?;
+        Ok(templates.iter().filter_map(|t| t.launch_template_name().map(str::to_owned)).collect())
+    }
+
+    async fn delete_launch_template(&self, name: &str) -> Result<(), Ec2Error> {
+        self.ec2.delete_launch_template().launch_template_name(name).send().await.map_err(error)?;
+        Ok(())
+    }
+
     async fn create_launch_template(&self, t: &LaunchTemplate) -> Result<(), Ec2Error> {
         let metadata = ec2::LaunchTemplateInstanceMetadataOptionsRequest::builder()
             .http_endpoint(ec2::LaunchTemplateInstanceMetadataEndpointState::from(

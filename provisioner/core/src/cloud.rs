@@ -136,6 +136,12 @@ pub trait CloudProvider: Send + Sync {
     fn take_interruptions(&self) -> Vec<Interruption> {
         Vec::new()
     }
+
+    /// Deletes what the provider made besides machines and no longer needs (EC2: launch templates
+    /// unused for an hour). Called by the leader with machine garbage collection; returns what went.
+    fn collect_resources(&self) -> impl Future<Output = Result<Vec<String>, CloudError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
 impl<P: CloudProvider> CloudProvider for std::sync::Arc<P> {
@@ -157,6 +163,10 @@ impl<P: CloudProvider> CloudProvider for std::sync::Arc<P> {
 
     fn take_interruptions(&self) -> Vec<Interruption> {
         P::take_interruptions(self)
+    }
+
+    fn collect_resources(&self) -> impl Future<Output = Result<Vec<String>, CloudError>> + Send {
+        P::collect_resources(self)
     }
 }
 

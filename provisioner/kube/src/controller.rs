@@ -55,6 +55,8 @@ pub const DISRUPTED_TAINT: &str = "cartwright.sh/disrupted";
 const ORPHAN_GRACE_MS: Millis = 30_000;
 /// How often the provider's machines are listed for garbage collection.
 const GC_EVERY: Duration = Duration::from_secs(15);
+/// How often the provider's other resources (launch templates) are collected.
+const RESOURCE_GC_EVERY: Duration = Duration::from_secs(300);
 
 /// Leader election settings.
 #[derive(Clone, Debug)]
@@ -588,6 +590,8 @@ struct Controller<P> {
     created: BTreeMap<String, NodeClaim>,
     /// What the cloud provider's last listing said had drifted, by NodeClaim name.
     machine_drift: BTreeMap<String, String>,
+    /// When the provider's other resources (launch templates) were last collected.
+    last_resource_gc: Option<Instant>,
     claims: Api<NodeClaim>,
     nodes: Api<Node>,
     recorder: Recorder,
@@ -675,6 +679,7 @@ pub async fn run<P: CloudProvider + 'static>(
         unavailable: UnavailableOfferings::default(),
         created: BTreeMap::new(),
         machine_drift: BTreeMap::new(),
+        last_resource_gc: None,
     };
     let mut leading = elector.is_none();
     let mut last_renewal: Option<Instant> = None;
@@ -810,6 +815,16 @@ impl<P: CloudProvider> Controller<P> {
                 return;
             }
         };
+        if self.last_resource_gc.is_none_or(|t| t.elapsed() >= RESOURCE_GC_EVERY) {
+            self.last_resource_gc = Some(Instant::now());
+            match self.provider.collect_resources().await {
+                Ok(deleted) => {
+                    let kind = metric_labels(&[("kind", "resource")]);
+                    self.metrics.garbage_collected.get_or_create(&kind).inc_by(deleted.len() as u64);
+                }
+                Err(e) => tracing::warn!(error = %e, "collecting unused cloud resources failed"),
+            }
+        }
         self.machine_drift =
             machines.iter().filter_map(|m| Some((m.nodeclaim.clone()?, m.drifted.clone()?))).collect();
         let claim_ids: HashSet<&str> =
