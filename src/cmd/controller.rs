@@ -244,8 +244,12 @@ async fn aws_provider(
         zones = catalog.zones().len(),
         unknown = discovery.unknown_types.len(),
         live_spot_prices = discovery.live_spot_prices,
+        live_on_demand_prices = discovery.live_on_demand_prices,
         "discovered the EC2 catalog"
     );
+    if let Some(error) = &discovery.pricing_error {
+        tracing::warn!(%error, "on-demand prices from the embedded table: the Price List API gave none");
+    }
     let (sender, receiver) = watch::channel(Arc::new(catalog));
     let refresh = args.catalog_refresh;
     {
@@ -254,11 +258,15 @@ async fn aws_provider(
             loop {
                 tokio::time::sleep(refresh).await;
                 match cartwright_aws::catalog::discover(api.as_ref(), &region, &options).await {
-                    Ok((catalog, _)) => {
+                    Ok((catalog, discovery)) => {
                         tracing::info!(
                             instance_types = catalog.instance_types().len(),
+                            live_on_demand_prices = discovery.live_on_demand_prices,
                             "refreshed the EC2 catalog"
                         );
+                        if let Some(error) = &discovery.pricing_error {
+                            tracing::warn!(%error, "on-demand prices from the embedded table");
+                        }
                         if sender.send(Arc::new(catalog)).is_err() {
                             return;
                         }

@@ -3,6 +3,7 @@
 
 mod controller;
 mod policy;
+mod pricing;
 mod provider;
 
 use std::process::{Child, Command, Stdio};

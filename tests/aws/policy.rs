@@ -42,6 +42,7 @@ fn the_iam_policy_allows_exactly_the_calls_made_and_conditions_every_write() {
         ("describe_instances()", "ec2:DescribeInstances"),
         ("terminate_instances()", "ec2:TerminateInstances"),
         ("get_parameter()", "ssm:GetParameter"),
+        ("get_products()", "pricing:GetProducts"),
         ("receive_message()", "sqs:ReceiveMessage"),
         ("delete_message()", "sqs:DeleteMessage"),
         ("get_queue_url()", "sqs:GetQueueUrl"),

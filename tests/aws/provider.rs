@@ -42,6 +42,10 @@ async fn the_catalog_is_discovered_from_ec2() {
     assert!(catalog.instance_types().len() > 300, "{} types", catalog.instance_types().len());
     assert!(catalog.zones().iter().any(|z| z == "us-east-1a"), "{:?}", catalog.zones());
     assert!(discovery.live_spot_prices, "moto reports (placeholder) spot prices");
+    // moto has no Price List API (tests/aws/pricing.rs covers it): the embedded prices stand, and discovery
+    // says why.
+    assert_eq!(discovery.live_on_demand_prices, 0);
+    assert!(discovery.pricing_error.is_some(), "{discovery:?}");
     let m5 = catalog.get("m5.large").expect("m5.large offered");
     let on_demand = m5
         .offerings

@@ -266,6 +266,11 @@ pub trait Ec2Api: Send + Sync {
     ) -> impl Future<Output = Result<Vec<(String, String)>, Ec2Error>> + Send;
     /// The latest Linux spot price of every (type, zone).
     fn describe_spot_prices(&self) -> impl Future<Output = Result<Vec<SpotPrice>, Ec2Error>> + Send;
+    /// The Linux on-demand hourly USD price of every instance type in `region` (Price List API).
+    fn on_demand_prices(
+        &self,
+        region: &str,
+    ) -> impl Future<Output = Result<BTreeMap<String, f64>, Ec2Error>> + Send;
     fn describe_subnets(
         &self,
         filters: &[Filter],

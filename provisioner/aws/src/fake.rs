@@ -15,6 +15,7 @@ struct State {
     types: Vec<InstanceTypeInfo>,
     offerings: Vec<(String, String)>,
     spot_prices: Vec<SpotPrice>,
+    on_demand_prices: BTreeMap<String, f64>,
     subnets: Vec<Subnet>,
     security_groups: Vec<SecurityGroup>,
     images: Vec<Image>,
@@ -113,6 +114,11 @@ impl FakeEc2 {
         });
     }
 
+    /// A Price List on-demand price (none by default: discovery then uses the embedded table).
+    pub fn add_on_demand_price(&self, instance_type: &str, price_per_hour: f64) {
+        self.with(|s| s.on_demand_prices.insert(instance_type.into(), price_per_hour));
+    }
+
     pub fn add_subnet(&self, subnet: Subnet) {
         self.with(|s| s.subnets.push(subnet));
     }
@@ -170,6 +176,11 @@ impl Ec2Api for FakeEc2 {
     async fn describe_spot_prices(&self) -> Result<Vec<SpotPrice>, Ec2Error> {
         self.call("DescribeSpotPriceHistory")?;
         Ok(self.with(|s| s.spot_prices.clone()))
+    }
+
+    async fn on_demand_prices(&self, _region: &str) -> Result<BTreeMap<String, f64>, Ec2Error> {
+        self.call("GetProducts")?;
+        Ok(self.with(|s| s.on_demand_prices.clone()))
     }
 
     async fn describe_subnets(&self, filters: &[Filter]) -> Result<Vec<Subnet>, Ec2Error> {

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod fake;
 pub mod interruption;
 pub mod nodeclass;
+pub mod pricing;
 pub mod provider;
 pub mod sdk;
 pub mod status;

@@ -1,6 +1,8 @@
 //! `Ec2Api` over the AWS SDK (EC2 and SSM). Throttling and transient errors are retried by the SDK's
 //! standard retry strategy (exponential backoff with jitter); what still fails comes back as an `Ec2Error`.
 
+use std::collections::BTreeMap;
+
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::primitives::DateTime;
 use aws_sdk_ec2::types as ec2;
@@ -14,6 +16,7 @@ pub struct SdkEc2 {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
     iam: aws_sdk_iam::Client,
+    pricing: aws_sdk_pricing::Client,
 }
 
 impl SdkEc2 {
@@ -22,12 +25,23 @@ impl SdkEc2 {
             ec2: aws_sdk_ec2::Client::new(config),
             ssm: aws_sdk_ssm::Client::new(config),
             iam: aws_sdk_iam::Client::new(config),
+            pricing: pricing_client(config),
         }
     }
 
     pub fn ec2(&self) -> &aws_sdk_ec2::Client {
         &self.ec2
     }
+}
+
+/// The Price List API answers in a few regions only: the client goes to the one serving the config's region
+/// (an endpoint override, such as a test server, still applies).
+fn pricing_client(config: &aws_config::SdkConfig) -> aws_sdk_pricing::Client {
+    let region = config.region().map(|r| r.as_ref().to_owned()).unwrap_or_default();
+    let pricing = aws_sdk_pricing::config::Builder::from(config)
+        .region(aws_sdk_pricing::config::Region::new(crate::pricing::endpoint_region(&region)))
+        .build();
+    aws_sdk_pricing::Client::from_conf(pricing)
 }
 
 fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(e: E) -> Ec2Error {
@@ -149,6 +163,31 @@ impl Ec2Api for SdkEc2 {
                 })
             })
             .collect())
+    }
+
+    async fn on_demand_prices(&self, region: &str) -> Result<BTreeMap<String, f64>, Ec2Error> {
+        use aws_sdk_pricing::types::{Filter as PriceFilter, FilterType};
+        let filters = crate::pricing::filters(region)
+            .into_iter()
+            .map(|(field, value)| {
+                PriceFilter::builder().r#type(FilterType::TermMatch).field(field).value(value).build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Ec2Error { code: None, message: e.to_string() })?;
+        let documents: Vec<String> = self
+            .pricing
+            .get_products()
+            .service_code("AmazonEC2")
+            .format_version("aws_v1")
+            .set_filters(Some(filters))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(error)?;
+        crate::pricing::on_demand_prices(documents.iter().map(String::as_str))
+            .map_err(|message| Ec2Error { code: None, message })
     }
 
     async fn describe_subnets(&self, f: &[Filter]) -> Result<Vec<Subnet>, Ec2Error> {
