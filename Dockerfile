@@ -8,7 +8,8 @@
 # cannot build with Debian's toolchain. A static glibc binary still loads glibc's NSS modules to resolve
 # host names (the AWS endpoints), so the runtime image is distroless `base` (the same Debian 12 glibc,
 # CA certificates, user 65532) rather than `static`. CI lints this file with hadolint; the static build
-# was checked by running its commands outside Docker (docs/install-eks.md, step 4).
+# (these RUSTFLAGS and CMake file, `cargo build --target x86_64-unknown-linux-gnu`) was checked outside
+# Docker: a static-pie binary that plans with HiGHS.
 
 ARG RUST_VERSION=1.95
 
@@ -21,8 +22,9 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 # Static only for the target: build scripts and proc macros stay dynamic host binaries. The CMake file
-# builds HiGHS's extras library static (its default, shared, cannot link with -static).
-ENV RUSTFLAGS="-C target-feature=+crt-static" \
+# builds HiGHS's extras library static (its default, shared, cannot link with -static); highs-sys links
+# only libhighs, so the extras library is named to the linker (after it, as static linking needs).
+ENV RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-lhighs_extras" \
     CMAKE_TOOLCHAIN_FILE=/src/deploy/docker/static.cmake \
     CARGO_TARGET_DIR=/cargo-target
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
