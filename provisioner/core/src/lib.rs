@@ -11,6 +11,7 @@
 pub mod batcher;
 pub mod cloud;
 pub mod disruption;
+pub mod headroom;
 pub mod hpa;
 pub mod lifecycle;
 pub mod provisioning;
