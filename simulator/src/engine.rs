@@ -13,6 +13,7 @@ use cartwright_binpack::{
 };
 use cartwright_core::batcher::{BatchWindow, Batcher};
 use cartwright_core::disruption::{self, Candidate, Input};
+use cartwright_core::headroom::{self, HpaModel, Observation, PoolHeadroom};
 use cartwright_core::hpa::{HpaSpec, HpaState, MetricSample, Millis};
 use cartwright_core::provisioning::{self, NodeView};
 use rand::rngs::StdRng;
@@ -22,7 +23,7 @@ use crate::report::{Collector, Report};
 
 /// How often (in simulated time) the solver-backed consolidation methods run; emptiness runs every pass.
 const CONSOLIDATION_EVERY: Millis = 600_000;
-use crate::scenario::{Load, Scenario, Strategy, Timing};
+use crate::scenario::{HeadroomMode, Load, Scenario, Strategy, Timing};
 
 type PodId = usize;
 type NodeId = usize;
@@ -37,6 +38,8 @@ struct SimPod {
     nominated: Option<NodeId>,
     ready_at: Option<Millis>,
     deleted: bool,
+    /// Created because its HPA scaled up (what headroom is for).
+    hpa_added: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +99,10 @@ struct SimWorkload {
     template: Arc<PodSpec>,
     desired: i32,
     hpa: Option<(HpaSpec, HpaState)>,
+    /// Its HPA as headroom sees it (observed every sync).
+    model: Option<HpaModel>,
+    /// Pods its HPA's scale-ups asked for that are not created yet.
+    scale_up_owed: i32,
     load: Option<Load>,
     pod_capacity: f64,
     sets: Vec<ReplicaSet>,
@@ -127,6 +134,8 @@ struct TraceState {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     HpaSync(usize),
+    /// Headroom is planned (every HPA sync period).
+    Headroom,
     BatchClose,
     NodeReady(NodeId),
     PodReady(PodId),
@@ -191,6 +200,13 @@ pub struct Engine {
     spot_rate_by_family: BTreeMap<String, f64>,
     zone_outages: Vec<crate::scenario::ZoneOutage>,
     shortages: Vec<crate::scenario::CapacityShortage>,
+    headroom: crate::scenario::Headroom,
+    headroom_settings: headroom::Settings,
+    pool_headroom: BTreeMap<String, PoolHeadroom>,
+    /// The last headroom pass's virtual pods and the epoch it saw: unchanged, nothing is planned again.
+    last_headroom: Option<(u64, Vec<String>)>,
+    /// Virtual pods by the node holding them (what disruption must keep room for).
+    held: BTreeMap<String, Vec<PodSpec>>,
     pub(crate) collector: Collector,
 }
 
@@ -258,8 +274,33 @@ impl Engine {
                 .collect(),
             zone_outages: scenario.events.zone_outages.clone(),
             shortages: scenario.events.capacity_shortages.clone(),
+            headroom: scenario.headroom.clone(),
+            headroom_settings: {
+                let defaults = headroom::Settings::default();
+                headroom::Settings {
+                    horizon_ms: scenario.headroom.horizon.map_or(defaults.horizon_ms, |d| d.millis()),
+                    trend_window_ms: scenario
+                        .headroom
+                        .trend_window
+                        .map_or(defaults.trend_window_ms, |d| d.millis()),
+                }
+            },
+            pool_headroom: BTreeMap::new(),
+            last_headroom: None,
+            held: BTreeMap::new(),
             collector: Collector::default(),
         };
+        let budget = PoolHeadroom {
+            enabled: true,
+            budget_per_hour: scenario
+                .headroom
+                .budget_per_hour
+                .map(|usd| Price((usd * Price::NANOS_PER_USD as f64).round() as u64)),
+            budget_percent: scenario.headroom.budget_percent,
+        };
+        for pool in &engine.nodepools {
+            engine.pool_headroom.insert(pool.name.clone(), budget);
+        }
         for node in &manifests.nodes {
             let instance_type = node.labels.get(labels::INSTANCE_TYPE).cloned().unwrap_or_default();
             let capacity_type = match node.labels.get(labels::CAPACITY_TYPE).map(String::as_str) {
@@ -320,11 +361,16 @@ impl Engine {
             if let Some(h) = &hpa {
                 desired = desired.clamp(h.min_replicas, h.max_replicas);
             }
+            let model = hpa
+                .as_ref()
+                .map(|h| HpaModel::new(format!("{namespace}/{name}"), h.clone(), template.clone(), desired));
             engine.workloads.push(SimWorkload {
                 name,
                 template: Arc::new(template),
                 desired,
                 hpa: hpa.map(|h| (h, HpaState::default())),
+                model,
+                scale_up_owed: 0,
                 load: w.load.clone(),
                 pod_capacity: w.pod_capacity.unwrap_or(1.0),
                 sets: vec![ReplicaSet { revision: 0, replicas: desired, pods: vec![] }],
@@ -368,6 +414,9 @@ impl Engine {
             if engine.workloads[w].hpa.is_some() {
                 engine.push(engine.timing.hpa_sync.millis(), Event::HpaSync(w));
             }
+        }
+        if engine.headroom.mode != HeadroomMode::None {
+            engine.push(engine.timing.hpa_sync.millis(), Event::Headroom);
         }
         engine.push(0, Event::Sample);
         engine.push(engine.timing.consolidation_interval.millis(), Event::Consolidate);
@@ -427,6 +476,8 @@ impl Engine {
             template: Arc::new(template),
             desired: 0,
             hpa: None,
+            model: None,
+            scale_up_owed: 0,
             load: None,
             pod_capacity: 1.0,
             sets: vec![ReplicaSet { revision: 0, replicas: 0, pods: vec![] }],
@@ -504,6 +555,10 @@ impl Engine {
             Event::HpaSync(w) => {
                 self.hpa_sync(w);
                 self.push(self.now + self.timing.hpa_sync.millis(), Event::HpaSync(w));
+            }
+            Event::Headroom => {
+                self.plan_headroom();
+                self.push(self.now + self.timing.hpa_sync.millis(), Event::Headroom);
             }
             Event::BatchClose => {
                 self.batch_scheduled = None;
@@ -588,7 +643,22 @@ impl Engine {
         let Some((spec, state)) = workload.hpa.as_mut() else { return };
         let decision =
             spec.sync(state, now, current, MetricSample { ready, utilization, unready, missing: 0 });
+        if let Some(model) = workload.model.as_mut().filter(|_| ready > 0 && decision.replicas > 0) {
+            // The demand in pods (utilisation of the ready pods over the target), over the new count.
+            let demand = utilization * f64::from(ready) / spec.target_utilization;
+            model.observe(Observation {
+                at: now,
+                ratio: demand / f64::from(decision.replicas),
+                replicas: decision.replicas,
+                desired: decision.replicas,
+            });
+        }
         self.collector.hpa(now, &workload.name, load, decision.replicas, ready);
+        if decision.replicas > current {
+            workload.scale_up_owed += decision.replicas - current;
+        } else if decision.replicas < current {
+            workload.scale_up_owed = 0;
+        }
         if decision.replicas != current {
             workload.desired = decision.replicas;
             self.apply_desired(w);
@@ -641,6 +711,10 @@ impl Engine {
     fn create_pod(&mut self, w: usize, s: usize, spec: PodSpec) -> PodId {
         let id = self.pods.len();
         let revision = self.workloads[w].sets[s].revision;
+        let hpa_added = self.workloads[w].scale_up_owed > 0;
+        if hpa_added {
+            self.workloads[w].scale_up_owed -= 1;
+        }
         self.pods.push(SimPod {
             workload: w,
             revision,
@@ -650,6 +724,7 @@ impl Engine {
             nominated: None,
             ready_at: None,
             deleted: false,
+            hpa_added,
         });
         self.workloads[w].sets[s].pods.push(id);
         self.workloads[w].live_pods += 1;
@@ -864,12 +939,13 @@ impl Engine {
         let pod = &mut self.pods[p];
         pod.node = Some(n);
         let waited = self.now.saturating_sub(pod.created);
+        let hpa_added = pod.hpa_added;
         let requests = pod.spec.requests.clone();
         let node = &mut self.nodes[n];
         node.requested.add_assign(&requests);
         node.pods.push(p);
         node.settled_since = self.now;
-        self.collector.pod_bound(waited);
+        self.collector.pod_bound(waited, hpa_added);
         self.push(self.now + self.timing.pod_startup.millis(), Event::PodReady(p));
     }
 
@@ -934,38 +1010,7 @@ impl Engine {
             return;
         }
         let live: Vec<NodeId> = self.live.iter().copied().collect();
-        let views: Vec<NodeView<'_>> = live
-            .iter()
-            .map(|&n| {
-                let node = &self.nodes[n];
-                // Launching nodes count with the pods nominated to them.
-                let mut requested = node.requested.clone();
-                let mut pod_labels: Vec<&BTreeMap<String, String>> =
-                    node.pods.iter().map(|&q| &self.pods[q].spec.labels).collect();
-                for &q in &node.nominated {
-                    requested.add_assign(&self.pods[q].spec.requests);
-                    pod_labels.push(&self.pods[q].spec.labels);
-                }
-                NodeView {
-                    name: &node.name,
-                    labels: &node.labels,
-                    taints: &node.taints,
-                    allocatable: &node.allocatable,
-                    capacity: &node.capacity,
-                    requested,
-                    pod_labels,
-                    repelled: node
-                        .pods
-                        .iter()
-                        .chain(&node.nominated)
-                        .flat_map(|&q| &self.pods[q].spec.hostname_anti_affinity)
-                        .collect(),
-                    nodepool: node.nodepool.as_deref(),
-                    ready: node.ready.is_some(),
-                    cordoned: node.cordoned,
-                }
-            })
-            .collect();
+        let views = self.views(&live);
         let by_name: BTreeMap<String, PodId> =
             pending.iter().map(|&p| (self.pods[p].spec.name.clone(), p)).collect();
         let problem = provisioning::problem(
@@ -997,6 +1042,111 @@ impl Engine {
         for u in &plan.unschedulable {
             self.collector.unschedulable(&u.reason);
         }
+    }
+
+    /// The provisioning decision's view of `nodes`: launching nodes count with the pods nominated to them.
+    fn views(&self, nodes: &[NodeId]) -> Vec<NodeView<'_>> {
+        nodes
+            .iter()
+            .map(|&n| {
+                let node = &self.nodes[n];
+                let mut requested = node.requested.clone();
+                let mut pod_labels: Vec<&BTreeMap<String, String>> =
+                    node.pods.iter().map(|&q| &self.pods[q].spec.labels).collect();
+                for &q in &node.nominated {
+                    requested.add_assign(&self.pods[q].spec.requests);
+                    pod_labels.push(&self.pods[q].spec.labels);
+                }
+                NodeView {
+                    name: &node.name,
+                    labels: &node.labels,
+                    taints: &node.taints,
+                    allocatable: &node.allocatable,
+                    capacity: &node.capacity,
+                    requested,
+                    pod_labels,
+                    repelled: node
+                        .pods
+                        .iter()
+                        .chain(&node.nominated)
+                        .flat_map(|&q| &self.pods[q].spec.hostname_anti_affinity)
+                        .collect(),
+                    nodepool: node.nodepool.as_deref(),
+                    ready: node.ready.is_some(),
+                    cordoned: node.cordoned,
+                }
+            })
+            .collect()
+    }
+
+    /// The virtual pods headroom keeps room for now: per HPA workload, its predicted extra replicas and
+    /// guard (`hpa`), or a buffer of a percentage of its replicas (`capacity-buffer`).
+    fn virtual_pods(&self) -> Vec<PodSpec> {
+        let mut out = Vec::new();
+        for w in &self.workloads {
+            let Some(model) = &w.model else { continue };
+            match self.headroom.mode {
+                HeadroomMode::None => {}
+                HeadroomMode::Hpa => out.extend(model.virtual_pods(self.now, &self.headroom_settings)),
+                HeadroomMode::CapacityBuffer => {
+                    let percent = self.headroom.percent.unwrap_or(0.0);
+                    let count = (f64::from(w.desired.max(0)) * percent / 100.0).ceil() as usize;
+                    out.extend((0..count).map(|i| PodSpec {
+                        name: format!("{}~headroom-{i}", model.name),
+                        ..(*w.template).clone()
+                    }));
+                }
+            }
+        }
+        out
+    }
+
+    /// Headroom: the virtual pods are planned over the nodes as they are (pods nominated to launching
+    /// nodes count), after the real pods, which the batch window plans; nodes the virtual pods need are
+    /// launched with nothing nominated, and each node's share is kept for disruption. Nothing is planned
+    /// while neither the virtual pods nor the cluster changed.
+    fn plan_headroom(&mut self) {
+        let pods = self.virtual_pods();
+        let names: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
+        if self.last_headroom.as_ref().is_some_and(|(epoch, last)| *epoch == self.epoch && *last == names) {
+            return;
+        }
+        if self.last_headroom.as_ref().is_none_or(|(_, last)| *last != names) {
+            // Disruption must look again: a node may hold more, or nothing, now.
+            self.epoch += 1;
+        }
+        let live: Vec<NodeId> = self.live.iter().copied().collect();
+        let mut pool_cost: BTreeMap<String, Price> = BTreeMap::new();
+        for &n in &live {
+            if let Some(pool) = &self.nodes[n].nodepool {
+                let price =
+                    Price((self.nodes[n].price_per_hour * Price::NANOS_PER_USD as f64).round() as u64);
+                pool_cost.entry(pool.clone()).or_insert(Price(0)).0 += price.0;
+            }
+        }
+        let views = self.views(&live);
+        let problem =
+            provisioning::problem(vec![], &views, &self.nodepools, &self.daemonsets, self.catalog.clone());
+        drop(views);
+        let virtual_by_name: BTreeMap<String, PodSpec> =
+            pods.iter().map(|p| (p.name.clone(), p.clone())).collect();
+        let algorithm = self.algorithm;
+        let plan = headroom::plan(&problem, pods, &self.pool_headroom, &pool_cost, |p| algorithm.solve(p));
+        let mut held: BTreeMap<String, Vec<PodSpec>> = BTreeMap::new();
+        for placement in &plan.headroom.placements {
+            if let Some(pod) = virtual_by_name.get(&placement.pod) {
+                held.entry(placement.node.clone()).or_default().push(pod.clone());
+            }
+        }
+        for new in &plan.headroom.new_nodes {
+            if let Some(id) = self.launch(new, &BTreeMap::new()) {
+                self.collector.headroom_node();
+                let pods = new.pods.iter().filter_map(|p| virtual_by_name.get(p).cloned()).collect();
+                held.insert(self.nodes[id].name.clone(), pods);
+            }
+        }
+        self.held = held;
+        self.last_headroom = Some((self.epoch, names));
     }
 
     /// Launches a planned node; its pods (by name, when pending) are nominated to it.
@@ -1105,6 +1255,7 @@ impl Engine {
                 && node.ready.is_some()
                 && node.pods.is_empty()
                 && node.nominated.is_empty()
+                && !self.held.contains_key(&node.name)
                 && after.is_some_and(|a| self.now >= node.settled_since + a)
         });
         if !consolidate && !empty_due {
@@ -1115,6 +1266,12 @@ impl Engine {
             .iter()
             .map(|&n| {
                 let node = &self.nodes[n];
+                // Headroom held on the node counts as its pods: it must find room elsewhere to go.
+                let held = self.held.get(&node.name).map_or(&[][..], Vec::as_slice);
+                let mut requested = node.requested.clone();
+                for pod in held {
+                    requested.add_assign(&pod.requests);
+                }
                 Candidate {
                     view: NodeView {
                         name: &node.name,
@@ -1122,12 +1279,18 @@ impl Engine {
                         taints: &node.taints,
                         allocatable: &node.allocatable,
                         capacity: &node.capacity,
-                        requested: node.requested.clone(),
-                        pod_labels: node.pods.iter().map(|&q| &self.pods[q].spec.labels).collect(),
+                        requested,
+                        pod_labels: node
+                            .pods
+                            .iter()
+                            .map(|&q| &self.pods[q].spec.labels)
+                            .chain(held.iter().map(|p| &p.labels))
+                            .collect(),
                         repelled: node
                             .pods
                             .iter()
                             .flat_map(|&q| &self.pods[q].spec.hostname_anti_affinity)
+                            .chain(held.iter().flat_map(|p| &p.hostname_anti_affinity))
                             .collect(),
                         // Fixed fleet nodes take pods but are never disrupted.
                         nodepool: if node.fixed { None } else { node.nodepool.as_deref() },
@@ -1136,7 +1299,7 @@ impl Engine {
                     },
                     price: Price((node.price_per_hour * Price::NANOS_PER_USD as f64).round() as u64),
                     capacity_type: node.capacity_type,
-                    pods: node.pods.iter().map(|&q| &*self.pods[q].spec).collect(),
+                    pods: node.pods.iter().map(|&q| &*self.pods[q].spec).chain(held).collect(),
                     blocked: (!node.nominated.is_empty()).then(|| "pods are nominated to it".to_owned()),
                     initialized: node.ready.is_some(),
                     disrupting: node.cordoned,

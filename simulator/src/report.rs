@@ -60,6 +60,10 @@ pub struct Summary {
     /// Node-hours by instance family.
     pub node_hours_by_family: BTreeMap<String, f64>,
     pub pending_seconds: Pending,
+    /// The same for the pods HPAs added by scaling up (what headroom is for).
+    pub hpa_pending_seconds: Pending,
+    /// Nodes launched for headroom (no pod waiting for them).
+    pub headroom_nodes: usize,
     /// Time-averaged requested / allocatable cpu over ready nodes.
     pub cpu_utilization: f64,
     pub memory_utilization: f64,
@@ -108,6 +112,11 @@ pub fn summary_rows() -> Vec<SummaryRow> {
             let p = &s.pending_seconds;
             format!("{:.0} / {:.0} / {:.0} / {:.0}", p.p50, p.p95, p.p99, p.max)
         }),
+        ("HPA-added pods pending p50 / p95 / p99 / max (s)", |s| {
+            let p = &s.hpa_pending_seconds;
+            format!("{:.0} / {:.0} / {:.0} / {:.0}", p.p50, p.p95, p.p99, p.max)
+        }),
+        ("headroom nodes launched", |s| s.headroom_nodes.to_string()),
         ("cpu / memory utilisation", |s| {
             format!("{:.0}% / {:.0}%", s.cpu_utilization * 100.0, s.memory_utilization * 100.0)
         }),
@@ -125,6 +134,8 @@ pub fn summary_rows() -> Vec<SummaryRow> {
 #[derive(Clone, Debug, Default)]
 pub struct Collector {
     waits_ms: Vec<u64>,
+    hpa_waits_ms: Vec<u64>,
+    headroom_nodes: usize,
     still_pending: usize,
     samples: Vec<Sample>,
     hpa: Vec<HpaPoint>,
@@ -139,8 +150,16 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn pod_bound(&mut self, waited_ms: u64) {
+    /// A pod was bound after `waited_ms` pending; `hpa_added` when an HPA's scale-up created it.
+    pub fn pod_bound(&mut self, waited_ms: u64, hpa_added: bool) {
         self.waits_ms.push(waited_ms);
+        if hpa_added {
+            self.hpa_waits_ms.push(waited_ms);
+        }
+    }
+
+    pub fn headroom_node(&mut self) {
+        self.headroom_nodes += 1;
     }
 
     pub fn still_pending(&mut self, _waited_ms: u64) {
@@ -195,22 +214,8 @@ impl Collector {
         cost_by_capacity: BTreeMap<&'static str, f64>,
         node_hours: BTreeMap<String, f64>,
     ) -> Report {
-        self.waits_ms.sort_unstable();
-        let pct = |q: f64| -> f64 {
-            if self.waits_ms.is_empty() {
-                return 0.0;
-            }
-            // Nearest-rank percentile.
-            let rank = ((q * self.waits_ms.len() as f64).ceil() as usize).clamp(1, self.waits_ms.len());
-            self.waits_ms[rank - 1] as f64 / 1000.0
-        };
-        let pending = Pending {
-            p50: pct(0.50),
-            p95: pct(0.95),
-            p99: pct(0.99),
-            max: self.waits_ms.last().map_or(0.0, |w| *w as f64 / 1000.0),
-            pods: self.waits_ms.len(),
-        };
+        let pending = percentiles(std::mem::take(&mut self.waits_ms));
+        let hpa_pending = percentiles(std::mem::take(&mut self.hpa_waits_ms));
         let hours = end_ms as f64 / 3_600_000.0;
         let cost_total: f64 = cost_by_capacity.values().sum();
         let n = self.samples.len().max(1) as f64;
@@ -221,6 +226,8 @@ impl Collector {
             cost_by_capacity_type: cost_by_capacity.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             node_hours_by_family: node_hours,
             pending_seconds: pending,
+            hpa_pending_seconds: hpa_pending,
+            headroom_nodes: self.headroom_nodes,
             cpu_utilization: self.samples.iter().map(|s| s.cpu_utilization).sum::<f64>() / n,
             memory_utilization: self.samples.iter().map(|s| s.memory_utilization).sum::<f64>() / n,
             nodes_launched: self.launched,
@@ -245,5 +252,24 @@ impl Collector {
             launches: self.launches,
             pods_by_zone_at_end: BTreeMap::new(),
         }
+    }
+}
+
+/// Nearest-rank percentiles of waits in milliseconds, in seconds.
+fn percentiles(mut waits_ms: Vec<u64>) -> Pending {
+    waits_ms.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if waits_ms.is_empty() {
+            return 0.0;
+        }
+        let rank = ((q * waits_ms.len() as f64).ceil() as usize).clamp(1, waits_ms.len());
+        waits_ms[rank - 1] as f64 / 1000.0
+    };
+    Pending {
+        p50: pct(0.50),
+        p95: pct(0.95),
+        p99: pct(0.99),
+        max: waits_ms.last().map_or(0.0, |w| *w as f64 / 1000.0),
+        pods: waits_ms.len(),
     }
 }

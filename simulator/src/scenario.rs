@@ -72,6 +72,9 @@ pub struct Scenario {
     pub events: Events,
     #[serde(default)]
     pub timing: Timing,
+    /// Capacity kept ahead of HPA-driven workloads.
+    #[serde(default)]
+    pub headroom: Headroom,
     /// Named alternatives for `--compare`: each replaces the sections it gives.
     #[serde(default)]
     pub variants: Vec<Variant>,
@@ -96,6 +99,43 @@ pub struct Variant {
     pub events: Option<Events>,
     #[serde(default)]
     pub timing: Option<Timing>,
+    #[serde(default)]
+    pub headroom: Option<Headroom>,
+}
+
+/// `headroom`: capacity kept ahead of the workloads that have an HPA.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Headroom {
+    /// `none` (the default), `hpa` (predictive headroom and the consolidation guard of
+    /// `cartwright-core::headroom`) or `capacity-buffer` (a static buffer of `percent` of each HPA target's
+    /// replicas, as a SIG-Autoscaling CapacityBuffer with a percentage keeps).
+    #[serde(default)]
+    pub mode: HeadroomMode,
+    /// For `capacity-buffer`: the buffer, in percent of the target's replicas (rounded up).
+    #[serde(default)]
+    pub percent: Option<f64>,
+    /// For `hpa`: how far ahead to predict (default 60s, about a node's launch-to-ready time).
+    #[serde(default)]
+    pub horizon: Option<Dur>,
+    /// For `hpa`: the metric history the trend is fitted over (default 2m).
+    #[serde(default)]
+    pub trend_window: Option<Dur>,
+    /// Every NodePool's headroom budget: at most this percentage of the pool's current hourly cost.
+    #[serde(default)]
+    pub budget_percent: Option<u32>,
+    /// Every NodePool's headroom budget: at most this many dollars per hour of headroom nodes.
+    #[serde(default)]
+    pub budget_per_hour: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadroomMode {
+    #[default]
+    None,
+    Hpa,
+    CapacityBuffer,
 }
 
 /// A pod trace to replay (format: [`crate::trace`]).
@@ -134,6 +174,9 @@ impl Scenario {
             }
             if let Some(timing) = &v.timing {
                 s.timing = timing.clone();
+            }
+            if let Some(headroom) = &v.headroom {
+                s.headroom = headroom.clone();
             }
             let algorithm = Algorithm::from_name(v.solver.as_deref().unwrap_or("cartwright"))?;
             return Some((s, algorithm));
@@ -200,8 +243,15 @@ pub struct Workload {
 pub enum Load {
     /// The same load all the time.
     Constant { value: f64 },
-    /// A day-long cosine between `base` (at `peakAt` − 12 h) and `peak` (at `peakAt`).
-    Diurnal { base: f64, peak: f64, peak_at: Dur },
+    /// A day-long cosine between `base` (at `peakAt` − 12 h) and `peak` (at `peakAt`), optionally with
+    /// bursts on top.
+    Diurnal {
+        base: f64,
+        peak: f64,
+        peak_at: Dur,
+        #[serde(default)]
+        bursts: Vec<Burst>,
+    },
     /// `value` from each step's `at` on (before the first step: the first value).
     Step { steps: Vec<LoadStep> },
     /// A time series from a CSV file (relative to the scenario) with a header and rows `seconds,value`: each
@@ -221,6 +271,34 @@ pub enum Load {
     },
 }
 
+/// A burst: from `at` the load ramps up over `rise` to `factor` times the curve, holds for `hold`, and
+/// ramps back down over `rise`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Burst {
+    pub at: Dur,
+    pub rise: Dur,
+    pub hold: Dur,
+    pub factor: f64,
+}
+
+impl Burst {
+    /// The multiplier at `t` milliseconds (1 outside the burst).
+    fn factor_at(&self, t: u64) -> f64 {
+        let (start, rise, hold) = (self.at.millis(), self.rise.millis(), self.hold.millis());
+        let envelope = if t < start || t >= start + 2 * rise + hold {
+            0.0
+        } else if t < start + rise {
+            (t - start) as f64 / rise as f64
+        } else if t < start + rise + hold {
+            1.0
+        } else {
+            (start + 2 * rise + hold - t) as f64 / rise as f64
+        };
+        1.0 + (self.factor - 1.0) * envelope
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadStep {
@@ -233,10 +311,11 @@ impl Load {
     pub fn at(&self, t: u64) -> f64 {
         match self {
             Load::Constant { value } => *value,
-            Load::Diurnal { base, peak, peak_at } => {
+            Load::Diurnal { base, peak, peak_at, bursts } => {
                 let day = 86_400_000.0;
                 let phase = (t as f64 - peak_at.millis() as f64) / day * std::f64::consts::TAU;
-                base + (peak - base) * (1.0 + phase.cos()) / 2.0
+                let curve = base + (peak - base) * (1.0 + phase.cos()) / 2.0;
+                bursts.iter().fold(curve, |load, b| load * b.factor_at(t))
             }
             Load::Step { steps } => {
                 let mut value = steps.first().map_or(0.0, |s| s.value);
@@ -523,6 +602,34 @@ fn validate(s: &Scenario) -> Result<(), String> {
         || s.timing.consolidation_interval.millis() == 0
     {
         return Err("timing: hpaSync, sampleInterval and consolidationInterval must be positive".into());
+    }
+    for (i, w) in s.workloads.iter().enumerate() {
+        if let Some(Load::Diurnal { bursts, .. }) = &w.load {
+            for (j, b) in bursts.iter().enumerate() {
+                if !(b.factor.is_finite() && b.factor > 0.0) {
+                    return Err(format!("workloads[{i}].load.bursts[{j}].factor: must be positive"));
+                }
+                if b.rise.millis() == 0 {
+                    return Err(format!("workloads[{i}].load.bursts[{j}].rise: must be positive"));
+                }
+            }
+        }
+    }
+    let h = &s.headroom;
+    match (h.mode, h.percent) {
+        (HeadroomMode::CapacityBuffer, None) => {
+            return Err("headroom.percent: required with mode capacity-buffer".into());
+        }
+        (_, Some(p)) if !(p > 0.0 && p <= 1000.0) => {
+            return Err(format!("headroom.percent: {p} is not in (0, 1000]"));
+        }
+        _ => {}
+    }
+    if h.budget_per_hour.is_some_and(|b| b.is_nan() || b < 0.0) {
+        return Err("headroom.budgetPerHour: must not be negative".into());
+    }
+    if h.horizon.is_some_and(|d| d.millis() == 0) || h.trend_window.is_some_and(|d| d.millis() == 0) {
+        return Err("headroom: horizon and trendWindow must be positive".into());
     }
     Ok(())
 }

@@ -385,7 +385,7 @@ fn a_csv_load_curve_drives_the_hpa() {
 #[test]
 fn every_example_scenario_parses() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut files = vec![root.join("examples/seoul-bluegreen.yaml")];
+    let mut files = vec![root.join("examples/seoul-bluegreen.yaml"), root.join("examples/hpa-burst.yaml")];
     for entry in std::fs::read_dir(root.join("examples/scenarios")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -516,4 +516,76 @@ fn after_a_scale_in_consolidation_shrinks_the_cluster_and_cost_falls() {
         r.summary
     );
     assert!(underutilized + r.summary.terminations.get("empty").copied().unwrap_or(0) >= 1);
+}
+
+/// Two bursts (ramping over 3 minutes to 3 times the load, holding 10) on the `api` HPA, 3 hours, with
+/// the three headroom variants.
+fn bursty_api() -> scenario::Scenario {
+    let load = "{curve: diurnal, base: 1000, peak: 1000, peakAt: 0s, bursts: [{at: 40m, rise: 3m, hold: 10m, factor: 3}, {at: 2h, rise: 3m, hold: 10m, factor: 3}]}";
+    let variants = r#"
+variants:
+  - {name: none, headroom: {mode: none}}
+  - {name: buffer, headroom: {mode: capacity-buffer, percent: 10}}
+  - {name: hpa, headroom: {mode: hpa, horizon: 90s}}
+"#;
+    scenario(&hpa_api("3h", 2, 200, 20, load, variants))
+}
+
+#[test]
+fn a_burst_envelope_ramps_holds_and_ramps_back() {
+    let s = bursty_api();
+    let load = s.workloads[0].load.as_ref().unwrap();
+    let at = |minutes: f64| load.at((minutes * 60_000.0) as u64);
+    assert_eq!(at(39.0), 1000.0);
+    assert!((at(41.5) - 2000.0).abs() < 1e-6, "half way up: {}", at(41.5));
+    assert_eq!(at(45.0), 3000.0);
+    assert!((at(54.5) - 2000.0).abs() < 1e-6, "half way down: {}", at(54.5));
+    assert_eq!(at(56.0), 1000.0);
+}
+
+#[test]
+fn hpa_headroom_has_nodes_ready_before_a_burst_needs_them() {
+    let base = bursty_api();
+    let run_variant = |name: &str| {
+        let (s, algorithm) = base.variant(name).unwrap();
+        crate::run(&s, Path::new("."), algorithm, |_| {}).unwrap()
+    };
+    let (none, buffer, hpa) = (run_variant("none"), run_variant("buffer"), run_variant("hpa"));
+    let p95 = |r: &Report| r.summary.hpa_pending_seconds.p95;
+    assert!(none.summary.hpa_pending_seconds.pods > 40, "{:?}", none.summary.hpa_pending_seconds);
+    assert_eq!(none.summary.headroom_nodes, 0);
+    assert!(
+        p95(&none) >= 30.0,
+        "without headroom burst pods wait for nodes: {:?}",
+        none.summary.hpa_pending_seconds
+    );
+    // Headroom launches nodes no pod waits for, and the burst's pods find them: most wait for nothing, and
+    // the slowest (the first of a burst, before its trend shows) wait less.
+    assert!(hpa.summary.headroom_nodes > 0 && buffer.summary.headroom_nodes > 0);
+    assert_eq!(hpa.summary.hpa_pending_seconds.p50, 0.0, "{:?}", hpa.summary.hpa_pending_seconds);
+    assert!(none.summary.hpa_pending_seconds.p50 >= 30.0, "{:?}", none.summary.hpa_pending_seconds);
+    assert!(p95(&hpa) < p95(&none) - 15.0, "{} vs {}", p95(&hpa), p95(&none));
+    assert!(p95(&hpa) < p95(&buffer), "{} vs {}", p95(&hpa), p95(&buffer));
+    // It is not free.
+    assert!(hpa.summary.cost_total > none.summary.cost_total);
+}
+
+#[test]
+fn headroom_settings_are_validated() {
+    let cases = [
+        ("headroom: {mode: capacity-buffer}", "headroom.percent: required with mode capacity-buffer"),
+        ("headroom: {mode: hpa, percent: -5}", "headroom.percent: -5 is not in (0, 1000]"),
+        ("headroom: {mode: predictive}", "unknown variant `predictive`"),
+        ("headroom: {mode: hpa, horizon: 0s}", "headroom: horizon and trendWindow must be positive"),
+    ];
+    for (extra, expected) in cases {
+        let text = format!(
+            "version: cartwright.sh/scenario/v1\nname: x\nduration: 1h\ncluster: {{region: us-east-1}}\n{extra}\n"
+        );
+        let err = scenario::parse("s.yaml", &text).unwrap_err().to_string();
+        assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+    let text = "version: cartwright.sh/scenario/v1\nname: x\nduration: 1h\ncluster: {region: us-east-1}\nworkloads: [{deployment: {kind: Deployment}, load: {curve: diurnal, base: 1, peak: 2, peakAt: 1h, bursts: [{at: 1m, rise: 0s, hold: 1m, factor: 2}]}}]\n";
+    let err = scenario::parse("s.yaml", text).unwrap_err().to_string();
+    assert!(err.contains("workloads[0].load.bursts[0].rise: must be positive"), "{err}");
 }

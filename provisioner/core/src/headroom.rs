@@ -3,10 +3,12 @@
 //!
 //! **Prediction.** Each HPA's demand — its metric ratio (current metric over target, the highest over its
 //! metrics) times its replicas, the replicas the metric asks for, which does not jump when the HPA scales —
-//! is fitted with a least-squares line over the trend window; the demand one launch horizon ahead (less the
-//! HPA's own scale-up stabilisation window, which delays it by that much) is what the HPA will want then,
-//! rounded up, when it is outside the HPA's tolerance. A falling or flat demand predicts no more than the
-//! HPA wants now. The prediction is capped by what the HPA's scale-up policies can add within
+//! is fitted with a least-squares line over the trend window (and over the last three syncs, where a burst
+//! shows first; the steeper wins); the demand one launch horizon ahead (less the HPA's own scale-up
+//! stabilisation window, which delays it by that much), rounded up, is what the HPA will want then. The
+//! HPA's tolerance is deliberately not applied: the HPA jumps as soon as the metric leaves it, and that
+//! moment cannot be timed, so the capacity must be there before. A falling or flat demand predicts no more
+//! than the demand now. The prediction is capped by what the HPA's scale-up policies can add within
 //! the horizon (simulated sync by sync, 15 s apart, as the HPA controller applies them — or the legacy
 //! double-or-four limit without `behavior`) and by `maxReplicas`.
 //!
@@ -188,10 +190,15 @@ impl HpaModel {
         }
         // The HPA's scale-up window makes it act on the metric that long ago: look that much less ahead.
         let lead = settings.horizon_ms.saturating_sub(self.up_window_ms());
-        let demand = latest.ratio * f64::from(latest.replicas)
-            + self.slope(now, settings.trend_window_ms) * lead as f64;
+        // The steeper of the whole window's trend and the last three syncs' (a burst shows there first).
+        let recent = settings.trend_window_ms.min(3 * HPA_SYNC_MS);
+        let slope = self.slope(now, settings.trend_window_ms).max(self.slope(now, recent));
+        let demand = latest.ratio * f64::from(latest.replicas) + slope * lead as f64;
         let ratio = demand / f64::from(current);
-        let wanted = self.recommendation(ratio, current).max(latest.desired);
+        // The demand itself, rounded up — not the HPA's recommendation, which waits for the metric to leave
+        // its tolerance: the HPA jumps as soon as it does, a moment no trend can time, so capacity for the
+        // demand must be ready before.
+        let wanted = ((demand - 1e-9).ceil() as i32).max(current).max(latest.desired);
         let reachable = self.reachable(now, settings.horizon_ms);
         let mut replicas = wanted;
         let mut limited_by = None;
