@@ -27,3 +27,7 @@ for i in $(seq 1 3); do
   end=$(date +%s.%N)
   echo "simulate week-1000-nodes run $i: $(echo "$end - $start" | bc) s"
 done
+echo
+# HPA headroom: pending time of HPA-added pods and cost, three variants (simulated time; docs/headroom.md).
+cargo run --release --quiet -- simulate examples/hpa-burst.yaml --quiet \
+  --compare no-headroom,capacity-buffer-10pct,hpa-headroom --output-dir "${TMPDIR:-/tmp}/cartwright-bench-hpa-burst"
