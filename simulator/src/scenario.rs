@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cartwright_core::hpa::{Behavior, HpaSpec, Policy, ScalingRules, SelectPolicy};
+use cartwright_core::hpa::HpaSpec;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use serde::Deserialize;
 
@@ -713,88 +713,16 @@ pub fn hpa(i: usize, value: &serde_json::Value) -> Result<HpaSpec, String> {
     let hpa: HorizontalPodAutoscaler = serde_path_to_error::deserialize(value.clone())
         .map_err(|e| format!("workloads[{i}].hpa.{}: {}", e.path(), e.inner()))?;
     let spec = hpa.spec;
-    let mut target = 80.0;
     for (j, metric) in spec.metrics.iter().flatten().enumerate() {
-        let resource = metric.resource.as_ref().filter(|_| metric.type_ == "Resource");
-        match resource {
-            Some(r) if r.name == "cpu" && r.target.type_ == "Utilization" => {
-                target = f64::from(r.target.average_utilization.ok_or(format!(
-                    "workloads[{i}].hpa.spec.metrics[{j}].resource.target.averageUtilization: missing"
-                ))?);
-            }
-            _ => {
-                return Err(format!(
-                    "workloads[{i}].hpa.spec.metrics[{j}]: only a cpu Resource metric with a Utilization target is simulated"
-                ));
-            }
+        let cpu_utilization = metric.type_ == "Resource"
+            && metric.resource.as_ref().is_some_and(|r| r.name == "cpu" && r.target.type_ == "Utilization");
+        if !cpu_utilization {
+            return Err(format!(
+                "workloads[{i}].hpa.spec.metrics[{j}]: only a cpu Resource metric with a Utilization target is simulated"
+            ));
         }
     }
-    if target <= 0.0 {
-        return Err(format!("workloads[{i}].hpa: target utilisation must be positive"));
-    }
-    let min = spec.min_replicas.unwrap_or(1);
-    if min < 1 || spec.max_replicas < min {
-        return Err(format!("workloads[{i}].hpa.spec: need 1 <= minReplicas <= maxReplicas"));
-    }
-    let behavior = match spec.behavior {
-        None => None,
-        Some(b) => Some(Behavior {
-            scale_up: rules(b.scale_up, ScalingRules::default_scale_up(), i, "scaleUp")?,
-            scale_down: rules(b.scale_down, ScalingRules::default_scale_down(), i, "scaleDown")?,
-        }),
-    };
-    Ok(HpaSpec { min_replicas: min, max_replicas: spec.max_replicas, target_utilization: target, behavior })
-}
-
-fn rules(
-    r: Option<HPAScalingRules>,
-    default: ScalingRules,
-    i: usize,
-    dir: &str,
-) -> Result<ScalingRules, String> {
-    let Some(r) = r else { return Ok(default) };
-    let field = format!("workloads[{i}].hpa.spec.behavior.{dir}");
-    let select_policy = match r.select_policy.as_deref() {
-        None | Some("Max") => SelectPolicy::Max,
-        Some("Min") => SelectPolicy::Min,
-        Some("Disabled") => SelectPolicy::Disabled,
-        Some(other) => return Err(format!("{field}.selectPolicy: `{other}` is not Max, Min or Disabled")),
-    };
-    let policies = match r.policies {
-        None => default.policies.clone(),
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .map(|(j, p)| {
-                let period_seconds = u32::try_from(p.period_seconds)
-                    .ok()
-                    .filter(|s| (1..=1800).contains(s))
-                    .ok_or(format!("{field}.policies[{j}].periodSeconds: must be in 1..1800"))?;
-                match p.type_.as_str() {
-                    "Pods" => Ok(Policy::Pods { value: p.value, period_seconds }),
-                    "Percent" => Ok(Policy::Percent { value: p.value, period_seconds }),
-                    other => Err(format!("{field}.policies[{j}].type: `{other}` is not Pods or Percent")),
-                }
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let window = match r.stabilization_window_seconds {
-        None => default.stabilization_window_seconds,
-        Some(w) => u32::try_from(w)
-            .ok()
-            .filter(|w| *w <= 3600)
-            .ok_or(format!("{field}.stabilizationWindowSeconds: must be in 0..3600"))?,
-    };
-    Ok(ScalingRules {
-        stabilization_window_seconds: window,
-        select_policy,
-        policies,
-        tolerance: r
-            .tolerance
-            .map(|q| q.0.parse::<f64>())
-            .transpose()
-            .map_err(|_| format!("{field}.tolerance: not a number"))?,
-    })
+    cartwright_api::hpa::spec(&spec, &format!("workloads[{i}].hpa"))
 }
 
 /// Reads the files a scenario names besides manifests (CSV load curves), relative to `base`.

@@ -10,6 +10,7 @@ pub mod catalog_file;
 pub mod convert;
 pub mod crds;
 pub mod ec2nodeclass;
+pub mod hpa;
 pub mod manifests;
 pub mod nodeclaim;
 pub mod nodepool;
