@@ -111,6 +111,16 @@ pub struct Args {
     /// Pause between controller passes.
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     pub tick: Duration,
+    /// Keep capacity ahead of HPA scale-ups and hold capacity an HPA just gave back (docs/headroom.md);
+    /// NodePools opt out with the `cartwright.sh/headroom: "false"` annotation.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub headroom: bool,
+    /// How far ahead headroom predicts HPAs: about a node's launch-to-ready time.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub headroom_horizon: Duration,
+    /// The HPA metric history headroom fits its trend over.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub headroom_trend_window: Duration,
 }
 
 /// How often EC2NodeClass statuses are resolved and written.
@@ -153,6 +163,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         metrics_addr,
         disruption_every: (!args.disruption_interval.is_zero()).then_some(args.disruption_interval),
         disruption_validation: args.disruption_validation,
+        headroom: args.headroom.then_some(cartwright_core::headroom::Settings {
+            horizon_ms: args.headroom_horizon.as_millis() as u64,
+            trend_window_ms: args.headroom_trend_window.as_millis() as u64,
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

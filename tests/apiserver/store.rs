@@ -48,6 +48,7 @@ pub const RESOURCES: &[ResourceType] = &[
     rt("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", true, true),
     rt("apps", "v1", "daemonsets", "DaemonSet", true, true),
     rt("apps", "v1", "deployments", "Deployment", true, true),
+    rt("apps", "v1", "statefulsets", "StatefulSet", true, true),
     rt("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, true),
     rt("coordination.k8s.io", "v1", "leases", "Lease", true, false),
     rt("events.k8s.io", "v1", "events", "Event", true, false),

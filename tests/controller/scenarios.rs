@@ -711,3 +711,82 @@ async fn nodes_drift_when_their_nodepool_changes_and_are_replaced_one_by_one() {
     cluster.assert_no_orphans_or_duplicates();
     crate::deploy::rbac::assert_chart_allows(&cluster.server.request_log(), "kwok", "kube-system");
 }
+
+/// The HPA controller's status write: `utilization` % cpu over `current` pods, wanting `desired`.
+fn hpa_status(cluster: &Cluster, current: u32, desired: u32, utilization: u32) {
+    cluster
+        .server
+        .edit("autoscaling", "horizontalpodautoscalers", "default", "web", |h| {
+            h["status"] = json!({"currentReplicas": current, "desiredReplicas": desired, "currentMetrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": utilization}}}]});
+        })
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rising_hpa_metric_gets_headroom_nodes_before_the_new_replicas_appear() {
+    let mut cluster = Cluster::start().await;
+    cluster.nodepool("default", general_pool(json!([])));
+    let mut template = pod_template("1", "1Gi");
+    template["metadata"]["labels"]["app"] = json!("web");
+    let deployment = json!({"metadata": {"name": "web"}, "spec": {"replicas": 4,
+        "selector": {"matchLabels": {"app": "web"}}, "template": template}});
+    cluster.server.create("apps", "deployments", "default", deployment).unwrap();
+    let scale = cluster.run_replicas("web", 4, template);
+    let _controller = cluster.controller(&[("--headroom-horizon", "60s")]);
+    wait_for("4 pods bound", MINUTE, || cluster.bound_pods() == 4).await;
+    let before: Vec<String> = cluster.claims().iter().map(|c| name(c).to_owned()).collect();
+
+    // The HPA: cpu target 50 %, 2..12 replicas, no behavior (the legacy double-or-four limit).
+    let hpa = json!({"metadata": {"name": "web"}, "spec": {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+        "minReplicas": 2, "maxReplicas": 12,
+        "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}]}});
+    cluster.server.create("autoscaling", "horizontalpodautoscalers", "default", hpa).unwrap();
+    // Load rises; the HPA has not scaled yet (its tolerance, its sync): only its status moves.
+    for utilization in [50, 55, 60, 65, 70] {
+        hpa_status(&cluster, 4, 4, utilization);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let headroom_claims = || -> Vec<Value> {
+        cluster
+            .claims()
+            .into_iter()
+            .filter(|c| {
+                c.pointer("/metadata/annotations/cartwright.sh~1headroom-for") == Some(&json!("default/web"))
+            })
+            .collect()
+    };
+    wait_for("NodeClaims launched for the HPA's headroom", MINUTE, || !headroom_claims().is_empty()).await;
+    wait_for("the headroom nodes registered", MINUTE, || {
+        let nodes: Vec<String> = cluster.nodes().iter().map(|n| name(n).to_owned()).collect();
+        headroom_claims().iter().all(|c| nodes.iter().any(|n| n == name(c)))
+    })
+    .await;
+    assert_eq!(cluster.pods().len(), 4, "the headroom came before any new replica");
+    assert!(before.iter().all(|c| !headroom_claims().iter().any(|h| name(h) == c)));
+
+    // The HPA acts: 12 replicas. They land on the capacity already there; nothing new is launched.
+    let claims_then: Vec<String> = cluster.claims().iter().map(|c| name(c).to_owned()).collect();
+    cluster
+        .server
+        .edit("apps", "deployments", "default", "web", |d| d["spec"]["replicas"] = json!(12))
+        .unwrap();
+    scale.store(12, std::sync::atomic::Ordering::Relaxed);
+    hpa_status(&cluster, 12, 12, 30);
+    wait_for("12 pods bound", MINUTE, || cluster.bound_pods() == 12).await;
+    settle(&cluster, Duration::from_secs(3)).await;
+    let claims_now: Vec<String> = cluster.claims().iter().map(|c| name(c).to_owned()).collect();
+    assert_eq!(claims_now, claims_then, "no NodeClaim was needed after the scale-up");
+    let headroom_nodes: Vec<String> = headroom_claims().iter().map(|c| name(c).to_owned()).collect();
+    let on_headroom = cluster
+        .pods()
+        .iter()
+        .filter(|p| {
+            p.pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| headroom_nodes.iter().any(|h| h == n))
+        })
+        .count();
+    assert!(on_headroom > 0, "new replicas run on the headroom nodes");
+}

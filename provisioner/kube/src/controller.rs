@@ -28,7 +28,7 @@ use cartwright_core::hpa::Millis;
 use cartwright_core::lifecycle::{self, ClaimFacts, ClaimStep, PodFacts, TerminationStep, Timeouts};
 use cartwright_core::provisioning::{self, NodeView};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -85,6 +85,8 @@ pub struct Settings {
     pub disruption_every: Option<Duration>,
     /// A disruption decision is carried out only if it still holds this long after it was made.
     pub disruption_validation: Duration,
+    /// HPA headroom (`None`: off).
+    pub headroom: Option<cartwright_core::headroom::Settings>,
 }
 
 /// A replacement in progress: new NodeClaims launching before the old nodes go.
@@ -125,6 +127,9 @@ struct Stores {
     node_classes: Store<EC2NodeClass>,
     pdbs: Store<PodDisruptionBudget>,
     hpas: Store<HorizontalPodAutoscaler>,
+    // HPA targets: their pod templates and replicas shape headroom.
+    deployments: Store<Deployment>,
+    statefulsets: Store<StatefulSet>,
 }
 
 /// A cache of `api`'s objects, filled by a watch that runs (and recovers) until the process ends.
@@ -544,6 +549,17 @@ impl Model {
     }
 }
 
+/// Each NodePool's hourly cost: the prices of its nodes and in-flight NodeClaims.
+fn pool_costs(model: &Model) -> BTreeMap<String, Price> {
+    let mut out: BTreeMap<String, Price> = BTreeMap::new();
+    for node in &model.nodes {
+        if let (Some(pool), Some(price)) = (node.labels.get(labels::NODEPOOL), node.price) {
+            out.entry(pool.clone()).or_insert(Price(0)).0 += price.0;
+        }
+    }
+    out
+}
+
 /// The solver problem: provisionable pods over live nodes and in-flight NodeClaims (counted as nodes, so
 /// planning again never launches twice), over `catalog` (unavailable offerings already marked).
 pub fn problem(
@@ -600,6 +616,10 @@ struct Controller<P> {
     disruption: DisruptionState,
     /// This pass's nodes by providerID.
     nodes_by_id: BTreeMap<String, Arc<Node>>,
+    /// The HPAs as headroom sees them.
+    hpa_index: crate::headroom::HpaIndex,
+    /// When headroom was last planned, and the virtual pods it planned.
+    last_headroom: Option<(Millis, Vec<String>)>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -629,6 +649,8 @@ pub async fn run<P: CloudProvider + 'static>(
         node_classes: reflect(Api::<EC2NodeClass>::all(client.clone())),
         pdbs: reflect(Api::<PodDisruptionBudget>::all(client.clone())),
         hpas: reflect(Api::<HorizontalPodAutoscaler>::all(client.clone())),
+        deployments: reflect(Api::<Deployment>::all(client.clone())),
+        statefulsets: reflect(Api::<StatefulSet>::all(client.clone())),
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let synced = async {
@@ -641,6 +663,8 @@ pub async fn run<P: CloudProvider + 'static>(
             stores.node_classes.wait_until_ready(),
             stores.pdbs.wait_until_ready(),
             stores.hpas.wait_until_ready(),
+            stores.deployments.wait_until_ready(),
+            stores.statefulsets.wait_until_ready(),
         );
     };
     tokio::select! {
@@ -658,6 +682,7 @@ pub async fn run<P: CloudProvider + 'static>(
         instance: settings.lease.as_ref().map(|l| l.identity.clone()),
     };
     let catalog = settings.catalog.borrow().clone();
+    let settings_headroom = settings.headroom;
     let mut controller = Controller {
         recorder: Recorder::new(client.clone(), reporter),
         told: BTreeMap::new(),
@@ -680,6 +705,8 @@ pub async fn run<P: CloudProvider + 'static>(
         created: BTreeMap::new(),
         machine_drift: BTreeMap::new(),
         last_resource_gc: None,
+        hpa_index: crate::headroom::HpaIndex::new(settings_headroom.unwrap_or_default()),
+        last_headroom: None,
     };
     let mut leading = elector.is_none();
     let mut last_renewal: Option<Instant> = None;
@@ -767,7 +794,16 @@ impl<P: CloudProvider> Controller<P> {
         }
         self.deleted_nodes(&claims).await;
         self.interrupt(&claims, now).await;
+        if self.settings.headroom.is_some() {
+            self.hpa_index.update(
+                &self.stores.hpas.state(),
+                &self.stores.deployments.state(),
+                &self.stores.statefulsets.state(),
+                now,
+            );
+        }
         self.provision(now).await;
+        self.provision_headroom(now).await;
         self.disrupt(now).await;
         self.update_gauges(&claims);
     }
@@ -1332,6 +1368,15 @@ impl<P: CloudProvider> Controller<P> {
             settled.insert(n.name.clone(), entry.1);
         }
         self.disruption.settled.retain(|k, _| settled.contains_key(k));
+        // Headroom held on a node counts as its pods: the node is not empty, and consolidating it must find
+        // the headroom room elsewhere.
+        let held = self.held_headroom(&model, now);
+        for node in &mut model.nodes {
+            if let Some(pods) = held.get(&node.name) {
+                node.pods.extend(pods.iter().cloned());
+                node.reschedulable.extend(pods.iter().cloned());
+            }
+        }
         if self.disruption.replacing.is_some() {
             self.progress_replacement(&snapshot, now).await;
             return;
@@ -1348,7 +1393,18 @@ impl<P: CloudProvider> Controller<P> {
         let outcome = cartwright_core::disruption::decide(&input, now);
         tracing::debug!(decide_ms = started.elapsed().as_millis() as u64, command = ?outcome.command, "disruption decided");
         drop(input);
-        self.tell_claims(&model, &outcome.kept).await;
+        let mut kept = outcome.kept.clone();
+        for (node, reason) in &mut kept {
+            if let Some(pods) = held.get(node) {
+                let hpas: Vec<&str> =
+                    cartwright_core::headroom::held_for(pods.iter().map(|p| p.name.as_str()))
+                        .into_iter()
+                        .collect();
+                *reason =
+                    format!("holds headroom for HPA {} ({} pods); {reason}", hpas.join(", "), pods.len());
+            }
+        }
+        self.tell_claims(&model, &kept).await;
         let Some(command) = outcome.command else {
             self.disruption.pending = None;
             return;
@@ -1408,6 +1464,17 @@ impl<P: CloudProvider> Controller<P> {
         }
         tracing::info!(old = ?old, new = ?new_claims, reason, savings_per_hour = command.savings.usd(), "replacing");
         self.disruption.replacing = Some(Replacing { reason, old, new_claims, started: now });
+    }
+
+    /// The virtual pods each live node holds (none when headroom is off).
+    fn held_headroom(&self, model: &Model, now: Millis) -> BTreeMap<String, Vec<PodSpec>> {
+        if self.settings.headroom.is_none() {
+            return BTreeMap::new();
+        }
+        let pods = self.hpa_index.virtual_pods(now);
+        let (settings, _) = crate::headroom::pool_settings(&model.pools);
+        let views: Vec<NodeView<'_>> = model.nodes.iter().map(ModelNode::view).collect();
+        cartwright_core::headroom::assign(pods, &views, &settings, solver::solve)
     }
 
     /// Interruption notices: a machine the cloud is taking away gets its replacements launched at once
@@ -1645,6 +1712,70 @@ impl<P: CloudProvider> Controller<P> {
         self.tell_pods(&by_name, &plan, &claim_of).await;
     }
 
+    /// Headroom: the HPAs' virtual pods are planned over the cluster as it is (in-flight NodeClaims and the
+    /// pods nominated to them count, so nothing is launched twice) after the real pods, which `provision`
+    /// plans; NodeClaims are created for the nodes they need, within each NodePool's headroom budget.
+    /// Planned when the virtual pods change, and every `replan_every` while there are some.
+    async fn provision_headroom(&mut self, now: Millis) {
+        if self.settings.headroom.is_none() {
+            return;
+        }
+        let pods = self.hpa_index.virtual_pods(now);
+        let names: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
+        self.metrics.headroom_pods.clear();
+        for name in &names {
+            if let Some((hpa, kind)) = name.rsplit_once('~') {
+                let kind = kind.split('-').next().unwrap_or(kind);
+                self.metrics
+                    .headroom_pods
+                    .get_or_create(&metric_labels(&[("hpa", hpa), ("kind", kind)]))
+                    .inc();
+            }
+        }
+        let replan = self.settings.replan_every.as_millis() as Millis;
+        let due = match &self.last_headroom {
+            None => !names.is_empty(),
+            Some((at, last)) => *last != names || (!names.is_empty() && now >= at + replan),
+        };
+        if !due {
+            return;
+        }
+        self.last_headroom = Some((now, names));
+        if pods.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot();
+        let mut catalog = (*self.catalog).clone();
+        self.unavailable.apply(&mut catalog, now);
+        let Some((problem, pools)) = problem(&snapshot, &[], &catalog) else { return };
+        let model = Model::build(&snapshot, &catalog);
+        let (settings, errors) = crate::headroom::pool_settings(&pools);
+        for e in errors {
+            tracing::warn!(error = e, "headroom setting ignored");
+        }
+        let pool_cost = pool_costs(&model);
+        let by_name: BTreeMap<String, PodSpec> = pods.iter().map(|p| (p.name.clone(), p.clone())).collect();
+        let plan = tokio::task::spawn_blocking(move || {
+            cartwright_core::headroom::plan(&problem, pods, &settings, &pool_cost, solver::solve)
+        })
+        .await;
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::error!(error = %e, "the solver failed");
+                return;
+            }
+        };
+        if !plan.over_budget.is_empty() {
+            tracing::info!(pods = plan.over_budget.len(), "headroom pods over their NodePool's budget");
+        }
+        for new in &plan.headroom.new_nodes {
+            if let Some(claim) = self.create_claim(new, &pools, &by_name).await {
+                tracing::info!(nodeclaim = claim, pods = new.pods.len(), "launching for headroom");
+            }
+        }
+    }
+
     /// Creates the NodeClaim for a planned node; returns its name.
     async fn create_claim(
         &mut self,
@@ -1652,6 +1783,9 @@ impl<P: CloudProvider> Controller<P> {
         pools: &BTreeMap<String, Arc<NodePool>>,
         pending: &BTreeMap<String, PodSpec>,
     ) -> Option<String> {
+        // A node launched only for virtual pods says which HPAs it is for.
+        let held = cartwright_core::headroom::held_for(new.pods.iter().map(String::as_str));
+        let headroom_for = (!held.is_empty()).then(|| held.into_iter().collect::<Vec<_>>().join(","));
         let pool = pools.get(&new.nodepool)?;
         let name = format!("{}-{}", new.nodepool, suffix());
         let template = &pool.spec.template;
@@ -1702,10 +1836,12 @@ impl<P: CloudProvider> Controller<P> {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.clone()),
                 labels: Some(claim_labels),
-                annotations: Some(BTreeMap::from([(
-                    nodepool::HASH_ANNOTATION.to_owned(),
-                    nodepool::template_hash(&pool.spec),
-                )])),
+                annotations: Some(
+                    [(nodepool::HASH_ANNOTATION.to_owned(), nodepool::template_hash(&pool.spec))]
+                        .into_iter()
+                        .chain(headroom_for.map(|h| (crate::headroom::CLAIM_ANNOTATION.to_owned(), h)))
+                        .collect(),
+                ),
                 finalizers: Some(vec![FINALIZER.into()]),
                 owner_references: Some(vec![
                     k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {

@@ -6,6 +6,7 @@
 
 pub mod controller;
 pub mod disruption;
+pub mod headroom;
 pub mod kwok;
 pub mod leader;
 pub mod metrics;

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub cost_per_hour: Family<Labels, Gauge<f64, AtomicU64>>,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
+    /// Virtual pods kept as headroom, by HPA and kind (`headroom`, `guard`).
+    pub headroom_pods: Family<Labels, Gauge>,
+    /// Hourly price of the nodes launched for headroom that are still there, by NodePool.
+    pub headroom_cost_per_hour: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -55,6 +59,8 @@ impl Default for Metrics {
             interruptions: Family::default(),
             cost_per_hour: Family::default(),
             leader: Gauge::default(),
+            headroom_pods: Family::default(),
+            headroom_cost_per_hour: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -63,6 +69,16 @@ impl Default for Metrics {
             m.pods_pending.clone(),
         );
         registry.register("pods_scheduled", "Pods bound to a node", m.pods_scheduled.clone());
+        registry.register(
+            "headroom_pods",
+            "Virtual pods kept as capacity for HPA scale-ups, by HPA and kind (headroom, guard)",
+            m.headroom_pods.clone(),
+        );
+        registry.register(
+            "headroom_cost_per_hour",
+            "Hourly price of nodes launched for headroom, by NodePool",
+            m.headroom_cost_per_hour.clone(),
+        );
         registry.register(
             "nodeclaims_created",
             "NodeClaims created, by NodePool",

@@ -1,0 +1,264 @@
+//! HPA headroom in the controller: the state index's HPA models, fed from the HPAs' status and their
+//! targets (Deployments, StatefulSets), and the NodePools' headroom settings. The decisions are
+//! `cartwright-core::headroom`'s.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cartwright_api::manifests::pod_spec;
+use cartwright_api::nodepool::NodePool;
+use cartwright_binpack::Price;
+use cartwright_binpack::solver::PodSpec;
+use cartwright_core::headroom::{HpaModel, Observation, PoolHeadroom, Settings};
+use cartwright_core::hpa::Millis;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use kube::ResourceExt;
+
+/// NodePool annotation: `"false"` keeps headroom off the pool (its nodes' room and new nodes).
+pub const ENABLED_ANNOTATION: &str = "cartwright.sh/headroom";
+/// NodePool annotation: at most this many dollars per hour of headroom nodes (`"2.50"`).
+pub const BUDGET_PER_HOUR_ANNOTATION: &str = "cartwright.sh/headroom-budget-per-hour";
+/// NodePool annotation: headroom nodes cost at most this percentage of the pool's nodes (`"10"`).
+pub const BUDGET_PERCENT_ANNOTATION: &str = "cartwright.sh/headroom-budget-percent";
+/// NodeClaim annotation on a node launched for headroom: the HPAs it was launched for.
+pub const CLAIM_ANNOTATION: &str = "cartwright.sh/headroom-for";
+
+/// The HPAs as headroom sees them.
+#[derive(Debug, Default)]
+pub struct HpaIndex {
+    pub settings: Settings,
+    models: BTreeMap<String, HpaModel>,
+    /// The resourceVersion of each HPA last observed: a status write is one observation.
+    seen: BTreeMap<String, String>,
+    /// HPAs whose spec or target could not be read, with why (logged once per change).
+    problems: BTreeMap<String, String>,
+}
+
+/// A scale target's pod template and replicas.
+fn target<'a>(
+    hpa: &HorizontalPodAutoscaler,
+    deployments: &'a [Arc<Deployment>],
+    statefulsets: &'a [Arc<StatefulSet>],
+) -> Result<(&'a PodTemplateSpec, i32), String> {
+    let namespace = hpa.namespace().unwrap_or_default();
+    let reference = &hpa.spec.scale_target_ref;
+    let same =
+        |ns: Option<String>, name: String| ns.unwrap_or_default() == namespace && name == reference.name;
+    match reference.kind.as_str() {
+        "Deployment" => deployments
+            .iter()
+            .find(|d| same(d.namespace(), d.name_any()))
+            .map(|d| (&d.spec.template, d.spec.replicas.unwrap_or(1)))
+            .ok_or_else(|| format!("its target Deployment {namespace}/{} does not exist", reference.name)),
+        "StatefulSet" => statefulsets
+            .iter()
+            .find(|s| same(s.namespace(), s.name_any()))
+            .map(|s| (&s.spec.template, s.spec.replicas.unwrap_or(1)))
+            .ok_or_else(|| format!("its target StatefulSet {namespace}/{} does not exist", reference.name)),
+        other => Err(format!("its target kind {other} is not a Deployment or StatefulSet")),
+    }
+}
+
+impl HpaIndex {
+    pub fn new(settings: Settings) -> HpaIndex {
+        HpaIndex { settings, ..HpaIndex::default() }
+    }
+
+    /// Brings the models up to date: every HPA whose status changed since the last call is observed.
+    pub fn update(
+        &mut self,
+        hpas: &[Arc<HorizontalPodAutoscaler>],
+        deployments: &[Arc<Deployment>],
+        statefulsets: &[Arc<StatefulSet>],
+        now: Millis,
+    ) {
+        let mut live = BTreeMap::new();
+        for hpa in hpas {
+            let key = format!("{}/{}", hpa.namespace().unwrap_or_default(), hpa.name_any());
+            live.insert(key.clone(), ());
+            let version = hpa.resource_version().unwrap_or_default();
+            if self.seen.get(&key) == Some(&version) {
+                continue;
+            }
+            self.seen.insert(key.clone(), version);
+            let read = cartwright_api::hpa::spec(&hpa.spec, &format!("HorizontalPodAutoscaler {key}"))
+                .and_then(|spec| {
+                    let (template, replicas) = target(hpa, deployments, statefulsets)?;
+                    let pod_spec_of = template.spec.as_ref().ok_or("its target has no pod template")?;
+                    let labels =
+                        template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+                    let (pod, _) = pod_spec(&key, pod_spec_of, labels)?;
+                    Ok((spec, pod, replicas))
+                });
+            let (spec, pod, replicas) = match read {
+                Ok(read) => {
+                    self.problems.remove(&key);
+                    read
+                }
+                Err(e) => {
+                    if self.problems.get(&key) != Some(&e) {
+                        tracing::warn!(hpa = key, problem = e, "no headroom for this HPA");
+                        self.problems.insert(key.clone(), e);
+                    }
+                    self.models.remove(&key);
+                    continue;
+                }
+            };
+            let model = self
+                .models
+                .entry(key.clone())
+                .or_insert_with(|| HpaModel::new(&key, spec.clone(), pod.clone(), replicas));
+            model.spec = spec;
+            model.pod = pod;
+            let status = hpa.status.as_ref();
+            let current = status.and_then(|s| s.current_replicas).unwrap_or(replicas);
+            match cartwright_api::hpa::ratio(hpa) {
+                Some(ratio) if replicas > 0 => model.observe(Observation {
+                    at: now,
+                    // The demand over the target's replicas (the ratio is measured over the current ones).
+                    ratio: ratio * f64::from(current) / f64::from(replicas),
+                    replicas,
+                    desired: status.map_or(replicas, |s| s.desired_replicas),
+                }),
+                _ => model.replicas = replicas,
+            }
+        }
+        self.models.retain(|k, _| live.contains_key(k));
+        self.seen.retain(|k, _| live.contains_key(k));
+        self.problems.retain(|k, _| live.contains_key(k));
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &HpaModel> {
+        self.models.values()
+    }
+
+    /// Every HPA's virtual pods at `now`.
+    pub fn virtual_pods(&self, now: Millis) -> Vec<PodSpec> {
+        self.models.values().flat_map(|m| m.virtual_pods(now, &self.settings)).collect()
+    }
+}
+
+/// Each NodePool's headroom settings from its annotations; a bad value is reported and ignored.
+pub fn pool_settings(
+    pools: &BTreeMap<String, Arc<NodePool>>,
+) -> (BTreeMap<String, PoolHeadroom>, Vec<String>) {
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (name, pool) in pools {
+        let annotations = pool.annotations();
+        let mut settings = PoolHeadroom::default();
+        if let Some(v) = annotations.get(ENABLED_ANNOTATION) {
+            match v.as_str() {
+                "true" => {}
+                "false" => settings.enabled = false,
+                other => errors
+                    .push(format!("NodePool {name}: {ENABLED_ANNOTATION}: `{other}` is not true or false")),
+            }
+        }
+        if let Some(v) = annotations.get(BUDGET_PER_HOUR_ANNOTATION) {
+            match v.parse::<f64>() {
+                Ok(usd) if usd.is_finite() && usd >= 0.0 => {
+                    settings.budget_per_hour = Some(Price((usd * Price::NANOS_PER_USD as f64).round() as u64));
+                }
+                _ => errors.push(format!(
+                    "NodePool {name}: {BUDGET_PER_HOUR_ANNOTATION}: `{v}` is not a non-negative number of dollars"
+                )),
+            }
+        }
+        if let Some(v) = annotations.get(BUDGET_PERCENT_ANNOTATION) {
+            match v.trim_end_matches('%').parse::<u32>() {
+                Ok(p) => settings.budget_percent = Some(p),
+                _ => errors
+                    .push(format!("NodePool {name}: {BUDGET_PERCENT_ANNOTATION}: `{v}` is not a percentage")),
+            }
+        }
+        out.insert(name.clone(), settings);
+    }
+    (out, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment() -> Arc<Deployment> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                        {"name": "web", "image": "web", "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]}}}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn hpa(version: &str, utilization: i32) -> Arc<HorizontalPodAutoscaler> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "shop", "resourceVersion": version},
+                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                    "minReplicas": 2, "maxReplicas": 12,
+                    "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 50}}}]},
+                "status": {"currentReplicas": 4, "desiredReplicas": 4, "currentMetrics": [
+                    {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": utilization}}}]}
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn status_writes_become_observations_and_a_rising_metric_virtual_pods_shaped_like_the_target() {
+        let mut index = HpaIndex::new(Settings::default());
+        let deployments = [deployment()];
+        for (i, utilization) in [50, 55, 60, 65].into_iter().enumerate() {
+            let at = i as Millis * 15_000;
+            index.update(&[hpa(&i.to_string(), utilization)], &deployments, &[], at);
+            // The same version again is not a new observation.
+            index.update(&[hpa(&i.to_string(), utilization)], &deployments, &[], at + 1);
+        }
+        let model = index.models().next().unwrap();
+        assert_eq!(model.history().count(), 4);
+        assert_eq!((model.name.as_str(), model.replicas), ("shop/web", 4));
+        // Demand 4 → 5.2 pods in 45 s: 6.8 a minute later, so 7 pods: 3 more than the 4 running.
+        let pods = index.virtual_pods(45_000);
+        assert_eq!(pods.len(), 3, "{:?}", pods.iter().map(|p| &p.name).collect::<Vec<_>>());
+        assert_eq!(pods[0].name, "shop/web~headroom-0");
+        assert_eq!(pods[0].labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(pods[0].requests, index.models().next().unwrap().pod.requests);
+        // An HPA whose target is gone is dropped.
+        index.update(&[hpa("9", 90)], &[], &[], 60_000);
+        assert_eq!(index.models().count(), 0);
+        assert!(index.virtual_pods(60_000).is_empty());
+    }
+
+    #[test]
+    fn nodepool_annotations_set_headroom_and_bad_values_are_named() {
+        let pool = |annotations: serde_json::Value| -> Arc<NodePool> {
+            Arc::new(
+                serde_json::from_value(json!({"metadata": {"name": "p", "annotations": annotations},
+                    "spec": {"template": {"spec": {"requirements": [], "nodeClassRef": {"group": "g", "kind": "k", "name": "n"}}}}}))
+                .unwrap(),
+            )
+        };
+        let pools = BTreeMap::from([
+            ("off".to_owned(), pool(json!({ENABLED_ANNOTATION: "false"}))),
+            (
+                "capped".to_owned(),
+                pool(json!({BUDGET_PER_HOUR_ANNOTATION: "2.5", BUDGET_PERCENT_ANNOTATION: "10%"})),
+            ),
+            ("bad".to_owned(), pool(json!({ENABLED_ANNOTATION: "maybe", BUDGET_PERCENT_ANNOTATION: "ten"}))),
+        ]);
+        let (settings, errors) = pool_settings(&pools);
+        assert!(!settings["off"].enabled);
+        assert_eq!(settings["capped"].budget_per_hour, Some(Price(2_500_000_000)));
+        assert_eq!(settings["capped"].budget_percent, Some(10));
+        assert!(settings["bad"].enabled, "a bad value is ignored");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("cartwright.sh/headroom: `maybe` is not true or false"), "{errors:?}");
+    }
+}
