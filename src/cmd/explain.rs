@@ -80,5 +80,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("node {name} stays: {why}");
         }
     }
+    // What the controller itself last decided, with what only it knows (HPA headroom and its guard, from
+    // the HPAs' history; how long the pods have settled).
+    let told = node.claim.as_ref().and_then(|claim| {
+        let claim = snapshot.claims.iter().find(|c| c.metadata.name.as_deref() == Some(claim.as_str()))?;
+        claim.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Disruptable").cloned()
+    });
+    if let Some(c) = told {
+        let when = c.last_transition_time.unwrap_or_default();
+        match c.message.filter(|m| !m.is_empty()) {
+            Some(message) => println!("the controller's last decision ({when}): kept: {message}"),
+            None => println!("the controller's last decision ({when}): disruptable"),
+        }
+    }
     Ok(())
 }

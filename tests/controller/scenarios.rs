@@ -726,14 +726,21 @@ fn hpa_status(cluster: &Cluster, current: u32, desired: u32, utilization: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rising_hpa_metric_gets_headroom_nodes_before_the_new_replicas_appear() {
     let mut cluster = Cluster::start().await;
-    cluster.nodepool("default", general_pool(json!([])));
+    // Empty nodes go at once: only the headroom they hold keeps the headroom nodes.
+    let mut pool = general_pool(json!([]));
+    pool["disruption"] = json!({"consolidationPolicy": "WhenEmpty", "consolidateAfter": "0s"});
+    cluster.nodepool("default", pool);
     let mut template = pod_template("1", "1Gi");
     template["metadata"]["labels"]["app"] = json!("web");
     let deployment = json!({"metadata": {"name": "web"}, "spec": {"replicas": 4,
         "selector": {"matchLabels": {"app": "web"}}, "template": template}});
     cluster.server.create("apps", "deployments", "default", deployment).unwrap();
     let scale = cluster.run_replicas("web", 4, template);
-    let _controller = cluster.controller(&[("--headroom-horizon", "60s")]);
+    let _controller = cluster.controller(&[
+        ("--headroom-horizon", "60s"),
+        ("--disruption-interval", "500ms"),
+        ("--disruption-validation", "0s"),
+    ]);
     wait_for("4 pods bound", MINUTE, || cluster.bound_pods() == 4).await;
     let before: Vec<String> = cluster.claims().iter().map(|c| name(c).to_owned()).collect();
 
@@ -764,6 +771,24 @@ async fn a_rising_hpa_metric_gets_headroom_nodes_before_the_new_replicas_appear(
     })
     .await;
     assert_eq!(cluster.pods().len(), 4, "the headroom came before any new replica");
+    // Empty of real pods, they are kept for the headroom they hold, and their NodeClaims say so.
+    wait_for("the headroom NodeClaims' Disruptable condition", MINUTE, || {
+        let claims = headroom_claims();
+        !claims.is_empty()
+            && claims.iter().all(|c| {
+                c.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|conditions| {
+                    conditions.iter().any(|k| {
+                        k["type"] == "Disruptable"
+                            && k["message"].as_str().is_some_and(|m| {
+                                m.starts_with("holds headroom for the predicted scale-up of HPA default/web")
+                            })
+                    })
+                })
+            })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!headroom_claims().is_empty(), "emptiness left the headroom nodes alone");
     assert!(before.iter().all(|c| !headroom_claims().iter().any(|h| name(h) == c)));
 
     // The HPA acts: 12 replicas. They land on the capacity already there; nothing new is launched.

@@ -549,6 +549,31 @@ impl Model {
     }
 }
 
+/// Why a node holding virtual pods is kept: the HPAs whose predicted scale-up it holds room for, or whose
+/// recent scale-down it keeps capacity for (the guard).
+fn held_reason(pods: &[PodSpec]) -> String {
+    let names = |kind: &str| -> Vec<&str> {
+        let mark = format!("~{kind}-");
+        cartwright_core::headroom::held_for(
+            pods.iter().map(|p| p.name.as_str()).filter(|n| n.contains(&mark)),
+        )
+        .into_iter()
+        .collect()
+    };
+    let (headroom, guard) = (names("headroom"), names("guard"));
+    let mut parts = Vec::new();
+    if !headroom.is_empty() {
+        parts.push(format!("holds headroom for the predicted scale-up of HPA {}", headroom.join(", ")));
+    }
+    if !guard.is_empty() {
+        parts.push(format!(
+            "keeps capacity HPA {} gave back within its scale-down stabilisation window",
+            guard.join(", ")
+        ));
+    }
+    format!("{} ({} pods)", parts.join("; "), pods.len())
+}
+
 /// Each NodePool's hourly cost: the prices of its nodes and in-flight NodeClaims.
 fn pool_costs(model: &Model) -> BTreeMap<String, Price> {
     let mut out: BTreeMap<String, Price> = BTreeMap::new();
@@ -1396,12 +1421,7 @@ impl<P: CloudProvider> Controller<P> {
         let mut kept = outcome.kept.clone();
         for (node, reason) in &mut kept {
             if let Some(pods) = held.get(node) {
-                let hpas: Vec<&str> =
-                    cartwright_core::headroom::held_for(pods.iter().map(|p| p.name.as_str()))
-                        .into_iter()
-                        .collect();
-                *reason =
-                    format!("holds headroom for HPA {} ({} pods); {reason}", hpas.join(", "), pods.len());
+                *reason = format!("{}; {reason}", held_reason(pods));
             }
         }
         self.tell_claims(&model, &kept).await;
