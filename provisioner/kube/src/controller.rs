@@ -1642,17 +1642,28 @@ impl<P: CloudProvider> Controller<P> {
         let pods = self.stores.pods.state();
         self.metrics.pods_scheduled.set(pods.iter().filter(|p| pod_facts(p).bound).count() as i64);
         let mut cost: BTreeMap<(String, String), f64> = BTreeMap::new();
+        let mut headroom: BTreeMap<String, f64> = BTreeMap::new();
         for pool in self.stores.pools.state() {
             for ct in [CapacityType::Spot, CapacityType::OnDemand] {
                 cost.insert((pool.name_any(), ct.as_str().to_owned()), 0.0);
             }
+            headroom.insert(pool.name_any(), 0.0);
         }
         for claim in claims {
             let launched = claim.status.as_ref().is_some_and(|s| s.provider_id.is_some());
             if let (true, Some(o)) = (launched, claim_option(&self.catalog, claim)) {
                 let pool = claim.labels().get(labels::NODEPOOL).cloned().unwrap_or_default();
+                if claim.annotations().contains_key(crate::headroom::CLAIM_ANNOTATION) {
+                    *headroom.entry(pool.clone()).or_default() += o.price.usd();
+                }
                 *cost.entry((pool, o.capacity_type.as_str().to_owned())).or_default() += o.price.usd();
             }
+        }
+        for (pool, usd) in headroom {
+            self.metrics
+                .headroom_cost_per_hour
+                .get_or_create(&metric_labels(&[("nodepool", &pool)]))
+                .set(usd);
         }
         for ((pool, ct), usd) in cost {
             self.metrics
