@@ -476,6 +476,16 @@ async fn deleting_a_node_terminates_its_nodeclaim_and_its_pods_move() {
         json!([{"key": "dedicated", "operator": "Equal", "value": "web", "effect": "NoSchedule"}]);
     cluster.run_replicas("web", 3, template);
     wait_for("3 pods bound", MINUTE, || cluster.bound_pods() == 3).await;
+    // Registration (labels, finalizer) is the controller's next pass after the node appears; a conflicting
+    // write (kwok readying the node) delays it by a pass.
+    wait_for("the node registered", MINUTE, || {
+        cluster.nodes().iter().all(|n| {
+            n.pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| f.contains(&json!("cartwright.sh/termination")))
+        })
+    })
+    .await;
     let node = cluster.nodes()[0].clone();
     let taints = node.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
     assert!(
@@ -814,4 +824,56 @@ async fn a_rising_hpa_metric_gets_headroom_nodes_before_the_new_replicas_appear(
         })
         .count();
     assert!(on_headroom > 0, "new replicas run on the headroom nodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capacity_buffer_keeps_spare_nodes_until_it_is_deleted() {
+    let mut cluster = Cluster::start().await;
+    let mut pool = general_pool(json!([]));
+    pool["disruption"] = json!({"consolidationPolicy": "WhenEmpty", "consolidateAfter": "0s"});
+    cluster.nodepool("default", pool);
+    let mut template = pod_template("2", "2Gi");
+    template["metadata"]["labels"]["app"] = json!("api");
+    let deployment = json!({"metadata": {"name": "api"}, "spec": {"replicas": 2,
+        "selector": {"matchLabels": {"app": "api"}}, "template": template}});
+    cluster.server.create("apps", "deployments", "default", deployment).unwrap();
+    cluster.run_replicas("api", 2, template);
+    let _controller =
+        cluster.controller(&[("--disruption-interval", "500ms"), ("--disruption-validation", "0s")]);
+    wait_for("2 pods bound", MINUTE, || cluster.bound_pods() == 2).await;
+
+    // Three spare chunks shaped like the Deployment's pods (2 vCPU each).
+    let buffer = json!({"metadata": {"name": "spare"}, "spec": {
+        "scalableRef": {"apiGroup": "apps", "kind": "Deployment", "name": "api"}, "replicas": 3}});
+    cluster.server.create("autoscaling.x-k8s.io", "capacitybuffers", "default", buffer).unwrap();
+    let buffer_claims = || -> Vec<Value> {
+        cluster
+            .claims()
+            .into_iter()
+            .filter(|c| {
+                c.pointer("/metadata/annotations/cartwright.sh~1headroom-for")
+                    == Some(&json!("default/spare"))
+            })
+            .collect()
+    };
+    wait_for("NodeClaims for the buffer", MINUTE, || !buffer_claims().is_empty()).await;
+    // Their room holds at least the three chunks, and emptiness leaves them alone.
+    let room: f64 = buffer_claims()
+        .iter()
+        .map(|c| c.pointer("/spec/resources/requests/cpu").and_then(Value::as_str).map_or(0.0, cpu_cores))
+        .sum();
+    assert!(room >= 6.0, "the buffer's NodeClaims were sized for 3 × 2 vCPU: {room}");
+    wait_for("the buffer nodes initialized", MINUTE, || {
+        let nodes: Vec<String> = cluster.nodes().iter().map(|n| name(n).to_owned()).collect();
+        buffer_claims().iter().all(|c| nodes.iter().any(|n| n == name(c)))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!buffer_claims().is_empty(), "empty nodes holding the buffer stay");
+    assert_eq!(cluster.pods().len(), 2, "no pod was created for the buffer");
+
+    // Without the buffer they are empty, and go.
+    cluster.server.delete("autoscaling.x-k8s.io", "capacitybuffers", "default", "spare").unwrap();
+    wait_for("the buffer's nodes removed", MINUTE, || buffer_claims().is_empty()).await;
+    assert_eq!(cluster.bound_pods(), 2);
 }

@@ -6,6 +6,7 @@
 //! NodePools) into a solver problem.
 #![forbid(unsafe_code)]
 
+pub mod capacitybuffer;
 pub mod catalog_file;
 pub mod convert;
 pub mod crds;

@@ -37,12 +37,13 @@ pub const HPA_SYNC_MS: Millis = 15_000;
 /// its own window).
 const KEEP_MS: Millis = 15 * 60_000;
 
-/// The name of a virtual pod: `<hpa>~headroom-<i>` or `<hpa>~guard-<i>`.
+/// The name of a virtual pod: `<hpa>~headroom-<i>`, `<hpa>~guard-<i>`, or `<buffer>~buffer-<i>` for a
+/// CapacityBuffer's chunks.
 pub fn is_virtual(pod: &str) -> bool {
-    pod.contains("~headroom-") || pod.contains("~guard-")
+    pod.contains("~headroom-") || pod.contains("~guard-") || pod.contains("~buffer-")
 }
 
-/// The HPA a virtual pod stands in for.
+/// The HPA (or CapacityBuffer) a virtual pod stands in for.
 pub fn hpa_of(pod: &str) -> Option<&str> {
     is_virtual(pod).then(|| pod.rsplit_once('~').map(|(hpa, _)| hpa)).flatten()
 }

@@ -30,7 +30,7 @@ use cartwright_core::provisioning::{self, NodeView};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, PodTemplate};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
@@ -130,6 +130,9 @@ struct Stores {
     // HPA targets: their pod templates and replicas shape headroom.
     deployments: Store<Deployment>,
     statefulsets: Store<StatefulSet>,
+    // CapacityBuffers (when their API is installed) and the PodTemplates they may name.
+    podtemplates: Store<PodTemplate>,
+    buffers: Option<Store<cartwright_api::capacitybuffer::CapacityBuffer>>,
 }
 
 /// A cache of `api`'s objects, filled by a watch that runs (and recovers) until the process ends.
@@ -560,7 +563,7 @@ fn held_reason(pods: &[PodSpec]) -> String {
         .into_iter()
         .collect()
     };
-    let (headroom, guard) = (names("headroom"), names("guard"));
+    let (headroom, guard, buffer) = (names("headroom"), names("guard"), names("buffer"));
     let mut parts = Vec::new();
     if !headroom.is_empty() {
         parts.push(format!("holds headroom for the predicted scale-up of HPA {}", headroom.join(", ")));
@@ -570,6 +573,9 @@ fn held_reason(pods: &[PodSpec]) -> String {
             "keeps capacity HPA {} gave back within its scale-down stabilisation window",
             guard.join(", ")
         ));
+    }
+    if !buffer.is_empty() {
+        parts.push(format!("holds CapacityBuffer {}", buffer.join(", ")));
     }
     format!("{} ({} pods)", parts.join("; "), pods.len())
 }
@@ -645,6 +651,8 @@ struct Controller<P> {
     hpa_index: crate::headroom::HpaIndex,
     /// When headroom was last planned, and the virtual pods it planned.
     last_headroom: Option<(Millis, Vec<String>)>,
+    /// CapacityBuffers that could not be read, with why (logged when this changes).
+    buffer_problems: Vec<String>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -676,6 +684,8 @@ pub async fn run<P: CloudProvider + 'static>(
         hpas: reflect(Api::<HorizontalPodAutoscaler>::all(client.clone())),
         deployments: reflect(Api::<Deployment>::all(client.clone())),
         statefulsets: reflect(Api::<StatefulSet>::all(client.clone())),
+        podtemplates: reflect(Api::<PodTemplate>::all(client.clone())),
+        buffers: capacity_buffers(&client).await,
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let synced = async {
@@ -690,6 +700,12 @@ pub async fn run<P: CloudProvider + 'static>(
             stores.hpas.wait_until_ready(),
             stores.deployments.wait_until_ready(),
             stores.statefulsets.wait_until_ready(),
+            stores.podtemplates.wait_until_ready(),
+            async {
+                if let Some(buffers) = &stores.buffers {
+                    let _ = buffers.wait_until_ready().await;
+                }
+            },
         );
     };
     tokio::select! {
@@ -732,6 +748,7 @@ pub async fn run<P: CloudProvider + 'static>(
         last_resource_gc: None,
         hpa_index: crate::headroom::HpaIndex::new(settings_headroom.unwrap_or_default()),
         last_headroom: None,
+        buffer_problems: Vec::new(),
     };
     let mut leading = elector.is_none();
     let mut last_renewal: Option<Instant> = None;
@@ -787,6 +804,27 @@ pub async fn run<P: CloudProvider + 'static>(
         tracing::warn!(error = %e, "releasing the leader lease failed");
     }
     Ok(())
+}
+
+/// A cache of CapacityBuffers when their API (`autoscaling.x-k8s.io/v1beta1`, installed with Cluster
+/// Autoscaler or Karpenter) is served; `None`, and buffers unused, when it is not.
+async fn capacity_buffers(
+    client: &kube::Client,
+) -> Option<Store<cartwright_api::capacitybuffer::CapacityBuffer>> {
+    let api = Api::<cartwright_api::capacitybuffer::CapacityBuffer>::all(client.clone());
+    match api.list(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => Some(reflect(api)),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::info!(
+                "the CapacityBuffer API (autoscaling.x-k8s.io/v1beta1) is not installed: no buffers"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read CapacityBuffers: buffers unused");
+            None
+        }
+    }
 }
 
 /// How often a replica that does not lead asks for the lease (client-go's retry period).
@@ -1486,12 +1524,33 @@ impl<P: CloudProvider> Controller<P> {
         self.disruption.replacing = Some(Replacing { reason, old, new_claims, started: now });
     }
 
+    /// The virtual pods now: the HPAs' headroom and guard, and the CapacityBuffers' chunks.
+    fn virtual_pods(&mut self, now: Millis) -> Vec<PodSpec> {
+        let mut pods = self.hpa_index.virtual_pods(now);
+        if let Some(buffers) = &self.stores.buffers {
+            let (chunks, problems) = crate::headroom::buffer_pods(
+                &buffers.state(),
+                &self.stores.podtemplates.state(),
+                &self.stores.deployments.state(),
+                &self.stores.statefulsets.state(),
+            );
+            if problems != self.buffer_problems {
+                for p in &problems {
+                    tracing::warn!(problem = p, "CapacityBuffer ignored");
+                }
+                self.buffer_problems = problems;
+            }
+            pods.extend(chunks);
+        }
+        pods
+    }
+
     /// The virtual pods each live node holds (none when headroom is off).
-    fn held_headroom(&self, model: &Model, now: Millis) -> BTreeMap<String, Vec<PodSpec>> {
+    fn held_headroom(&mut self, model: &Model, now: Millis) -> BTreeMap<String, Vec<PodSpec>> {
         if self.settings.headroom.is_none() {
             return BTreeMap::new();
         }
-        let pods = self.hpa_index.virtual_pods(now);
+        let pods = self.virtual_pods(now);
         let (settings, _) = crate::headroom::pool_settings(&model.pools);
         let views: Vec<NodeView<'_>> = model.nodes.iter().map(ModelNode::view).collect();
         cartwright_core::headroom::assign(pods, &views, &settings, solver::solve)
@@ -1751,15 +1810,15 @@ impl<P: CloudProvider> Controller<P> {
         if self.settings.headroom.is_none() {
             return;
         }
-        let pods = self.hpa_index.virtual_pods(now);
+        let pods = self.virtual_pods(now);
         let names: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
         self.metrics.headroom_pods.clear();
         for name in &names {
-            if let Some((hpa, kind)) = name.rsplit_once('~') {
+            if let Some((owner, kind)) = name.rsplit_once('~') {
                 let kind = kind.split('-').next().unwrap_or(kind);
                 self.metrics
                     .headroom_pods
-                    .get_or_create(&metric_labels(&[("hpa", hpa), ("kind", kind)]))
+                    .get_or_create(&metric_labels(&[("owner", owner), ("kind", kind)]))
                     .inc();
             }
         }

@@ -5,15 +5,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use cartwright_api::capacitybuffer::{self, CapacityBuffer};
 use cartwright_api::manifests::pod_spec;
 use cartwright_api::nodepool::NodePool;
 use cartwright_binpack::Price;
+use cartwright_binpack::Resources;
 use cartwright_binpack::solver::PodSpec;
 use cartwright_core::headroom::{HpaModel, Observation, PoolHeadroom, Settings};
 use cartwright_core::hpa::Millis;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{PodTemplate, PodTemplateSpec};
 use kube::ResourceExt;
 
 /// NodePool annotation: `"false"` keeps headroom off the pool (its nodes' room and new nodes).
@@ -140,6 +142,82 @@ impl HpaIndex {
     }
 }
 
+/// The workload a `scalableRef` names: its pod template and replicas.
+fn scalable<'a>(
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    deployments: &'a [Arc<Deployment>],
+    statefulsets: &'a [Arc<StatefulSet>],
+) -> Result<(&'a PodTemplateSpec, i32), String> {
+    let same = |ns: Option<String>, n: String| ns.unwrap_or_default() == namespace && n == name;
+    match kind {
+        "Deployment" => deployments
+            .iter()
+            .find(|d| same(d.namespace(), d.name_any()))
+            .map(|d| (&d.spec.template, d.spec.replicas.unwrap_or(1)))
+            .ok_or_else(|| format!("Deployment {namespace}/{name} does not exist")),
+        "StatefulSet" => statefulsets
+            .iter()
+            .find(|s| same(s.namespace(), s.name_any()))
+            .map(|s| (&s.spec.template, s.spec.replicas.unwrap_or(1)))
+            .ok_or_else(|| format!("StatefulSet {namespace}/{name} does not exist")),
+        other => Err(format!("scalableRef kind {other} is not a Deployment or StatefulSet")),
+    }
+}
+
+/// The CapacityBuffers' chunks as virtual pods (`<namespace>/<buffer>~buffer-<i>`), and the buffers that
+/// could not be read, with why.
+pub fn buffer_pods(
+    buffers: &[Arc<CapacityBuffer>],
+    templates: &[Arc<PodTemplate>],
+    deployments: &[Arc<Deployment>],
+    statefulsets: &[Arc<StatefulSet>],
+) -> (Vec<PodSpec>, Vec<String>) {
+    let mut pods = Vec::new();
+    let mut problems = Vec::new();
+    for buffer in buffers {
+        let namespace = buffer.namespace().unwrap_or_default();
+        let key = format!("{namespace}/{}", buffer.name_any());
+        let spec = &buffer.spec;
+        if spec.provisioning_strategy.as_deref().is_some_and(|s| s != capacitybuffer::ACTIVE_CAPACITY) {
+            continue; // another autoscaler's strategy
+        }
+        let shape = match (&spec.pod_template_ref, &spec.scalable_ref) {
+            (Some(t), None) => templates
+                .iter()
+                .find(|p| p.namespace().unwrap_or_default() == namespace && p.name_any() == t.name)
+                .and_then(|p| p.template.as_ref())
+                .map(|t| (t, None))
+                .ok_or_else(|| format!("PodTemplate {namespace}/{} does not exist", t.name)),
+            (None, Some(r)) => scalable(&namespace, &r.kind, &r.name, deployments, statefulsets)
+                .map(|(t, replicas)| (t, Some(replicas))),
+            _ => Err("give exactly one of podTemplateRef and scalableRef".to_owned()),
+        };
+        let read = shape.and_then(|(template, replicas)| {
+            let pod_spec_of = template.spec.as_ref().ok_or("its pod template has no spec")?;
+            let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+            let (pod, _) = pod_spec(&key, pod_spec_of, labels)?;
+            let limits = match &spec.limits {
+                None => Resources::new(),
+                Some(l) => Resources::parse(l.iter().map(|(k, v)| (k.as_str(), v.0.as_str())))
+                    .map_err(|e| format!("spec.limits: {e}"))?,
+            };
+            let fits = |n: i64| limits.iter().all(|(dim, limit)| pod.requests.get(&dim) * n <= limit);
+            let count = capacitybuffer::chunks(spec, replicas, fits)
+                .ok_or("set replicas, percentage (with scalableRef) or limits")?;
+            Ok((pod, count))
+        });
+        match read {
+            Ok((pod, count)) => {
+                pods.extend((0..count).map(|i| PodSpec { name: format!("{key}~buffer-{i}"), ..pod.clone() }))
+            }
+            Err(e) => problems.push(format!("CapacityBuffer {key}: {e}")),
+        }
+    }
+    (pods, problems)
+}
+
 /// Each NodePool's headroom settings from its annotations; a bad value is reported and ignored.
 pub fn pool_settings(
     pools: &BTreeMap<String, Arc<NodePool>>,
@@ -234,6 +312,47 @@ mod tests {
         index.update(&[hpa("9", 90)], &[], &[], 60_000);
         assert_eq!(index.models().count(), 0);
         assert!(index.virtual_pods(60_000).is_empty());
+    }
+
+    #[test]
+    fn capacity_buffers_become_chunks_shaped_like_their_workload_or_template() {
+        let buffer = |spec: serde_json::Value| -> Arc<CapacityBuffer> {
+            Arc::new(
+                serde_json::from_value(
+                    json!({"metadata": {"name": "spare", "namespace": "shop"}, "spec": spec}),
+                )
+                .unwrap(),
+            )
+        };
+        let template: Arc<PodTemplate> = Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "chunk", "namespace": "shop"},
+                "template": {"spec": {"containers": [{"name": "c", "image": "pause",
+                    "resources": {"requests": {"cpu": "2", "memory": "4Gi"}}}]}}}))
+            .unwrap(),
+        );
+        let buffers = [
+            // 50 % of the Deployment's 4 replicas: 2 chunks of its pods.
+            buffer(
+                json!({"scalableRef": {"apiGroup": "apps", "kind": "Deployment", "name": "web"}, "percentage": 50}),
+            ),
+            // As many 2-cpu chunks as 5 cpus allow: 2.
+            buffer(json!({"podTemplateRef": {"name": "chunk"}, "limits": {"cpu": "5"}})),
+            // Another autoscaler's strategy: ignored.
+            buffer(
+                json!({"provisioningStrategy": "buffer.gke.io/standby-capacity", "podTemplateRef": {"name": "chunk"}, "replicas": 9}),
+            ),
+            // Broken: named, no pods.
+            buffer(json!({"podTemplateRef": {"name": "missing"}, "replicas": 1})),
+        ];
+        let (pods, problems) = buffer_pods(&buffers, &[template], &[deployment()], &[]);
+        let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["shop/spare~buffer-0", "shop/spare~buffer-1", "shop/spare~buffer-0", "shop/spare~buffer-1"]
+        );
+        assert_eq!(pods[0].labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(pods[2].requests.get(&cartwright_binpack::ResourceName::Cpu), 2000);
+        assert_eq!(problems, ["CapacityBuffer shop/spare: PodTemplate shop/missing does not exist"]);
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub struct Metrics {
     pub cost_per_hour: Family<Labels, Gauge<f64, AtomicU64>>,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
-    /// Virtual pods kept as headroom, by HPA and kind (`headroom`, `guard`).
+    /// Virtual pods kept as spare capacity, by owner (HPA or CapacityBuffer) and kind (`headroom`, `guard`,
+    /// `buffer`).
     pub headroom_pods: Family<Labels, Gauge>,
     /// Hourly price of the nodes launched for headroom that are still there, by NodePool.
     pub headroom_cost_per_hour: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -71,7 +72,7 @@ impl Default for Metrics {
         registry.register("pods_scheduled", "Pods bound to a node", m.pods_scheduled.clone());
         registry.register(
             "headroom_pods",
-            "Virtual pods kept as capacity for HPA scale-ups, by HPA and kind (headroom, guard)",
+            "Virtual pods kept as spare capacity, by owner (HPA or CapacityBuffer) and kind (headroom, guard, buffer)",
             m.headroom_pods.clone(),
         );
         registry.register(
