@@ -115,9 +115,10 @@ pub struct Args {
     /// NodePools opt out with the `cartwright.sh/headroom: "false"` annotation.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub headroom: bool,
-    /// How far ahead headroom predicts HPAs: about a node's launch-to-ready time.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub headroom_horizon: Duration,
+    /// How far ahead headroom predicts HPAs; by default the 90th percentile of the recent nodes'
+    /// launch-to-ready times (60s until one is measured).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub headroom_horizon: Option<Duration>,
     /// The HPA metric history headroom fits its trend over.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     pub headroom_trend_window: Duration,
@@ -163,9 +164,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         metrics_addr,
         disruption_every: (!args.disruption_interval.is_zero()).then_some(args.disruption_interval),
         disruption_validation: args.disruption_validation,
-        headroom: args.headroom.then_some(cartwright_core::headroom::Settings {
-            horizon_ms: args.headroom_horizon.as_millis() as u64,
-            trend_window_ms: args.headroom_trend_window.as_millis() as u64,
+        headroom: args.headroom.then_some(cartwright_kube::controller::HeadroomSettings {
+            horizon: args.headroom_horizon,
+            trend_window: args.headroom_trend_window,
         }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

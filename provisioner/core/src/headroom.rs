@@ -48,6 +48,36 @@ pub fn hpa_of(pod: &str) -> Option<&str> {
     is_virtual(pod).then(|| pod.rsplit_once('~').map(|(hpa, _)| hpa)).flatten()
 }
 
+/// The launch-to-ready latencies of recent nodes; their 90th percentile is the horizon headroom looks
+/// ahead when none is set (capacity asked for now must cover what is wanted until it is ready).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LaunchLatencies {
+    recent: VecDeque<Millis>,
+}
+
+impl LaunchLatencies {
+    /// How many recent launches count.
+    pub const KEPT: usize = 50;
+    /// The horizon is kept within these bounds whatever is measured.
+    pub const MIN_MS: Millis = 30_000;
+    pub const MAX_MS: Millis = 300_000;
+
+    pub fn observe(&mut self, latency: Millis) {
+        if self.recent.len() == Self::KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(latency);
+    }
+
+    /// The 90th percentile of the recent latencies (nearest rank) within [30 s, 5 min]; `None` before any.
+    pub fn horizon(&self) -> Option<Millis> {
+        let mut sorted: Vec<Millis> = self.recent.iter().copied().collect();
+        sorted.sort_unstable();
+        let rank = (sorted.len() * 9).div_ceil(10).max(1);
+        sorted.get(rank - 1).map(|p90| (*p90).clamp(Self::MIN_MS, Self::MAX_MS))
+    }
+}
+
 /// Prediction settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {

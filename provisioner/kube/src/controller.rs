@@ -85,9 +85,20 @@ pub struct Settings {
     pub disruption_every: Option<Duration>,
     /// A disruption decision is carried out only if it still holds this long after it was made.
     pub disruption_validation: Duration,
-    /// HPA headroom (`None`: off).
-    pub headroom: Option<cartwright_core::headroom::Settings>,
+    /// HPA headroom and CapacityBuffers (`None`: off). A horizon of `None` is the measured one: the 90th
+    /// percentile of recent launch-to-initialized times (60 s until a node has been measured).
+    pub headroom: Option<HeadroomSettings>,
 }
+
+/// How headroom predicts.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadroomSettings {
+    pub horizon: Option<Duration>,
+    pub trend_window: Duration,
+}
+
+/// The horizon until a launch has been measured.
+const DEFAULT_HORIZON_MS: Millis = 60_000;
 
 /// A replacement in progress: new NodeClaims launching before the old nodes go.
 #[derive(Clone, Debug)]
@@ -580,6 +591,14 @@ fn held_reason(pods: &[PodSpec]) -> String {
     format!("{} ({} pods)", parts.join("; "), pods.len())
 }
 
+/// How long a NodeClaim took from creation to Initialized, if it is.
+fn initialized_after(claim: &NodeClaim) -> Option<Millis> {
+    let created = ms(claim.metadata.creation_timestamp.as_ref()?);
+    let condition =
+        claim.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Initialized" && c.status == "True")?;
+    Some(transition_ms(condition)?.saturating_sub(created))
+}
+
 /// Each NodePool's hourly cost: the prices of its nodes and in-flight NodeClaims.
 fn pool_costs(model: &Model) -> BTreeMap<String, Price> {
     let mut out: BTreeMap<String, Price> = BTreeMap::new();
@@ -653,6 +672,9 @@ struct Controller<P> {
     last_headroom: Option<(Millis, Vec<String>)>,
     /// CapacityBuffers that could not be read, with why (logged when this changes).
     buffer_problems: Vec<String>,
+    /// Recent launch-to-initialized times (the measured headroom horizon), filled from the claims already
+    /// initialized on the first pass.
+    launch_latencies: Option<cartwright_core::headroom::LaunchLatencies>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -746,7 +768,16 @@ pub async fn run<P: CloudProvider + 'static>(
         created: BTreeMap::new(),
         machine_drift: BTreeMap::new(),
         last_resource_gc: None,
-        hpa_index: crate::headroom::HpaIndex::new(settings_headroom.unwrap_or_default()),
+        hpa_index: crate::headroom::HpaIndex::new(cartwright_core::headroom::Settings {
+            horizon_ms: settings_headroom
+                .and_then(|h| h.horizon)
+                .map_or(DEFAULT_HORIZON_MS, |h| h.as_millis() as Millis),
+            trend_window_ms: settings_headroom
+                .map_or(cartwright_core::headroom::Settings::default().trend_window_ms, |h| {
+                    h.trend_window.as_millis() as Millis
+                }),
+        }),
+        launch_latencies: None,
         last_headroom: None,
         buffer_problems: Vec::new(),
     };
@@ -857,7 +888,19 @@ impl<P: CloudProvider> Controller<P> {
         }
         self.deleted_nodes(&claims).await;
         self.interrupt(&claims, now).await;
-        if self.settings.headroom.is_some() {
+        if let Some(headroom) = self.settings.headroom {
+            let latencies = self.launch_latencies.get_or_insert_with(|| {
+                let mut latencies = cartwright_core::headroom::LaunchLatencies::default();
+                for claim in &claims {
+                    if let Some(latency) = initialized_after(claim) {
+                        latencies.observe(latency);
+                    }
+                }
+                latencies
+            });
+            if headroom.horizon.is_none() {
+                self.hpa_index.settings.horizon_ms = latencies.horizon().unwrap_or(DEFAULT_HORIZON_MS);
+            }
             self.hpa_index.update(
                 &self.stores.hpas.state(),
                 &self.stores.deployments.state(),
@@ -1083,6 +1126,11 @@ impl<P: CloudProvider> Controller<P> {
                 let status =
                     json!({"status": {"conditions": with_condition(status, "Initialized", "Initialized")}});
                 self.patch_claim_status(&name, status).await;
+                if let (Some(latencies), Some(created)) =
+                    (&mut self.launch_latencies, claim.metadata.creation_timestamp.as_ref())
+                {
+                    latencies.observe(now.saturating_sub(ms(created)));
+                }
                 tracing::info!(nodeclaim = name, "initialized");
                 self.event(claim, false, "Initialized", format!("Node {} is ready", node.name_any())).await;
             }

@@ -284,3 +284,23 @@ fn virtual_pods_are_assigned_to_live_room_for_disruption() {
         BTreeMap::from([("default".to_owned(), PoolHeadroom { enabled: false, ..PoolHeadroom::default() })]);
     assert!(assign(pods("shop/web~guard", 3), &[view], &off, solver::solve).is_empty());
 }
+
+#[test]
+fn the_default_horizon_is_the_90th_percentile_of_recent_launches_within_bounds() {
+    let mut latencies = LaunchLatencies::default();
+    assert_eq!(latencies.horizon(), None);
+    for seconds in [40, 42, 45, 45, 47, 50, 52, 55, 60, 95] {
+        latencies.observe(seconds * 1000);
+    }
+    assert_eq!(latencies.horizon(), Some(60_000));
+    // Only the last 50 count, and the result stays within [30 s, 5 min].
+    for _ in 0..LaunchLatencies::KEPT {
+        latencies.observe(5_000);
+    }
+    assert_eq!(latencies.horizon(), Some(LaunchLatencies::MIN_MS));
+    latencies.observe(3_600_000);
+    for _ in 0..10 {
+        latencies.observe(3_600_000);
+    }
+    assert_eq!(latencies.horizon(), Some(LaunchLatencies::MAX_MS));
+}
