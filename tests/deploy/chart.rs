@@ -343,6 +343,8 @@ fn the_dashboard_queries_only_metrics_the_controller_exports() {
         family.get_or_create(&one).inc();
     }
     metrics.cost_per_hour.get_or_create(&one).set(1.0);
+    metrics.headroom_pods.get_or_create(&one).set(1);
+    metrics.headroom_cost_per_hour.get_or_create(&one).set(1.0);
     let exported = metrics.encode();
     // Family names as Prometheus sees them: `# TYPE name type`, and a histogram's and a counter's series.
     let mut names = BTreeSet::new();
