@@ -1883,6 +1883,9 @@ impl<P: CloudProvider> Controller<P> {
             return;
         }
         let snapshot = self.snapshot();
+        if snapshot.pools.is_empty() {
+            return;
+        }
         let mut catalog = (*self.catalog).clone();
         self.unavailable.apply(&mut catalog, now);
         let Some((problem, pools)) = problem(&snapshot, &[], &catalog) else { return };
