@@ -746,10 +746,12 @@ async fn a_rising_hpa_metric_gets_headroom_nodes_before_the_new_replicas_appear(
         "selector": {"matchLabels": {"app": "web"}}, "template": template}});
     cluster.server.create("apps", "deployments", "default", deployment).unwrap();
     let scale = cluster.run_replicas("web", 4, template);
+    // Disruption decisions hold only if they still stand 2 s later (15 s by default): new replicas bind
+    // within that, so an emptied headroom node is not taken from under them.
     let _controller = cluster.controller(&[
         ("--headroom-horizon", "60s"),
         ("--disruption-interval", "500ms"),
-        ("--disruption-validation", "0s"),
+        ("--disruption-validation", "2s"),
     ]);
     wait_for("4 pods bound", MINUTE, || cluster.bound_pods() == 4).await;
     let before: Vec<String> = cluster.claims().iter().map(|c| name(c).to_owned()).collect();
@@ -797,7 +799,7 @@ async fn a_rising_hpa_metric_gets_headroom_nodes_before_the_new_replicas_appear(
             })
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!headroom_claims().is_empty(), "emptiness left the headroom nodes alone");
     assert!(before.iter().all(|c| !headroom_claims().iter().any(|h| name(h) == c)));
 
@@ -812,7 +814,11 @@ async fn a_rising_hpa_metric_gets_headroom_nodes_before_the_new_replicas_appear(
     wait_for("12 pods bound", MINUTE, || cluster.bound_pods() == 12).await;
     settle(&cluster, Duration::from_secs(3)).await;
     let claims_now: Vec<String> = cluster.claims().iter().map(|c| name(c).to_owned()).collect();
-    assert_eq!(claims_now, claims_then, "no NodeClaim was needed after the scale-up");
+    // (A headroom node no new replica landed on is empty once the prediction is met, and may go.)
+    assert!(
+        claims_now.iter().all(|c| claims_then.contains(c)),
+        "no NodeClaim was needed after the scale-up: {claims_then:?} then, {claims_now:?} now"
+    );
     let headroom_nodes: Vec<String> = headroom_claims().iter().map(|c| name(c).to_owned()).collect();
     let on_headroom = cluster
         .pods()

@@ -32,18 +32,19 @@ pub const CLAIM_ANNOTATION: &str = "cartwright.sh/headroom-for";
 pub struct HpaIndex {
     pub settings: Settings,
     models: BTreeMap<String, HpaModel>,
-    /// The resourceVersion of each HPA last observed: a status write is one observation.
-    seen: BTreeMap<String, String>,
+    /// The resourceVersions of each HPA and its target last read: an HPA status write is one observation;
+    /// a change of the target (its replicas, its pods) is read without one.
+    seen: BTreeMap<String, (String, String)>,
     /// HPAs whose spec or target could not be read, with why (logged once per change).
     problems: BTreeMap<String, String>,
 }
 
-/// A scale target's pod template and replicas.
+/// A scale target's pod template, replicas and resourceVersion.
 fn target<'a>(
     hpa: &HorizontalPodAutoscaler,
     deployments: &'a [Arc<Deployment>],
     statefulsets: &'a [Arc<StatefulSet>],
-) -> Result<(&'a PodTemplateSpec, i32), String> {
+) -> Result<(&'a PodTemplateSpec, i32, String), String> {
     let namespace = hpa.namespace().unwrap_or_default();
     let reference = &hpa.spec.scale_target_ref;
     let same =
@@ -52,12 +53,16 @@ fn target<'a>(
         "Deployment" => deployments
             .iter()
             .find(|d| same(d.namespace(), d.name_any()))
-            .map(|d| (&d.spec.template, d.spec.replicas.unwrap_or(1)))
+            .map(|d| {
+                (&d.spec.template, d.spec.replicas.unwrap_or(1), d.resource_version().unwrap_or_default())
+            })
             .ok_or_else(|| format!("its target Deployment {namespace}/{} does not exist", reference.name)),
         "StatefulSet" => statefulsets
             .iter()
             .find(|s| same(s.namespace(), s.name_any()))
-            .map(|s| (&s.spec.template, s.spec.replicas.unwrap_or(1)))
+            .map(|s| {
+                (&s.spec.template, s.spec.replicas.unwrap_or(1), s.resource_version().unwrap_or_default())
+            })
             .ok_or_else(|| format!("its target StatefulSet {namespace}/{} does not exist", reference.name)),
         other => Err(format!("its target kind {other} is not a Deployment or StatefulSet")),
     }
@@ -68,7 +73,8 @@ impl HpaIndex {
         HpaIndex { settings, ..HpaIndex::default() }
     }
 
-    /// Brings the models up to date: every HPA whose status changed since the last call is observed.
+    /// Brings the models up to date: every HPA whose status changed since the last call is observed, and
+    /// every HPA whose target changed gets its replicas and pod shape again.
     pub fn update(
         &mut self,
         hpas: &[Arc<HorizontalPodAutoscaler>],
@@ -81,55 +87,75 @@ impl HpaIndex {
             let key = format!("{}/{}", hpa.namespace().unwrap_or_default(), hpa.name_any());
             live.insert(key.clone(), ());
             let version = hpa.resource_version().unwrap_or_default();
-            if self.seen.get(&key) == Some(&version) {
-                continue;
-            }
-            self.seen.insert(key.clone(), version);
             let read = cartwright_api::hpa::spec(&hpa.spec, &format!("HorizontalPodAutoscaler {key}"))
                 .and_then(|spec| {
-                    let (template, replicas) = target(hpa, deployments, statefulsets)?;
-                    let pod_spec_of = template.spec.as_ref().ok_or("its target has no pod template")?;
-                    let labels =
-                        template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-                    let (pod, _) = pod_spec(&key, pod_spec_of, labels)?;
-                    Ok((spec, pod, replicas))
+                    let (template, replicas, target_version) = target(hpa, deployments, statefulsets)?;
+                    Ok((spec, template, replicas, target_version))
                 });
-            let (spec, pod, replicas) = match read {
-                Ok(read) => {
-                    self.problems.remove(&key);
-                    read
-                }
+            let (spec, template, replicas, target_version) = match read {
+                Ok(read) => read,
                 Err(e) => {
-                    if self.problems.get(&key) != Some(&e) {
-                        tracing::warn!(hpa = key, problem = e, "no headroom for this HPA");
-                        self.problems.insert(key.clone(), e);
-                    }
-                    self.models.remove(&key);
+                    self.forget(&key, e);
                     continue;
                 }
             };
+            let last = self.seen.get(&key);
+            let observe = last.is_none_or(|(v, _)| *v != version);
+            if !observe && last.is_some_and(|(_, t)| *t == target_version) {
+                continue;
+            }
+            self.seen.insert(key.clone(), (version, target_version));
+            let pod =
+                template.spec.as_ref().ok_or_else(|| "its target has no pod template".to_owned()).and_then(
+                    |pod_spec_of| {
+                        let labels =
+                            template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+                        pod_spec(&key, pod_spec_of, labels).map(|(pod, _)| pod)
+                    },
+                );
+            let pod = match pod {
+                Ok(pod) => pod,
+                Err(e) => {
+                    self.forget(&key, e);
+                    continue;
+                }
+            };
+            self.problems.remove(&key);
             let model = self
                 .models
                 .entry(key.clone())
                 .or_insert_with(|| HpaModel::new(&key, spec.clone(), pod.clone(), replicas));
             model.spec = spec;
             model.pod = pod;
+            model.replicas = replicas;
+            if !observe {
+                continue;
+            }
             let status = hpa.status.as_ref();
             let current = status.and_then(|s| s.current_replicas).unwrap_or(replicas);
-            match cartwright_api::hpa::ratio(hpa) {
-                Some(ratio) if replicas > 0 => model.observe(Observation {
+            if let Some(ratio) = cartwright_api::hpa::ratio(hpa).filter(|_| replicas > 0) {
+                model.observe(Observation {
                     at: now,
                     // The demand over the target's replicas (the ratio is measured over the current ones).
                     ratio: ratio * f64::from(current) / f64::from(replicas),
                     replicas,
                     desired: status.map_or(replicas, |s| s.desired_replicas),
-                }),
-                _ => model.replicas = replicas,
+                });
             }
         }
         self.models.retain(|k, _| live.contains_key(k));
         self.seen.retain(|k, _| live.contains_key(k));
         self.problems.retain(|k, _| live.contains_key(k));
+    }
+
+    /// An HPA that cannot be read (told once per problem) has no model.
+    fn forget(&mut self, key: &str, problem: String) {
+        if self.problems.get(key) != Some(&problem) {
+            tracing::warn!(hpa = key, problem, "no headroom for this HPA");
+            self.problems.insert(key.to_owned(), problem);
+        }
+        self.models.remove(key);
+        self.seen.remove(key);
     }
 
     pub fn models(&self) -> impl Iterator<Item = &HpaModel> {
@@ -308,6 +334,15 @@ mod tests {
         assert_eq!(pods[0].name, "shop/web~headroom-0");
         assert_eq!(pods[0].labels.get("app").map(String::as_str), Some("web"));
         assert_eq!(pods[0].requests, index.models().next().unwrap().pod.requests);
+        // The target scaled (its resourceVersion moved) without a new HPA status: its replicas are read
+        // again, without an observation, and the headroom is counted from them.
+        let mut scaled = (*deployment()).clone();
+        scaled.spec.replicas = Some(7);
+        scaled.metadata.resource_version = Some("d2".into());
+        index.update(&[hpa("3", 65)], &[Arc::new(scaled)], &[], 50_000);
+        let model = index.models().next().unwrap();
+        assert_eq!((model.replicas, model.history().count()), (7, 4));
+        assert_eq!(index.virtual_pods(50_000).len(), 0, "7 pods cover a demand of 6.8");
         // An HPA whose target is gone is dropped.
         index.update(&[hpa("9", 90)], &[], &[], 60_000);
         assert_eq!(index.models().count(), 0);
