@@ -722,6 +722,15 @@ async fn nodes_drift_when_their_nodepool_changes_and_are_replaced_one_by_one() {
     crate::deploy::rbac::assert_chart_allows(&cluster.server.request_log(), "kwok", "kube-system");
 }
 
+/// The NodeClaims launched for the headroom of `owner` (an HPA or CapacityBuffer, `namespace/name`).
+fn claims_for(cluster: &Cluster, owner: &str) -> Vec<Value> {
+    cluster
+        .claims()
+        .into_iter()
+        .filter(|c| c.pointer("/metadata/annotations/cartwright.sh~1headroom-for") == Some(&json!(owner)))
+        .collect()
+}
+
 /// The HPA controller's status write: `utilization` % cpu over `current` pods, wanting `desired`.
 fn hpa_status(cluster: &Cluster, current: u32, desired: u32, utilization: u32) {
     cluster
@@ -767,15 +776,7 @@ async fn a_rising_hpa_metric_gets_headroom_nodes_before_the_new_replicas_appear(
         hpa_status(&cluster, 4, 4, utilization);
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let headroom_claims = || -> Vec<Value> {
-        cluster
-            .claims()
-            .into_iter()
-            .filter(|c| {
-                c.pointer("/metadata/annotations/cartwright.sh~1headroom-for") == Some(&json!("default/web"))
-            })
-            .collect()
-    };
+    let headroom_claims = || claims_for(&cluster, "default/web");
     wait_for("NodeClaims launched for the HPA's headroom", MINUTE, || !headroom_claims().is_empty()).await;
     wait_for("the headroom nodes registered", MINUTE, || {
         let nodes: Vec<String> = cluster.nodes().iter().map(|n| name(n).to_owned()).collect();
@@ -852,16 +853,7 @@ async fn a_capacity_buffer_keeps_spare_nodes_until_it_is_deleted() {
     let buffer = json!({"metadata": {"name": "spare"}, "spec": {
         "scalableRef": {"apiGroup": "apps", "kind": "Deployment", "name": "api"}, "replicas": 3}});
     cluster.server.create("autoscaling.x-k8s.io", "capacitybuffers", "default", buffer).unwrap();
-    let buffer_claims = || -> Vec<Value> {
-        cluster
-            .claims()
-            .into_iter()
-            .filter(|c| {
-                c.pointer("/metadata/annotations/cartwright.sh~1headroom-for")
-                    == Some(&json!("default/spare"))
-            })
-            .collect()
-    };
+    let buffer_claims = || claims_for(&cluster, "default/spare");
     wait_for("NodeClaims for the buffer", MINUTE, || !buffer_claims().is_empty()).await;
     // Their room holds at least the three chunks, and emptiness leaves them alone.
     let room: f64 = buffer_claims()

@@ -160,6 +160,21 @@ fn node_with_room(catalog: &Catalog, free: i64) -> ExistingNode {
     }
 }
 
+/// A problem of `pods` over `existing` nodes and one NodePool, no daemonsets.
+fn problem_of(
+    pods: Vec<PodSpec>,
+    existing: Vec<ExistingNode>,
+    pool: NodePoolTemplate,
+    catalog: &Arc<Catalog>,
+) -> Problem {
+    Problem { pods, existing, nodepools: vec![pool], daemonsets: vec![], catalog: catalog.clone() }
+}
+
+/// Headroom for `virtual_pods` with no NodePool settings or costs.
+fn plan_unlimited(problem: &Problem, virtual_pods: Vec<PodSpec>) -> HeadroomPlan {
+    super::plan(problem, virtual_pods, &BTreeMap::new(), &BTreeMap::new(), solver::solve)
+}
+
 fn pods(prefix: &str, n: usize) -> Vec<PodSpec> {
     (0..n).map(|i| PodSpec { name: format!("{prefix}-{i}"), ..shape() }).collect()
 }
@@ -167,20 +182,9 @@ fn pods(prefix: &str, n: usize) -> Vec<PodSpec> {
 #[test]
 fn real_pods_take_existing_room_and_limits_first_and_headroom_gets_what_is_left() {
     let catalog = catalog();
-    let problem = Problem {
-        pods: pods("shop/real", 2),
-        existing: vec![node_with_room(&catalog, 2)],
-        nodepools: vec![pool("default")],
-        daemonsets: vec![],
-        catalog: catalog.clone(),
-    };
-    let plan = super::plan(
-        &problem,
-        pods("shop/web~headroom", 2),
-        &BTreeMap::new(),
-        &BTreeMap::new(),
-        solver::solve,
-    );
+    let problem =
+        problem_of(pods("shop/real", 2), vec![node_with_room(&catalog, 2)], pool("default"), &catalog);
+    let plan = plan_unlimited(&problem, pods("shop/web~headroom", 2));
     // The real pods get the live node's room, as without headroom.
     assert_eq!(plan.real.placements.len(), 2, "{:?}", plan.real);
     assert!(plan.real.placements.iter().all(|p| p.node == "live"));
@@ -193,20 +197,8 @@ fn real_pods_take_existing_room_and_limits_first_and_headroom_gets_what_is_left(
     // With a node limit of one more node, the real pods that need a node get it and the headroom none.
     let mut limited = pool("default");
     limited.remaining.nodes = Some(1);
-    let problem = Problem {
-        pods: pods("shop/real", 3),
-        existing: vec![],
-        nodepools: vec![limited],
-        daemonsets: vec![],
-        catalog: catalog.clone(),
-    };
-    let plan = super::plan(
-        &problem,
-        pods("shop/web~headroom", 2),
-        &BTreeMap::new(),
-        &BTreeMap::new(),
-        solver::solve,
-    );
+    let problem = problem_of(pods("shop/real", 3), vec![], limited, &catalog);
+    let plan = plan_unlimited(&problem, pods("shop/web~headroom", 2));
     assert_eq!(plan.real.new_nodes.len(), 1);
     assert!(plan.real.unschedulable.is_empty(), "{:?}", plan.real.unschedulable);
     assert!(plan.headroom.new_nodes.is_empty(), "{:?}", plan.headroom.new_nodes);
@@ -225,13 +217,7 @@ fn headroom_nodes_stay_within_each_pools_budget_and_out_of_opted_out_pools() {
         .map(|o| o.price)
         .min()
         .unwrap();
-    let problem = Problem {
-        pods: vec![],
-        existing: vec![],
-        nodepools: vec![pool("default")],
-        daemonsets: vec![],
-        catalog: catalog.clone(),
-    };
+    let problem = problem_of(vec![], vec![], pool("default"), &catalog);
     // Twelve one-vCPU pods need four m5.xlarge nodes (3 pods each after system reserve); the budget pays for
     // two.
     let budget = PoolHeadroom { budget_per_hour: Some(Price(price.0 * 2)), ..PoolHeadroom::default() };
