@@ -622,6 +622,12 @@ pub fn problem(
         tracing::warn!(pods = provisionable.len(), "pods are pending but there is no usable NodePool");
         return None;
     }
+    let problem = model_problem(&model, provisionable, catalog);
+    Some((problem, model.pools))
+}
+
+/// The solver problem of `provisionable` pods over an already built model.
+fn model_problem(model: &Model, provisionable: &[Arc<Pod>], catalog: &Catalog) -> solver::Problem {
     let mut pending = Vec::new();
     for pod in provisionable {
         let labels = pod.labels().clone();
@@ -633,9 +639,7 @@ pub fn problem(
     }
     let views: Vec<NodeView<'_>> = model.nodes.iter().map(ModelNode::view).collect();
     let catalog = provisioning::launchable(catalog, &model.templates);
-    let problem =
-        provisioning::problem(pending, &views, &model.templates, &model.daemonsets, Arc::new(catalog));
-    Some((problem, model.pools))
+    provisioning::problem(pending, &views, &model.templates, &model.daemonsets, Arc::new(catalog))
 }
 
 struct Controller<P> {
@@ -1883,14 +1887,14 @@ impl<P: CloudProvider> Controller<P> {
             return;
         }
         let snapshot = self.snapshot();
-        if snapshot.pools.is_empty() {
-            return;
-        }
         let mut catalog = (*self.catalog).clone();
         self.unavailable.apply(&mut catalog, now);
-        let Some((problem, pools)) = problem(&snapshot, &[], &catalog) else { return };
         let model = Model::build(&snapshot, &catalog);
-        let (settings, errors) = crate::headroom::pool_settings(&pools);
+        if model.templates.is_empty() {
+            return;
+        }
+        let problem = model_problem(&model, &[], &catalog);
+        let (settings, errors) = crate::headroom::pool_settings(&model.pools);
         for e in errors {
             tracing::warn!(error = e, "headroom setting ignored");
         }
@@ -1911,7 +1915,7 @@ impl<P: CloudProvider> Controller<P> {
             tracing::info!(pods = plan.over_budget.len(), "headroom pods over their NodePool's budget");
         }
         for new in &plan.headroom.new_nodes {
-            if let Some(claim) = self.create_claim(new, &pools, &by_name).await {
+            if let Some(claim) = self.create_claim(new, &model.pools, &by_name).await {
                 tracing::info!(nodeclaim = claim, pods = new.pods.len(), "launching for headroom");
             }
         }

@@ -45,27 +45,10 @@ fn target<'a>(
     deployments: &'a [Arc<Deployment>],
     statefulsets: &'a [Arc<StatefulSet>],
 ) -> Result<(&'a PodTemplateSpec, i32, String), String> {
-    let namespace = hpa.namespace().unwrap_or_default();
     let reference = &hpa.spec.scale_target_ref;
-    let same =
-        |ns: Option<String>, name: String| ns.unwrap_or_default() == namespace && name == reference.name;
-    match reference.kind.as_str() {
-        "Deployment" => deployments
-            .iter()
-            .find(|d| same(d.namespace(), d.name_any()))
-            .map(|d| {
-                (&d.spec.template, d.spec.replicas.unwrap_or(1), d.resource_version().unwrap_or_default())
-            })
-            .ok_or_else(|| format!("its target Deployment {namespace}/{} does not exist", reference.name)),
-        "StatefulSet" => statefulsets
-            .iter()
-            .find(|s| same(s.namespace(), s.name_any()))
-            .map(|s| {
-                (&s.spec.template, s.spec.replicas.unwrap_or(1), s.resource_version().unwrap_or_default())
-            })
-            .ok_or_else(|| format!("its target StatefulSet {namespace}/{} does not exist", reference.name)),
-        other => Err(format!("its target kind {other} is not a Deployment or StatefulSet")),
-    }
+    let namespace = hpa.namespace().unwrap_or_default();
+    scalable(&namespace, &reference.kind, &reference.name, deployments, statefulsets)
+        .map_err(|e| format!("its target: {e}"))
 }
 
 impl HpaIndex {
@@ -168,27 +151,29 @@ impl HpaIndex {
     }
 }
 
-/// The workload a `scalableRef` names: its pod template and replicas.
+/// A scalable workload (a `scaleTargetRef` or `scalableRef`): its pod template, replicas and
+/// resourceVersion.
 fn scalable<'a>(
     namespace: &str,
     kind: &str,
     name: &str,
     deployments: &'a [Arc<Deployment>],
     statefulsets: &'a [Arc<StatefulSet>],
-) -> Result<(&'a PodTemplateSpec, i32), String> {
+) -> Result<(&'a PodTemplateSpec, i32, String), String> {
     let same = |ns: Option<String>, n: String| ns.unwrap_or_default() == namespace && n == name;
+    let version = |v: Option<String>| v.unwrap_or_default();
     match kind {
         "Deployment" => deployments
             .iter()
             .find(|d| same(d.namespace(), d.name_any()))
-            .map(|d| (&d.spec.template, d.spec.replicas.unwrap_or(1)))
+            .map(|d| (&d.spec.template, d.spec.replicas.unwrap_or(1), version(d.resource_version())))
             .ok_or_else(|| format!("Deployment {namespace}/{name} does not exist")),
         "StatefulSet" => statefulsets
             .iter()
             .find(|s| same(s.namespace(), s.name_any()))
-            .map(|s| (&s.spec.template, s.spec.replicas.unwrap_or(1)))
+            .map(|s| (&s.spec.template, s.spec.replicas.unwrap_or(1), version(s.resource_version())))
             .ok_or_else(|| format!("StatefulSet {namespace}/{name} does not exist")),
-        other => Err(format!("scalableRef kind {other} is not a Deployment or StatefulSet")),
+        other => Err(format!("kind {other} is not a Deployment or StatefulSet")),
     }
 }
 
@@ -217,7 +202,8 @@ pub fn buffer_pods(
                 .map(|t| (t, None))
                 .ok_or_else(|| format!("PodTemplate {namespace}/{} does not exist", t.name)),
             (None, Some(r)) => scalable(&namespace, &r.kind, &r.name, deployments, statefulsets)
-                .map(|(t, replicas)| (t, Some(replicas))),
+                .map(|(t, replicas, _)| (t, Some(replicas)))
+                .map_err(|e| format!("scalableRef: {e}")),
             _ => Err("give exactly one of podTemplateRef and scalableRef".to_owned()),
         };
         let read = shape.and_then(|(template, replicas)| {
