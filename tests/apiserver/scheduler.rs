@@ -154,6 +154,14 @@ pub fn schedule_once(server: &ApiServer) -> usize {
             .filter(|&i| {
                 !spec.hostname_anti_affinity.iter().any(|s| nodes[i].pods.iter().any(|l| selects(s, l)))
             })
+            // Required hostname pod affinity: beside a matching pod, or the first of a self-affine group.
+            .filter(|&i| {
+                spec.hostname_affinity.iter().all(|s| {
+                    nodes[i].pods.iter().any(|l| selects(s, l))
+                        || (selects(s, &spec.labels)
+                            && !nodes.iter().any(|n| n.pods.iter().any(|l| selects(s, l))))
+                })
+            })
             .filter(|&i| spread_allows(&spec, &nodes[i], &eligible_refs))
             // Most allocated first (bin-packing scoring), then by name.
             .min_by_key(|&i| {

@@ -237,3 +237,29 @@ fn an_edited_catalog_file_replaces_the_embedded_catalog() {
     assert!(err.contains("catalog.json: [0].name"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn pod_affinity_puts_web_beside_redis_and_relaxes_preferred_anti_affinity_only_at_the_node_limit() {
+    let plan = plan_json(&["--input", &example("pod-affinity.yaml")]);
+    assert_eq!(pods_planned(&plan), 17, "{plan:#}");
+    assert!(plan["unschedulable"].as_array().unwrap().is_empty(), "{plan:#}");
+    let nodes = new_nodes(&plan);
+    assert_eq!(nodes.len(), 4, "the NodePool allows 4 nodes: {plan:#}");
+    let count = |node: &Value, app: &str| {
+        node["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p.as_str().unwrap().contains(&format!("/{app}-")))
+            .count()
+    };
+    for node in nodes {
+        // Required: at most one redis per node, and web only beside a redis pod.
+        assert!(count(node, "redis") <= 1, "{node:#}");
+        if count(node, "web") > 0 {
+            assert_eq!(count(node, "redis"), 1, "{node:#}");
+        }
+        // Preferred: every node holds an api pod before any holds two.
+        assert!(count(node, "api") >= 1, "{node:#}");
+    }
+}

@@ -21,7 +21,16 @@ use super::problem::{PodSpec, Problem, selector_matches};
 use super::spread::eligible_zones;
 
 fn has_zone_terms(pod: &PodSpec) -> bool {
-    !pod.zone_affinity.is_empty() || !pod.zone_anti_affinity.is_empty()
+    !pod.zone_affinity.is_empty() || zone_anti_terms(pod).next().is_some()
+}
+
+/// A pod's zone anti-affinity selectors, each with whether it is a held preference (which does not keep
+/// away pods that relaxed their own, see [`PodSpec::relaxed_anti_affinity`]).
+fn zone_anti_terms(pod: &PodSpec) -> impl Iterator<Item = (&BTreeMap<String, String>, bool)> {
+    pod.zone_anti_affinity
+        .iter()
+        .map(|s| (s, false))
+        .chain(pod.held_selectors(labels::ZONE).map(|s| (s, true)))
 }
 
 /// Zones holding pods (on existing nodes) that match `selector`.
@@ -50,7 +59,7 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
             for (j, z) in pinned.iter().enumerate() {
                 if let Some(z) = z
                     && j != me
-                    && selector_matches(selector, &pods[j].labels)
+                    && pods[j].matched_by(selector)
                 {
                     zones.insert(z.clone());
                 }
@@ -59,26 +68,32 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
         };
 
     // Anti-affinity first: each such pod takes a zone no other matching pod holds.
-    let mut repelled: Vec<(BTreeMap<String, String>, String)> = Vec::new();
+    // (selector, zone, held preference): pods matching the selector keep out of the zone.
+    let mut repelled: Vec<(BTreeMap<String, String>, String, bool)> = Vec::new();
+    let kept_out = |pod: &PodSpec, (selector, _, held): &(BTreeMap<String, String>, String, bool)| {
+        pod.matched_by(selector) && !(*held && pod.relaxed_anti_affinity)
+    };
     for i in 0..pods.len() {
-        if pods[i].zone_anti_affinity.is_empty() {
+        let terms: Vec<(BTreeMap<String, String>, bool)> =
+            zone_anti_terms(&pods[i]).map(|(s, held)| (s.clone(), held)).collect();
+        if terms.is_empty() {
             continue;
         }
         let mut allowed: BTreeSet<String> = eligible_zones(problem, &pods[i]).into_iter().collect();
-        for selector in &pods[i].zone_anti_affinity {
+        for (selector, _) in &terms {
             for z in occupied(&pods, &pinned_zone, selector, i) {
                 allowed.remove(&z);
             }
         }
-        for (selector, zone) in &repelled {
-            if selector_matches(selector, &pods[i].labels) {
-                allowed.remove(zone);
+        for r in &repelled {
+            if kept_out(&pods[i], r) {
+                allowed.remove(&r.1);
             }
         }
         match allowed.into_iter().next() {
             Some(zone) => {
-                for selector in &pods[i].zone_anti_affinity {
-                    repelled.push((selector.clone(), zone.clone()));
+                for (selector, held) in terms {
+                    repelled.push((selector, zone.clone(), held));
                 }
                 pinned_zone[i] = Some(zone);
             }
@@ -103,7 +118,7 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
             let zone = pinned_zone[i].clone().expect("checked");
             let ok = pods[i].zone_affinity.iter().all(|s| {
                 let zones = occupied(&pods, &pinned_zone, s, i);
-                zones.contains(&zone) || (zones.is_empty() && selector_matches(s, &pods[i].labels))
+                zones.contains(&zone) || (zones.is_empty() && pods[i].matched_by(s))
             });
             if !ok {
                 pinned_zone[i] = None;
@@ -119,14 +134,12 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
                 allowed.retain(|z| zones.contains(z));
                 continue;
             }
-            if selector_matches(&selector, &pods[i].labels) {
+            if pods[i].matched_by(&selector) {
                 continue; // the first of a self-affine group may go anywhere
             }
             // No pod matching the selector runs: pending ones come along to this pod's zone.
             let targets: Vec<usize> = (0..pods.len())
-                .filter(|&j| {
-                    j != i && pinned_zone[j].is_none() && selector_matches(&selector, &pods[j].labels)
-                })
+                .filter(|&j| j != i && pinned_zone[j].is_none() && pods[j].matched_by(&selector))
                 .collect();
             let shared = allowed
                 .iter()
@@ -166,11 +179,8 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
     // Pods matching an anti-affinity pod's selector keep out of its zone.
     for (i, pod) in pods.iter_mut().enumerate() {
         if pinned_zone[i].is_none() {
-            let avoid: Vec<&str> = repelled
-                .iter()
-                .filter(|(s, _)| selector_matches(s, &pod.labels))
-                .map(|(_, z)| z.as_str())
-                .collect();
+            let avoid: Vec<&str> =
+                repelled.iter().filter(|r| kept_out(pod, r)).map(|(_, z, _)| z.as_str()).collect();
             if !avoid.is_empty() {
                 let r = Requirement::new(labels::ZONE, Operator::NotIn, &avoid).expect("values given");
                 *pod = pod.clone().with_requirement(r);

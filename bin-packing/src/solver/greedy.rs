@@ -113,7 +113,7 @@ pub(crate) fn existing_admits(class: &Class, node: &super::problem::ExistingNode
     first_untolerated(&class.spec.tolerations, &node.taints).is_none()
         && class.spec.affinity.matches_labels(&node.labels)
         && !node.pod_labels.iter().any(|labels| class.spec.repels(labels))
-        && !node.repelled.iter().any(|s| super::problem::selector_matches(s, &class.spec.labels))
+        && !node.repelled.iter().any(|s| class.spec.matched_by(s))
 }
 
 fn take_pod(state: &mut State, c: usize) -> String {

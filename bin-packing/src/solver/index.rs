@@ -35,6 +35,7 @@ type ClassKey<'p> = (
     &'p std::collections::BTreeMap<String, String>,
     &'p Vec<std::collections::BTreeMap<String, String>>,
     &'p Vec<super::problem::TopologySpread>,
+    (&'p Vec<std::collections::BTreeMap<String, String>>, &'p Vec<super::problem::PodAffinityTerm>, bool),
 );
 
 /// How a class may use one NodePool.
@@ -109,6 +110,7 @@ impl<'p> Index<'p> {
                 &pod.labels,
                 &pod.hostname_anti_affinity,
                 &pod.topology_spread,
+                (&pod.companion_labels, &pod.held_anti_affinity, pod.relaxed_anti_affinity),
             );
             match by_key.get(&key) {
                 Some(&c) => grouped[c].1.push(i),
@@ -151,8 +153,8 @@ impl<'p> Index<'p> {
                     .iter()
                     .enumerate()
                     .map(|(j, b)| {
-                        a.spec.repels(&b.spec.labels)
-                            || b.spec.repels(&a.spec.labels)
+                        a.spec.repels_pod(b.spec)
+                            || b.spec.repels_pod(a.spec)
                             || (i != j
                                 && (a.spec.hostname_spread_covers(b.spec)
                                     || b.spec.hostname_spread_covers(a.spec)))

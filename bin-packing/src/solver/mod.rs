@@ -20,12 +20,14 @@
 //! anti-affinity on `kubernetes.io/hostname` (matchLabels; host ports are expressed as such), and hard
 //! topology spread on zone, capacity type and hostname for pods the selector matches, with `minDomains`,
 //! required pod affinity and anti-affinity on zones (`affinity`), and preferred node affinity (relaxed
-//! heaviest term first, as Karpenter does). Hostname pod affinity and preferred pod affinity are not yet
-//! modelled.
+//! heaviest term first, as Karpenter does), required pod affinity on hostname (`colocate`: pods that
+//! must share a node become one composite pod), and preferred pod (anti-)affinity on zone and hostname
+//! (required until the pod cannot be placed, then relaxed in Karpenter's order).
 
 mod affinity;
 pub mod baselines;
 mod bound;
+mod colocate;
 mod columns;
 mod greedy;
 mod index;
@@ -43,8 +45,8 @@ use crate::resources::Resources;
 pub use self::greedy::MAX_ALTERNATIVES;
 pub use self::plan::{BoundKind, LaunchOption, LowerBound, NewNode, Placement, Plan, Unschedulable};
 pub use self::problem::{
-    DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodSpec, Problem, TopologySpread, host_port_label,
-    selector_matches,
+    DaemonSetSpec, ExistingNode, Limits, NodePoolTemplate, PodAffinityTerm, PodSpec, Problem, TopologySpread,
+    host_port_label, selector_matches,
 };
 pub use self::spread::{eligible_domains, eligible_zones};
 
@@ -91,12 +93,13 @@ impl Algorithm {
     /// Runs the algorithm. Zonal topology spread is applied the same way around every algorithm (see
     /// `spread`).
     pub fn solve(&self, problem: &Problem) -> Plan {
-        if !problem.pods.iter().any(|p| !p.preferred_affinity.is_empty()) {
+        if problem.pods.iter().all(|p| p.preference_steps() == 0) {
             return self.solve_required(problem);
         }
-        // Preferences, Karpenter's way: every pod starts with its heaviest preferred term required; the
-        // pods that cannot be placed drop it and try the next, until they have none left. Each round plans
-        // the whole problem again, so pods that keep their preference get the same treatment throughout.
+        // Preferences, Karpenter's way: every pod starts with its preferences required; the pods that
+        // cannot be placed drop one (in the order of `PodSpec::with_preference_level`) and the problem is
+        // planned again, until they have none left. Each round plans the whole problem again, so pods that
+        // keep their preferences get the same treatment throughout.
         let mut level = vec![0usize; problem.pods.len()];
         loop {
             let mut round = problem.clone();
@@ -107,7 +110,7 @@ impl Algorithm {
             let refused: BTreeSet<&str> = plan.unschedulable.iter().map(|u| u.pod.as_str()).collect();
             let mut relaxed = false;
             for (i, pod) in problem.pods.iter().enumerate() {
-                if refused.contains(pod.name.as_str()) && level[i] < pod.preferred_affinity.len() {
+                if refused.contains(pod.name.as_str()) && level[i] < pod.preference_steps() {
                     level[i] += 1;
                     relaxed = true;
                 }
@@ -125,7 +128,10 @@ impl Algorithm {
             Algorithm::KarpenterGreedy => baselines::karpenter_greedy(p),
             Algorithm::CaLeastWaste => baselines::ca_least_waste(p),
         };
-        // Zone affinity first (it may take pods out), then spreads pin what is left.
+        // Pods that must share a node are bundled first, then zone affinity (it may take pods out), then
+        // spreads pin what is left.
+        let bundled = colocate::bundle(problem);
+        let problem = bundled.as_ref().map_or(problem, |b| &b.problem);
         let (base, mut refused) = match affinity::pin(problem) {
             Some((pinned, refused)) => (std::borrow::Cow::Owned(pinned), refused),
             None => (std::borrow::Cow::Borrowed(problem), Vec::new()),
@@ -143,7 +149,10 @@ impl Algorithm {
             }
         };
         plan.unschedulable.append(&mut refused);
-        plan
+        match bundled {
+            Some(bundled) => bundled.expand(plan),
+            None => plan,
+        }
     }
 }
 

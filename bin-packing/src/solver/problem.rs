@@ -35,6 +35,43 @@ pub struct PodSpec {
     /// Preferred node affinity: `(weight, term)`. Planned as Karpenter does: the heaviest term is required
     /// first; a pod that cannot be placed so drops it and tries the next, then none.
     pub preferred_affinity: Vec<(i32, Requirements)>,
+    /// Required pod affinity on `kubernetes.io/hostname`: one `matchLabels` selector per term; the pod must
+    /// share its node with a pod matching each selector (or, matching the selector itself, be the first of
+    /// such pods anywhere).
+    pub hostname_affinity: Vec<BTreeMap<String, String>>,
+    /// Preferred pod affinity on zone or hostname: `(weight, term)`. Planned as required until the pod
+    /// cannot be placed, then dropped heaviest first (see [`PodSpec::with_preference_level`]).
+    pub preferred_pod_affinity: Vec<(i32, PodAffinityTerm)>,
+    /// Preferred pod anti-affinity on zone or hostname, relaxed the same way after the affinity terms.
+    pub preferred_pod_anti_affinity: Vec<(i32, PodAffinityTerm)>,
+    /// The labels of the other pods bundled into this one by the solver (pods that required hostname
+    /// affinity puts on one node): a selector matching any of them matches this pod. Empty for real pods.
+    pub companion_labels: Vec<BTreeMap<String, String>>,
+    /// Preferred anti-affinity terms held as required in this planning round (set by
+    /// [`PodSpec::with_preference_level`]). They keep this pod away from matching pods, but do not keep away
+    /// pods that have relaxed a preferred anti-affinity term of their own.
+    pub held_anti_affinity: Vec<PodAffinityTerm>,
+    /// This pod dropped a preferred anti-affinity term to be placed: other pods' held (preferred) terms do
+    /// not keep it away, as kube-scheduler only scores them.
+    pub relaxed_anti_affinity: bool,
+}
+
+/// A pod (anti-)affinity term the solver models: a `matchLabels` selector over a topology key (zone or
+/// hostname).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PodAffinityTerm {
+    pub topology_key: String,
+    pub selector: BTreeMap<String, String>,
+}
+
+impl PodAffinityTerm {
+    /// A term over `topology_key` with these `matchLabels`.
+    pub fn new(topology_key: &str, selector: &[(&str, &str)]) -> Self {
+        PodAffinityTerm {
+            topology_key: topology_key.to_owned(),
+            selector: selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        }
+    }
 }
 
 /// A topology spread constraint (`whenUnsatisfiable: DoNotSchedule` when `hard`). Honoured on
@@ -76,6 +113,12 @@ impl PodSpec {
             zone_affinity: vec![],
             zone_anti_affinity: vec![],
             preferred_affinity: vec![],
+            hostname_affinity: vec![],
+            preferred_pod_affinity: vec![],
+            preferred_pod_anti_affinity: vec![],
+            companion_labels: vec![],
+            held_anti_affinity: vec![],
+            relaxed_anti_affinity: false,
         }
     }
 
@@ -94,7 +137,7 @@ impl PodSpec {
     /// The most pods of its own kind this pod allows on one node: 1 under self anti-affinity, `maxSkew`
     /// under a hostname spread (a new node starts the domain count at 0), otherwise unlimited.
     pub fn per_node_cap(&self) -> i64 {
-        let mut cap = if self.repels(&self.labels) { 1 } else { i64::MAX };
+        let mut cap = if self.repels_pod(self) { 1 } else { i64::MAX };
         for spread in &self.topology_spread {
             if spread.topology_key == labels::HOSTNAME && spread.enforced_for(&self.labels) {
                 cap = cap.min(spread.max_skew);
@@ -134,8 +177,56 @@ impl PodSpec {
         self.topology_spread.iter().any(|s| {
             s.topology_key == labels::HOSTNAME
                 && s.enforced_for(&self.labels)
-                && selector_matches(&s.selector, &other.labels)
+                && other.matched_by(&s.selector)
         })
+    }
+
+    /// Whether a `matchLabels` selector matches this pod: its own labels, or those of a pod bundled with it.
+    pub fn matched_by(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector_matches(selector, &self.labels)
+            || self.companion_labels.iter().any(|l| selector_matches(selector, l))
+    }
+
+    /// Whether this pod's hostname anti-affinity forbids sharing a node with `other` (bundles included).
+    /// Held preferred terms do not forbid pods that relaxed their own.
+    pub fn repels_pod(&self, other: &PodSpec) -> bool {
+        self.hostname_anti_affinity.iter().any(|s| other.matched_by(s))
+            || (!other.relaxed_anti_affinity
+                && self.held_selectors(labels::HOSTNAME).any(|s| other.matched_by(s)))
+    }
+
+    /// The selectors of held preferred anti-affinity terms on `key`.
+    pub fn held_selectors<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Iterator<Item = &'a BTreeMap<String, String>> + 'a {
+        self.held_anti_affinity.iter().filter(move |t| t.topology_key == key).map(|t| &t.selector)
+    }
+
+    /// Builder: a required pod affinity term on `kubernetes.io/hostname` with these `matchLabels`.
+    pub fn with_hostname_affinity(mut self, selector: &[(&str, &str)]) -> Self {
+        self.hostname_affinity
+            .push(selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        self
+    }
+
+    /// Builder: a preferred pod affinity term.
+    pub fn with_preferred_pod_affinity(mut self, weight: i32, term: PodAffinityTerm) -> Self {
+        self.preferred_pod_affinity.push((weight, term));
+        self
+    }
+
+    /// Builder: a preferred pod anti-affinity term.
+    pub fn with_preferred_pod_anti_affinity(mut self, weight: i32, term: PodAffinityTerm) -> Self {
+        self.preferred_pod_anti_affinity.push((weight, term));
+        self
+    }
+
+    /// How many relaxation steps the pod's preferences allow (see [`PodSpec::with_preference_level`]).
+    pub fn preference_steps(&self) -> usize {
+        self.preferred_pod_affinity.len()
+            + self.preferred_pod_anti_affinity.len()
+            + self.preferred_affinity.len()
     }
 
     /// Builder: a preferred node affinity term.
@@ -144,13 +235,41 @@ impl PodSpec {
         self
     }
 
-    /// The pod with its `level`-th heaviest preference required (ties keep their order); past the last
-    /// level, the pod as written.
+    /// The pod with its preferences required, less the first `level` relaxation steps, in Karpenter's order:
+    /// preferred pod affinity terms (heaviest first), then preferred pod anti-affinity terms (heaviest
+    /// first), then preferred node affinity, where only the heaviest term left is required at a time. Past
+    /// the last step, the pod as written. Terms on keys other than zone and hostname are not modelled and
+    /// are ignored.
     pub fn with_preference_level(&self, level: usize) -> PodSpec {
-        let mut terms: Vec<&(i32, Requirements)> = self.preferred_affinity.iter().collect();
-        terms.sort_by_key(|(w, _)| std::cmp::Reverse(*w));
+        fn heaviest_first<T>(terms: &[(i32, T)]) -> Vec<&T> {
+            let mut sorted: Vec<&(i32, T)> = terms.iter().collect();
+            sorted.sort_by_key(|(w, _)| std::cmp::Reverse(*w));
+            sorted.into_iter().map(|(_, t)| t).collect()
+        }
         let mut pod = self.clone();
-        if let Some((_, term)) = terms.get(level) {
+        pod.preferred_pod_affinity.clear();
+        pod.preferred_pod_anti_affinity.clear();
+        pod.preferred_affinity.clear();
+        let mut skip = level;
+        let affinity = heaviest_first(&self.preferred_pod_affinity);
+        for term in affinity.iter().skip(skip) {
+            match term.topology_key.as_str() {
+                labels::HOSTNAME => pod.hostname_affinity.push(term.selector.clone()),
+                labels::ZONE => pod.zone_affinity.push(term.selector.clone()),
+                _ => {}
+            }
+        }
+        skip = skip.saturating_sub(affinity.len());
+        let anti = heaviest_first(&self.preferred_pod_anti_affinity);
+        pod.held_anti_affinity.extend(
+            anti.iter()
+                .skip(skip)
+                .filter(|t| [labels::HOSTNAME, labels::ZONE].contains(&t.topology_key.as_str()))
+                .map(|t| (*t).clone()),
+        );
+        pod.relaxed_anti_affinity = skip > 0 && !anti.is_empty();
+        skip = skip.saturating_sub(anti.len());
+        if let Some(term) = heaviest_first(&self.preferred_affinity).get(skip) {
             let alternatives = pod.affinity.alternatives().iter().map(|a| a.intersection(term)).collect();
             pod.affinity = NodeAffinity::from_alternatives(alternatives);
         }
@@ -172,7 +291,10 @@ impl PodSpec {
 
     /// Whether this pod's anti-affinity forbids sharing a node with a pod labelled `labels`.
     pub fn repels(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.hostname_anti_affinity.iter().any(|selector| selector_matches(selector, labels))
+        self.hostname_anti_affinity
+            .iter()
+            .chain(self.held_selectors(labels::HOSTNAME))
+            .any(|selector| selector_matches(selector, labels))
     }
 
     /// Builder: the node affinity.

@@ -66,6 +66,18 @@ impl Pods {
         self.spec = self.spec.with_hostname_anti_affinity(&[(key, value)]);
         self
     }
+    /// Required pod affinity on hostname to pods labelled `key: value`.
+    fn beside(mut self, key: &str, value: &str) -> Self {
+        self.spec = self.spec.with_hostname_affinity(&[(key, value)]);
+        self
+    }
+    /// A preferred pod anti-affinity term on `topology_key` against pods labelled `key: value`.
+    fn rather_not_beside(mut self, weight: i32, topology_key: &str, key: &str, value: &str) -> Self {
+        self.spec = self
+            .spec
+            .with_preferred_pod_anti_affinity(weight, PodAffinityTerm::new(topology_key, &[(key, value)]));
+        self
+    }
     fn build(self) -> Vec<PodSpec> {
         (0..self.count)
             .map(|i| PodSpec { name: format!("{}-{i}", self.prefix), ..self.spec.clone() })
@@ -346,7 +358,7 @@ fn arb_pods() -> impl Strategy<Value = Vec<PodSpec>> {
         prop::sample::select(vec![100i64, 250, 500, 1000, 2000, 4000]),
         prop::sample::select(vec![128i64, 512, 1024, 4096, 16384]),
         1usize..40,
-        0usize..10,
+        0usize..14,
     );
     prop::collection::vec(shape, 1..6).prop_map(|shapes| {
         let mut out = Vec::new();
@@ -362,6 +374,15 @@ fn arb_pods() -> impl Strategy<Value = Vec<PodSpec>> {
                 6 => builder.label("app", &format!("d{i}")).avoid("app", "d0"),
                 7 => builder.label("app", &format!("d{i}")).spread(labels::ZONE, 1),
                 8 => builder.label("app", &format!("d{i}")).spread(labels::HOSTNAME, 2),
+                9 => builder.label("app", &format!("d{i}")).beside("app", &format!("d{i}")),
+                10 => builder.label("app", &format!("d{i}")).beside("app", "d0"),
+                11 => builder.label("app", &format!("d{i}")).rather_not_beside(
+                    100,
+                    labels::HOSTNAME,
+                    "app",
+                    &format!("d{i}"),
+                ),
+                12 => builder.label("app", &format!("d{i}")).rather_not_beside(50, labels::ZONE, "app", "d0"),
                 _ => builder.label("app", &format!("d{i}")),
             };
             out.extend(builder.build());
@@ -777,4 +798,193 @@ fn running_pods_anti_affinity_keeps_matching_pods_off_their_node() {
         assert_eq!(on_existing, ["quiet-0"], "{}", algorithm.name());
         assert_eq!(plan.new_nodes.len(), 1, "{}", algorithm.name());
     }
+}
+
+fn existing_node(name: &str, cpu_millis: i64, pod_labels: &[(&str, &str)]) -> ExistingNode {
+    ExistingNode {
+        name: name.into(),
+        labels: BTreeMap::from([
+            (labels::ZONE.to_owned(), "us-east-1a".to_owned()),
+            (labels::HOSTNAME.to_owned(), name.to_owned()),
+        ]),
+        taints: vec![],
+        allocatable: Resources::new().with_cpu_millis(cpu_millis).with_memory_mib(16_000).with_pods(50),
+        requested: Resources::new(),
+        nodepool: None,
+        initialized: true,
+        pod_labels: pod_labels
+            .iter()
+            .map(|(k, v)| BTreeMap::from([((*k).to_owned(), (*v).to_owned())]))
+            .collect(),
+        repelled: vec![],
+    }
+}
+
+/// The pods of each new node, as name sets, and each placement's node.
+fn groups(plan: &Plan) -> Vec<BTreeSet<String>> {
+    plan.new_nodes.iter().map(|n| n.pods.iter().cloned().collect()).collect()
+}
+
+#[test]
+fn hostname_self_affinity_keeps_a_group_on_one_node_and_follows_running_pods() {
+    let cache = pods("cache", 4).cpu(500).mem(512).label("app", "cache").beside("app", "cache").build();
+    let other = pods("other", 3).cpu(500).mem(512).label("app", "other").build();
+    let p = problem(vec![cache.clone(), other.clone()], vec![pool("default")]);
+    for algorithm in Algorithm::ALL {
+        let plan = algorithm.solve(&p);
+        let violations = validate::violations(&p, &plan);
+        assert!(violations.is_empty(), "{}: {}", algorithm.name(), violations.join("\n"));
+        let holding: Vec<usize> = plan
+            .new_nodes
+            .iter()
+            .map(|n| n.pods.iter().filter(|p| p.starts_with("cache")).count())
+            .filter(|&c| c > 0)
+            .collect();
+        assert_eq!(holding, [4], "{}: {:?}", algorithm.name(), groups(&plan));
+    }
+    // A cache pod already runs on node-2: the group joins it there (node-1 has room but no cache).
+    let mut p = problem(vec![cache], vec![pool("default")]);
+    p.existing.push(existing_node("node-1", 8000, &[]));
+    p.existing.push(existing_node("node-2", 8000, &[("app", "cache")]));
+    let plan = expect_valid_plan(&p);
+    assert!(plan.new_nodes.is_empty(), "{:?}", groups(&plan));
+    assert!(plan.placements.iter().all(|x| x.node == "node-2"), "{:?}", plan.placements);
+    assert_eq!(plan.placements.len(), 4);
+    // node-2 is too small for them: they cannot go anywhere else.
+    let mut small = p.clone();
+    small.existing[1].allocatable.cpu_millis = 1000;
+    let plan = expect_valid_plan(&small);
+    assert!(plan.new_nodes.is_empty());
+    assert_eq!(plan.placements.len(), 2, "two fit beside the running cache pod");
+    assert_eq!(plan.unschedulable.len(), 2);
+}
+
+#[test]
+fn hostname_affinity_to_other_pods_puts_each_beside_a_partner() {
+    // Web must run beside a cache pod; cache pods keep one per node.
+    let web = pods("web", 6).cpu(250).mem(256).label("app", "web").beside("app", "cache").build();
+    let cache = pods("cache", 3).cpu(1000).mem(4096).label("app", "cache").avoid("app", "cache").build();
+    let p = problem(vec![web, cache], vec![pool("default")]);
+    for algorithm in Algorithm::ALL {
+        let plan = algorithm.solve(&p);
+        let violations = validate::violations(&p, &plan);
+        assert!(violations.is_empty(), "{}: {}", algorithm.name(), violations.join("\n"));
+        assert!(plan.unschedulable.is_empty(), "{}", algorithm.name());
+        for node in groups(&plan) {
+            let caches = node.iter().filter(|p| p.starts_with("cache")).count();
+            assert_eq!(caches, 1, "{}: {node:?}", algorithm.name());
+        }
+        // Spread over their partners, two each.
+        assert_eq!(plan.new_nodes.len(), 3, "{}", algorithm.name());
+        // Pairing is a choice: the plan carries no bound that would claim to cover other pairings.
+        if algorithm == Algorithm::Cartwright {
+            assert!(plan.lower_bound.is_none());
+        }
+    }
+}
+
+#[test]
+fn hostname_affinity_that_cannot_hold_says_why() {
+    let lonely = pods("lonely", 2).cpu(250).mem(256).label("app", "lonely").beside("app", "missing").build();
+    // 800 vCPU fits one u7in.224xlarge (896 vCPU); 1,600 fits nothing.
+    let huge = pods("huge", 200).cpu(8000).mem(8192).label("app", "huge").beside("app", "huge").build();
+    let fine = pods("fine", 2).cpu(250).mem(256).build();
+    let p = problem(vec![lonely, huge, fine], vec![pool("default")]);
+    let plan = expect_valid_plan(&p);
+    let reasons: BTreeMap<&str, &str> =
+        plan.unschedulable.iter().map(|u| (u.pod.as_str(), u.reason.as_str())).collect();
+    assert_eq!(reasons.len(), 202);
+    assert!(reasons["lonely-0"].contains("no pod matching"), "{}", reasons["lonely-0"]);
+    assert!(reasons["huge-7"].contains("on one node with 199 other pods"), "{}", reasons["huge-7"]);
+    assert_eq!(plan.new_nodes.iter().map(|n| n.pods.len()).sum::<usize>(), 2);
+}
+
+#[test]
+fn the_validator_catches_hostname_affinity_broken_by_hand() {
+    let cache = pods("cache", 2).cpu(500).mem(512).label("app", "cache").beside("app", "cache").build();
+    let p = problem(vec![cache], vec![pool("default")]);
+    let mut plan = expect_valid_plan(&p);
+    assert_eq!(plan.new_nodes.len(), 1);
+    // Split the pair over two nodes.
+    let mut second = plan.new_nodes[0].clone();
+    second.pods = vec![plan.new_nodes[0].pods.pop().unwrap()];
+    plan.cost = Price(plan.cost.0 * 2);
+    plan.new_nodes.push(second);
+    let v = validate::violations(&p, &plan);
+    assert!(v.iter().any(|v| v.contains("only one group may start")), "{v:?}");
+}
+
+#[test]
+fn preferred_hostname_anti_affinity_spreads_one_per_node_until_the_limit_then_shares() {
+    let web = pods("web", 6).cpu(500).mem(512).label("app", "web").rather_not_beside(
+        100,
+        labels::HOSTNAME,
+        "app",
+        "web",
+    );
+    let p = problem(vec![web.build()], vec![pool("default")]);
+    let plan = expect_valid_plan(&p);
+    assert_eq!(plan.new_nodes.len(), 6, "{:?}", groups(&plan));
+    // Three nodes allowed: three pods keep their preference, the other three relax it and share.
+    let mut limited = pool("default");
+    limited.remaining.nodes = Some(3);
+    let web = pods("web", 6).cpu(500).mem(512).label("app", "web").rather_not_beside(
+        100,
+        labels::HOSTNAME,
+        "app",
+        "web",
+    );
+    let p = problem(vec![web.build()], vec![limited]);
+    let plan = expect_valid_plan(&p);
+    assert!(plan.unschedulable.is_empty(), "{:?}", plan.unschedulable);
+    assert_eq!(plan.new_nodes.len(), 3, "{:?}", groups(&plan));
+    assert!(plan.new_nodes.iter().all(|n| n.pods.len() == 2), "{:?}", groups(&plan));
+}
+
+#[test]
+fn preferred_zone_anti_affinity_takes_distinct_zones_then_relaxes() {
+    // Seven replicas that would rather not share a zone; us-east-1 has five zones.
+    let zk = pods("zk", 7)
+        .cpu(500)
+        .mem(512)
+        .label("app", "zk")
+        .rather_not_beside(100, labels::ZONE, "app", "zk")
+        .build();
+    let p = problem(vec![zk], vec![pool("default")]);
+    let plan = expect_valid_plan(&p);
+    assert!(plan.unschedulable.is_empty(), "{:?}", plan.unschedulable);
+    let zones: BTreeSet<&str> = plan.new_nodes.iter().map(|n| n.launch.zone.as_str()).collect();
+    assert_eq!(zones.len(), 5, "{:?}", node_pods(&plan));
+    assert_eq!(plan.new_nodes.iter().map(|n| n.pods.len()).sum::<usize>(), 7);
+}
+
+#[test]
+fn preferences_relax_pod_affinity_before_node_affinity() {
+    // Preferred: beside a pod that never comes (weight 100), and on m7i (weight 1). The pod affinity goes
+    // first (Karpenter's order), so the node affinity still holds.
+    let m7i = Requirements::new().with(req(aws::INSTANCE_FAMILY, Operator::In, &["m7i"]));
+    let web: Vec<PodSpec> = pods("web", 3)
+        .cpu(1000)
+        .mem(2048)
+        .label("app", "web")
+        .build()
+        .into_iter()
+        .map(|p| {
+            p.with_preferred_pod_affinity(100, PodAffinityTerm::new(labels::HOSTNAME, &[("app", "ghost")]))
+                .with_preference(1, m7i.clone())
+        })
+        .collect();
+    let p = problem(vec![web.clone()], vec![pool("default")]);
+    let plan = expect_valid_plan(&p);
+    assert!(plan.unschedulable.is_empty());
+    assert!(
+        plan.new_nodes.iter().all(|n| n.launch.instance_type.starts_with("m7i.")),
+        "{:?}",
+        node_pods(&plan)
+    );
+    // Preferred hostname affinity to a partner that exists: honoured.
+    let db = pods("db", 1).cpu(2000).mem(4096).label("app", "ghost").build();
+    let p = problem(vec![web, db], vec![pool("default")]);
+    let plan = expect_valid_plan(&p);
+    assert_eq!(plan.new_nodes.len(), 1, "all beside the db pod: {:?}", groups(&plan));
 }

@@ -135,6 +135,7 @@ pub fn violations(problem: &Problem, plan: &Plan) -> Vec<String> {
         }
     }
     out.extend(zone_affinity_violations(problem, plan, &pods));
+    out.extend(hostname_affinity_violations(problem, plan, &pods));
     let node_groups = plan
         .new_nodes
         .iter()
@@ -319,6 +320,71 @@ fn zone_affinity_violations(
             if everyone.iter().any(|(z, n, l)| n != name && *z == Some(zone) && matches(s, l)) {
                 out.push(format!("pod {name} shares {zone} with a pod its zone anti-affinity {s:?} forbids"));
             }
+        }
+    }
+    out
+}
+
+/// Required pod affinity on hostname, as kube-scheduler could have reached it placing pods one by one: a pod
+/// whose term it does not match itself needs a matching pod beside it; pods matching their own term need,
+/// on their node, a *seed* (a running pod or a planned pod without the term that matches it), except on at
+/// most one node per term, where the first of the group may start it when no matching pod ran before.
+fn hostname_affinity_violations(
+    problem: &Problem,
+    plan: &Plan,
+    pods: &BTreeMap<&str, &super::problem::PodSpec>,
+) -> Vec<String> {
+    type Labels = BTreeMap<String, String>;
+    let mut out = Vec::new();
+    // Node → (planned pod, if any; its labels) for every pod on it after the plan.
+    let mut nodes: BTreeMap<String, Vec<(Option<&super::problem::PodSpec>, &Labels)>> = BTreeMap::new();
+    for n in &problem.existing {
+        nodes.entry(n.name.clone()).or_default().extend(n.pod_labels.iter().map(|l| (None, l)));
+    }
+    let mut node_of: BTreeMap<&str, String> = BTreeMap::new();
+    let planned = plan.placements.iter().map(|p| (p.pod.as_str(), p.node.clone())).chain(
+        plan.new_nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.pods.iter().map(move |p| (p.as_str(), format!("new node {i}")))),
+    );
+    for (name, node) in planned {
+        if let Some(pod) = pods.get(name) {
+            nodes.entry(node.clone()).or_default().push((Some(pod), &pod.labels));
+            node_of.insert(&pod.name, node);
+        }
+    }
+    let matches = |s: &Labels, l: &Labels| s.iter().all(|(k, v)| l.get(k) == Some(v));
+    // Per term: the nodes where a group started without a seed.
+    let mut started: BTreeMap<&Labels, BTreeSet<&str>> = BTreeMap::new();
+    for (name, node) in &node_of {
+        let pod = pods[name];
+        for s in &pod.hostname_affinity {
+            let here = &nodes[node];
+            if !matches(s, &pod.labels) {
+                if !here.iter().any(|(other, l)| other.is_none_or(|o| o.name != *name) && matches(s, l)) {
+                    out.push(format!(
+                        "pod {name} on {node} has no pod matching its hostname affinity {s:?} beside it"
+                    ));
+                }
+                continue;
+            }
+            let seeded = here
+                .iter()
+                .any(|(other, l)| matches(s, l) && other.is_none_or(|o| !o.hostname_affinity.contains(s)));
+            if !seeded {
+                started.entry(s).or_default().insert(node);
+            }
+        }
+    }
+    for (s, at) in started {
+        let ran_before = problem.existing.iter().any(|n| n.pod_labels.iter().any(|l| matches(s, l)));
+        if at.len() > 1 || ran_before {
+            out.push(format!(
+                "pods with hostname affinity {s:?} start groups on {} without a matching pod there ({})",
+                at.into_iter().collect::<Vec<_>>().join(", "),
+                if ran_before { "matching pods already run" } else { "only one group may start" }
+            ));
         }
     }
     out

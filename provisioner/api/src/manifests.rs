@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 use cartwright_binpack::labels;
 use cartwright_binpack::requirements::SelectorRequirement;
-use cartwright_binpack::solver::{DaemonSetSpec, Limits, NodePoolTemplate, PodSpec, Problem};
+use cartwright_binpack::solver::{
+    DaemonSetSpec, Limits, NodePoolTemplate, PodAffinityTerm, PodSpec, Problem,
+};
 use cartwright_binpack::{Catalog, NodeAffinity, ResourceName, Resources, Taint, TaintEffect, Toleration};
 use cartwright_core::provisioning::{self, NodeView};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -448,16 +450,35 @@ pub fn pod_spec(
             let plain = selector.is_some_and(|s| s.match_expressions.as_ref().is_none_or(|e| e.is_empty()));
             plain.then(|| selector.and_then(|s| s.match_labels.clone()).unwrap_or_default())
         };
+        // Preferred terms on zone or hostname with a `matchLabels` selector are planned as required until the
+        // pod cannot be placed (then relaxed, heaviest first); others are reported.
+        let preferred = |terms: Option<&Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>,
+                         what: &str,
+                         notes: &mut Vec<String>| {
+            let mut out = Vec::new();
+            for weighted in terms.into_iter().flatten() {
+                let term = &weighted.pod_affinity_term;
+                match (labels::normalize_key(&term.topology_key), simple(term)) {
+                    (key @ (labels::ZONE | labels::HOSTNAME), Some(selector)) => out
+                        .push((weighted.weight, PodAffinityTerm { topology_key: key.to_owned(), selector })),
+                    (key, _) => notes.push(format!("preferred {what} on {key} (or with matchExpressions)")),
+                }
+            }
+            out
+        };
         if let Some(aff) = &affinity.pod_affinity {
             for term in aff.required_during_scheduling_ignored_during_execution.iter().flatten() {
                 match (labels::normalize_key(&term.topology_key), simple(term)) {
                     (labels::ZONE, Some(selector)) => pod.zone_affinity.push(selector),
+                    (labels::HOSTNAME, Some(selector)) => pod.hostname_affinity.push(selector),
                     (key, _) => notes.push(format!("pod affinity on {key} (or with matchExpressions)")),
                 }
             }
-            if aff.preferred_during_scheduling_ignored_during_execution.is_some() {
-                notes.push("preferred pod affinity".to_owned());
-            }
+            pod.preferred_pod_affinity = preferred(
+                aff.preferred_during_scheduling_ignored_during_execution.as_ref(),
+                "pod affinity",
+                &mut notes,
+            );
         }
         if let Some(anti) = &affinity.pod_anti_affinity {
             for term in anti.required_during_scheduling_ignored_during_execution.iter().flatten() {
@@ -467,9 +488,11 @@ pub fn pod_spec(
                     (key, _) => notes.push(format!("pod anti-affinity on {key} (or with matchExpressions)")),
                 }
             }
-            if anti.preferred_during_scheduling_ignored_during_execution.is_some() {
-                notes.push("preferred pod anti-affinity".to_owned());
-            }
+            pod.preferred_pod_anti_affinity = preferred(
+                anti.preferred_during_scheduling_ignored_during_execution.as_ref(),
+                "pod anti-affinity",
+                &mut notes,
+            );
         }
     }
 
@@ -718,9 +741,17 @@ spec:
       requiredDuringSchedulingIgnoredDuringExecution:
         - {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: cache}}}
         - {topologyKey: topology.kubernetes.io/zone, labelSelector: {matchLabels: {app: cache}}}
+      preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 10
+          podAffinityTerm: {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: db}}}
+        - weight: 20
+          podAffinityTerm: {topologyKey: example.com/rack, labelSelector: {matchLabels: {app: db}}}
     podAntiAffinity:
       requiredDuringSchedulingIgnoredDuringExecution:
         - {topologyKey: topology.kubernetes.io/zone, labelSelector: {matchLabels: {app: p}}}
+      preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 100
+          podAffinityTerm: {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: p}}}
     nodeAffinity:
       preferredDuringSchedulingIgnoredDuringExecution:
         - weight: 50
@@ -731,11 +762,20 @@ spec:
         assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
         assert_eq!(m.pending[0].preferred_affinity.len(), 1);
         assert_eq!(m.pending[0].preferred_affinity[0].0, 50);
-        assert!(m.warnings[0].contains("pod affinity"));
+        assert!(m.warnings[0].contains("preferred pod affinity on example.com/rack"), "{:?}", m.warnings);
         // The host port is modelled: the pod repels others using it, itself included.
         let pod = &m.pending[0];
         assert_eq!(pod.zone_affinity, [BTreeMap::from([("app".to_owned(), "cache".to_owned())])]);
         assert_eq!(pod.zone_anti_affinity, [BTreeMap::from([("app".to_owned(), "p".to_owned())])]);
+        assert_eq!(pod.hostname_affinity, [BTreeMap::from([("app".to_owned(), "cache".to_owned())])]);
+        assert_eq!(
+            pod.preferred_pod_affinity,
+            [(10, PodAffinityTerm::new(labels::HOSTNAME, &[("app", "db")]))]
+        );
+        assert_eq!(
+            pod.preferred_pod_anti_affinity,
+            [(100, PodAffinityTerm::new(labels::HOSTNAME, &[("app", "p")]))]
+        );
         assert_eq!(pod.per_node_cap(), 1);
         assert!(
             pod.repels(&[(cartwright_binpack::solver::host_port_label("TCP", 80), "used".to_owned())].into())
