@@ -24,8 +24,8 @@ fn has_zone_terms(pod: &PodSpec) -> bool {
     !pod.zone_affinity.is_empty() || zone_anti_terms(pod).next().is_some()
 }
 
-/// A pod's zone anti-affinity selectors, each with whether it is a held preference (which does not keep
-/// away pods that relaxed their own, see [`PodSpec::relaxed_anti_affinity`]).
+/// A pod's zone anti-affinity selectors, each with whether it is a held preference (which steers only its
+/// own pod).
 fn zone_anti_terms(pod: &PodSpec) -> impl Iterator<Item = (&BTreeMap<String, String>, bool)> {
     pod.zone_anti_affinity
         .iter()
@@ -70,8 +70,9 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
     // Anti-affinity first: each such pod takes a zone no other matching pod holds.
     // (selector, zone, held preference): pods matching the selector keep out of the zone.
     let mut repelled: Vec<(BTreeMap<String, String>, String, bool)> = Vec::new();
+    // A held preference steers its own pod only: kube-scheduler does not keep other pods away for it.
     let kept_out = |pod: &PodSpec, (selector, _, held): &(BTreeMap<String, String>, String, bool)| {
-        pod.matched_by(selector) && !(*held && pod.relaxed_anti_affinity)
+        !*held && pod.matched_by(selector)
     };
     for i in 0..pods.len() {
         let terms: Vec<(BTreeMap<String, String>, bool)> =

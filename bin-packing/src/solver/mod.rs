@@ -140,7 +140,9 @@ impl Algorithm {
             None => run(&base),
             Some(pinned) => {
                 let mut plan = run(&pinned);
-                if spread::enforce(&base, &mut plan) {
+                // Skews are counted as kube-scheduler would: over the domains the pods' own node affinity
+                // admits, not the zones pod (anti-)affinity pinned them to.
+                if spread::enforce(problem, &mut plan) {
                     plan.cost = Price(plan.new_nodes.iter().map(|n| n.launch.price.0).sum());
                     // The bound was for the pods placed before the spread removed some; it no longer applies.
                     plan.lower_bound = None;

@@ -87,6 +87,13 @@ pub struct TopologySpread {
     pub selector: BTreeMap<String, String>,
     /// `minDomains`: with fewer eligible domains, the global minimum counts as zero.
     pub min_domains: Option<i64>,
+    /// `nodeAffinityPolicy: Honor` (the default): only domains and nodes the pod's node affinity admits
+    /// count towards the skew; `Ignore` counts them all.
+    pub honor_node_affinity: bool,
+    /// `nodeTaintsPolicy: Honor`: only domains and nodes whose taints the pod tolerates count; `Ignore`
+    /// (the default) counts tainted ones too, so a zone only a tainted NodePool offers holds the minimum
+    /// at zero, as kube-scheduler would.
+    pub honor_node_taints: bool,
 }
 
 impl TopologySpread {
@@ -130,6 +137,8 @@ impl PodSpec {
             hard: true,
             selector: selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             min_domains: None,
+            honor_node_affinity: true,
+            honor_node_taints: false,
         });
         self
     }

@@ -27,12 +27,29 @@ pub(crate) const DOMAIN_KEYS: [&str; 2] = [labels::ZONE, labels::CAPACITY_TYPE];
 
 /// The values of `key` (a zone or a capacity type) a pod may be placed in.
 pub fn eligible_domains(problem: &Problem, pod: &PodSpec, key: &str) -> Vec<String> {
+    domains(problem, pod, key, true, true)
+}
+
+/// The values of `key` that count towards a spread constraint's skew for this pod: those of NodePools the
+/// constraint's `nodeTaintsPolicy` and `nodeAffinityPolicy` keep (the pod's node affinity applied to the
+/// values too when honoured).
+fn counted_domains(problem: &Problem, pod: &PodSpec, spread: &TopologySpread, key: &str) -> Vec<String> {
+    domains(problem, pod, key, spread.honor_node_affinity, spread.honor_node_taints)
+}
+
+fn domains(
+    problem: &Problem,
+    pod: &PodSpec,
+    key: &str,
+    honor_affinity: bool,
+    honor_taints: bool,
+) -> Vec<String> {
     let pools: Vec<_> = problem
         .nodepools
         .iter()
-        .filter(|p| first_untolerated(&pod.tolerations, &p.taints).is_none())
+        .filter(|p| !honor_taints || first_untolerated(&pod.tolerations, &p.taints).is_none())
         .map(|p| p.node_requirements())
-        .filter(|reqs| pod.affinity.compatible(reqs).is_ok())
+        .filter(|reqs| !honor_affinity || pod.affinity.compatible(reqs).is_ok())
         .collect();
     let all: BTreeSet<String> = if key == labels::ZONE {
         problem.catalog.zones().iter().cloned().collect()
@@ -47,7 +64,7 @@ pub fn eligible_domains(problem: &Problem, pod: &PodSpec, key: &str) -> Vec<Stri
     all.into_iter()
         .filter(|v| {
             let admits = |r: Option<&Requirement>| r.is_none_or(|r| r.matches(Some(v)));
-            pod.affinity.alternatives().iter().any(|alt| admits(alt.get(key)))
+            (!honor_affinity || pod.affinity.alternatives().iter().any(|alt| admits(alt.get(key))))
                 && pools.iter().any(|reqs| admits(reqs.get(key)))
         })
         .collect()
@@ -62,16 +79,24 @@ fn constraint<'a>(pod: &'a PodSpec, key: &str) -> Option<&'a TopologySpread> {
     pod.topology_spread.iter().find(|s| s.topology_key == key && s.enforced_for(&pod.labels))
 }
 
-/// Matching pods on existing nodes, per domain of `key`.
+/// Matching pods on existing nodes, per domain of `key`, counting only the nodes the constraint's policies
+/// keep for this pod (its node affinity when honoured, its tolerations when taints are honoured).
 fn existing_counts(
     problem: &Problem,
-    selector: &BTreeMap<String, String>,
+    pod: &PodSpec,
+    spread: &TopologySpread,
     key: &str,
 ) -> BTreeMap<String, i64> {
     let mut counts = BTreeMap::new();
     for node in &problem.existing {
+        if spread.honor_node_affinity && !pod.affinity.matches_labels(&node.labels) {
+            continue;
+        }
+        if spread.honor_node_taints && first_untolerated(&pod.tolerations, &node.taints).is_some() {
+            continue;
+        }
         if let Some(domain) = node.labels.get(key) {
-            let n = node.pod_labels.iter().filter(|l| selector_matches(selector, l)).count() as i64;
+            let n = node.pod_labels.iter().filter(|l| selector_matches(&spread.selector, l)).count() as i64;
             *counts.entry(domain.clone()).or_default() += n;
         }
     }
@@ -93,7 +118,7 @@ pub(crate) fn pin(problem: &Problem) -> Option<Problem> {
             let domains = eligible_domains(&snapshot, pod, key);
             let group = counts
                 .entry(&spread.selector)
-                .or_insert_with(|| existing_counts(&snapshot, &spread.selector, key));
+                .or_insert_with(|| existing_counts(&snapshot, pod, spread, key));
             let Some(domain) =
                 domains.iter().min_by_key(|d| (group.get(*d).copied().unwrap_or(0), (*d).clone()))
             else {
@@ -148,15 +173,18 @@ fn groups<'a>(problem: &'a Problem, key: &str) -> Groups<'a> {
 fn group_counts(
     problem: &Problem,
     domain_of: &BTreeMap<String, String>,
-    selector: &BTreeMap<String, String>,
+    spread: &TopologySpread,
     members: &[&PodSpec],
     key: &str,
 ) -> BTreeMap<String, i64> {
-    let domains: BTreeSet<String> = members.iter().flat_map(|p| eligible_domains(problem, p, key)).collect();
+    let domains: BTreeSet<String> =
+        members.iter().flat_map(|p| counted_domains(problem, p, spread, key)).collect();
     let mut counts: BTreeMap<String, i64> = domains.into_iter().map(|d| (d, 0)).collect();
-    for (domain, n) in existing_counts(problem, selector, key) {
-        if let Some(c) = counts.get_mut(&domain) {
-            *c += n;
+    if let Some(first) = members.first() {
+        for (domain, n) in existing_counts(problem, first, spread, key) {
+            if let Some(c) = counts.get_mut(&domain) {
+                *c += n;
+            }
         }
     }
     for pod in members {
@@ -182,9 +210,9 @@ pub(crate) fn enforce(problem: &Problem, plan: &mut Plan) -> bool {
     let mut reasons: BTreeMap<String, String> = BTreeMap::new();
     for key in DOMAIN_KEYS {
         let domain_of = domains_of(problem, plan, key);
-        for (selector, (spread, members)) in groups(problem, key) {
+        for (_, (spread, members)) in groups(problem, key) {
             let members: Vec<&PodSpec> = members.into_iter().filter(|p| !removed.contains(&p.name)).collect();
-            let mut counts = group_counts(problem, &domain_of, selector, &members, key);
+            let mut counts = group_counts(problem, &domain_of, spread, &members, key);
             // Placed members by domain, latest last, so the last placed go first.
             let mut placed: BTreeMap<String, Vec<&str>> = BTreeMap::new();
             for pod in &members {
@@ -247,8 +275,12 @@ pub(crate) fn skews(problem: &Problem, plan: &Plan) -> Vec<(String, i64, i64)> {
     for key in DOMAIN_KEYS {
         let domain_of = domains_of(problem, plan, key);
         for (selector, (spread, members)) in groups(problem, key) {
-            let counts = group_counts(problem, &domain_of, selector, &members, key);
-            let max = counts.values().max().copied().unwrap_or(0);
+            let counts = group_counts(problem, &domain_of, spread, &members, key);
+            // Skew that running pods already had is not the plan's doing: only domains it adds to count.
+            let receiving: BTreeSet<&String> =
+                members.iter().filter_map(|p| domain_of.get(&p.name)).collect();
+            let max =
+                counts.iter().filter(|(d, _)| receiving.contains(d)).map(|(_, c)| *c).max().unwrap_or(0);
             out.push((format!("{key} {selector:?}"), max - global_min(spread, &counts), spread.max_skew));
         }
     }

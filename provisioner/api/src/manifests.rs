@@ -517,9 +517,27 @@ pub fn pod_spec(
             hard,
             selector: selector.and_then(|s| s.match_labels.clone()).unwrap_or_default(),
             min_domains: c.min_domains.map(i64::from),
+            honor_node_affinity: spread_policy(
+                c.node_affinity_policy.as_deref(),
+                true,
+                "nodeAffinityPolicy",
+            )?,
+            honor_node_taints: spread_policy(c.node_taints_policy.as_deref(), false, "nodeTaintsPolicy")?,
         });
     }
     Ok((pod, notes))
+}
+
+/// A topology spread policy (`Honor` or `Ignore`) as whether it is honoured, with Kubernetes' default.
+fn spread_policy(value: Option<&str>, default: bool, field: &str) -> Result<bool, String> {
+    match value {
+        None => Ok(default),
+        Some("Honor") => Ok(true),
+        Some("Ignore") => Ok(false),
+        Some(other) => {
+            Err(format!("spec.topologySpreadConstraints: {field} `{other}` is not one of Honor, Ignore"))
+        }
+    }
 }
 
 /// A Kubernetes node selector requirement in the solver's API form.
@@ -916,6 +934,26 @@ metadata: {name: svc}
     }
 
     #[test]
+    fn spread_policies_default_as_in_kubernetes_and_are_read_when_given() {
+        let m = read(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: p, labels: {app: p}}
+spec:
+  topologySpreadConstraints:
+    - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: p}}}
+    - {maxSkew: 2, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: p}},
+       nodeAffinityPolicy: Ignore, nodeTaintsPolicy: Honor}
+  containers: [{name: c, image: x}]
+"#,
+        );
+        let spreads = &m.pending[0].topology_spread;
+        assert!(spreads[0].honor_node_affinity && !spreads[0].honor_node_taints);
+        assert!(!spreads[1].honor_node_affinity && spreads[1].honor_node_taints);
+    }
+
+    #[test]
     fn errors_name_the_source_document_object_and_field() {
         let mut m = Manifests::default();
         let err = m
@@ -926,6 +964,14 @@ metadata: {name: svc}
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("pods.yaml: document 2 (Pod bad): spec.tolerations[0]"), "{err}");
+        let err = m
+            .add_yaml(
+                "spread.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: s}\nspec:\n  topologySpreadConstraints: [{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, nodeTaintsPolicy: Sometimes}]\n  containers: []\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nodeTaintsPolicy `Sometimes` is not one of Honor, Ignore"), "{err}");
         let err =
             m.add_yaml("x.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: 5}\n");
         let err = err.unwrap_err().to_string();
