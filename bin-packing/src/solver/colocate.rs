@@ -76,16 +76,20 @@ pub(crate) fn bundle(problem: &Problem) -> Option<Bundled> {
                 .or_insert_with(|| (0..pods.len()).filter(|&j| pods[j].matched_by(selector)).collect());
         }
     }
+    // Per selector: the existing nodes running a pod it matches.
+    let mut running_on: BTreeMap<&BTreeMap<String, String>, BTreeSet<String>> = BTreeMap::new();
     // Per selector: the first pod of its self-affine group, which the others join.
     let mut leader: BTreeMap<&BTreeMap<String, String>, usize> = BTreeMap::new();
     for (i, pod) in pods.iter().enumerate() {
         for selector in &pod.hostname_affinity {
-            let running: BTreeSet<String> = problem
-                .existing
-                .iter()
-                .filter(|n| n.pod_labels.iter().any(|l| selector_matches(selector, l)))
-                .map(|n| n.name.clone())
-                .collect();
+            let running = running_on.entry(selector).or_insert_with(|| {
+                problem
+                    .existing
+                    .iter()
+                    .filter(|n| n.pod_labels.iter().any(|l| selector_matches(selector, l)))
+                    .map(|n| n.name.clone())
+                    .collect()
+            });
             if !running.is_empty() {
                 let nodes = pinned.entry(i).or_insert_with(|| running.clone());
                 nodes.retain(|n| running.contains(n));
