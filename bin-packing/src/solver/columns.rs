@@ -27,11 +27,17 @@ use super::index::{Index, fit_count};
 /// Column-generation budgets.
 const MAX_ITERATIONS: usize = 60;
 const COLUMNS_PER_ITERATION: usize = 40;
-/// Stop when the master improves by less than this fraction over this many rounds.
+/// Stop when the gap between the master and the bound shrinks by less than this fraction of the master over
+/// this many rounds, or is below the target.
 const STALL_ROUNDS: usize = 4;
 const STALL_FRACTION: f64 = 0.002;
+const GAP_TARGET: f64 = 0.002;
+/// Weight of the stabilisation centre in the duals priced (Wentges smoothing).
+const SMOOTHING: f64 = 0.5;
 /// Knapsack search budget per bin and round.
 const KNAPSACK_NODES: usize = 2_000;
+/// Best-first nodes per bin for the final bound, where the depth-first search ran out of budget.
+const TIGHTEN_NODES: usize = 20_000;
 /// Pricing work allowed per round, in bins × classes: beyond it (hundreds of instance types times
 /// thousands of distinct pod shapes) a round costs seconds, so column generation is not run and the
 /// aggregate bound and the greedy plan stand.
@@ -147,51 +153,134 @@ pub(crate) fn generate(index: &Index, demand: &[i64]) -> Result<Outcome, String>
     let mut bound = 0.0f64;
     let mut converged = false;
     let mut lambda = Vec::new();
-    let mut history: Vec<f64> = Vec::new();
+    let mut gaps: Vec<f64> = Vec::new();
+    // The duals with the best bound so far, and that bound: the stabilisation centre.
+    let mut center: Option<(Vec<f64>, f64)> = None;
     for _ in 0..MAX_ITERATIONS {
         let (objective, duals, primal) = master_lp(&bins, &columns, demand, &classes)?;
         lambda = primal;
-        history.push(objective);
-        // Tailing off: the master moved less than STALL_FRACTION over the last STALL_ROUNDS rounds. What is
-        // left is worth less than the rounds it would take; the Farley bound stays valid.
-        if history.len() > STALL_ROUNDS
-            && history[history.len() - 1 - STALL_ROUNDS] - objective < objective * STALL_FRACTION
-        {
-            break;
-        }
-        // Price every bin; keep the columns with the most negative reduced cost.
-        let mut best_ratio = 0.0f64;
-        let mut improving: Vec<(f64, Column)> = Vec::new();
-        for (k, bin) in bins.iter().enumerate() {
-            let price = bin.price.usd();
-            let (pattern, value, upper) = knapsack(index, bin, &duals, demand, price, KNAPSACK_NODES);
-            if value > price * (1.0 + 1e-9) && !pattern.is_empty() {
-                improving.push((price - value, Column { bin: k, counts: pattern }));
+        // Price at duals smoothed toward the best dual point so far (Wentges): it damps the oscillation
+        // of the master's duals that makes column generation tail off. When the smoothed duals find no
+        // column the master's own duals would take (a mispricing), price again at the master's duals.
+        let mut alpha = if center.is_some() { SMOOTHING } else { 0.0 };
+        let round = loop {
+            let separation: Vec<f64> = match &center {
+                Some((c, _)) if alpha > 0.0 => {
+                    c.iter().zip(&duals).map(|(&c, &d)| alpha * c + (1.0 - alpha) * d).collect()
+                }
+                _ => duals.clone(),
+            };
+            let round = price_bins(index, &bins, &separation, &duals, demand, 0);
+            // Farley at any non-negative duals: every pattern's value is at most best_ratio × its price, so
+            // the duals scaled by 1 / best_ratio are feasible, worth Σ π_i d_i / best_ratio.
+            if round.best_ratio > 0.0 {
+                let worth: f64 = classes.iter().map(|&i| separation[i] * demand[i] as f64).sum();
+                let lower = worth / round.best_ratio.max(1.0);
+                bound = bound.max(lower);
+                if center.as_ref().is_none_or(|(_, b)| lower > *b) {
+                    center = Some((separation, lower));
+                }
             }
-            if price > 0.0 {
-                best_ratio = best_ratio.max(upper / price);
+            if !round.improving.is_empty() || alpha == 0.0 {
+                break round;
             }
-        }
-        // Farley: every pattern's value is at most best_ratio × its price, so scaling the duals by
-        // 1 / best_ratio gives a feasible dual solution worth objective / best_ratio.
-        if best_ratio > 0.0 {
-            bound = bound.max(objective / best_ratio.max(1.0));
-        }
-        // Optimal only when no bin can beat its price, by the knapsacks' upper bounds (a knapsack cut short
-        // by its budget may hide a better pattern).
-        if best_ratio <= 1.0 + 1e-9 {
+            alpha = 0.0;
+        };
+        tracing::debug!(
+            round = gaps.len() + 1,
+            master = objective,
+            bound,
+            smoothing = alpha,
+            best_ratio = round.best_ratio,
+            found_ratio = round.found_ratio,
+            cut_short = round.cut_short,
+            improving = round.improving.len(),
+            columns = columns.len(),
+            "column generation round"
+        );
+        // Optimal only when no bin can beat its price at the master's duals, by the knapsacks' upper bounds
+        // (a knapsack cut short by its budget may hide a better pattern), or when the bound meets the master.
+        if alpha == 0.0 && round.best_ratio <= 1.0 + 1e-9 {
             bound = bound.max(objective);
             converged = true;
             break;
         }
+        if bound >= objective * (1.0 - 1e-9) {
+            converged = true;
+            break;
+        }
+        // Close enough, or tailing off: the gap between the master and the bound shrank by less than
+        // STALL_FRACTION of the master over the last STALL_ROUNDS rounds. What is left is worth less than the
+        // rounds it would take; the bound stays valid.
+        let gap = objective - bound;
+        gaps.push(gap);
+        if gap <= objective * GAP_TARGET
+            || (gaps.len() > STALL_ROUNDS
+                && gaps[gaps.len() - 1 - STALL_ROUNDS] - gap < objective * STALL_FRACTION)
+        {
+            break;
+        }
+        let mut improving = round.improving;
         if improving.is_empty() {
             break;
         }
         improving.sort_by(|a, b| a.0.total_cmp(&b.0));
         columns.extend(improving.into_iter().take(COLUMNS_PER_ITERATION).map(|(_, c)| c));
     }
+    // Stopped early: price once more at the best dual point, searching the knapsacks that ran out of budget
+    // further (best-first). Their loose upper bounds are what keeps the Farley bound below the master.
+    if !converged && let Some((center, _)) = &center {
+        let round = price_bins(index, &bins, center, center, demand, TIGHTEN_NODES);
+        if round.best_ratio > 0.0 {
+            let worth: f64 = classes.iter().map(|&i| center[i] * demand[i] as f64).sum();
+            bound = bound.max(worth / round.best_ratio.max(1.0));
+        }
+        tracing::debug!(bound, best_ratio = round.best_ratio, cut_short = round.cut_short, "bound tightened");
+    }
     let nanos = (bound.max(0.0) * Price::NANOS_PER_USD as f64 * (1.0 - 1e-6)).floor();
     Ok(Outcome { bins, columns, bound: Price(nanos as u64), converged, lambda })
+}
+
+/// One pricing round over every bin.
+struct Pricing {
+    /// Patterns with a negative reduced cost at the master's duals: (reduced cost, column).
+    improving: Vec<(f64, Column)>,
+    /// max over bins of (an upper bound on the best pattern's value at the separation duals) / price.
+    best_ratio: f64,
+    /// max over bins of (the best pattern found) / price, at the separation duals.
+    found_ratio: f64,
+    /// Bins whose knapsack ran out of budget before proving its pattern best.
+    cut_short: usize,
+}
+
+/// Prices every bin at `separation` duals; the columns found are kept when they improve the master at
+/// `master` duals.
+fn price_bins(
+    index: &Index,
+    bins: &[Bin],
+    separation: &[f64],
+    master: &[f64],
+    demand: &[i64],
+    tighten: usize,
+) -> Pricing {
+    let mut out = Pricing { improving: Vec::new(), best_ratio: 0.0, found_ratio: 0.0, cut_short: 0 };
+    for (k, bin) in bins.iter().enumerate() {
+        let price = bin.price.usd();
+        let (pattern, value, upper) =
+            knapsack(index, bin, separation, demand, price, KNAPSACK_NODES, tighten);
+        let reduced = price - pattern.iter().map(|&(i, n)| master[i] * n as f64).sum::<f64>();
+        if reduced < -price * 1e-9 && !pattern.is_empty() {
+            out.improving.push((reduced, Column { bin: k, counts: pattern }));
+        }
+        if price > 0.0 {
+            out.best_ratio = out.best_ratio.max(upper / price);
+            out.found_ratio = out.found_ratio.max(value / price);
+            if upper > value.max(price) * (1.0 + 1e-9) {
+                out.cut_short += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Solves the restricted master LP: its optimum, the duals per class, and the columns' values.
@@ -229,7 +318,8 @@ fn master_lp(
 /// The most valuable pattern for a bin: max Σ π_i a_i subject to the bin's room, 0 ≤ a_i ≤ demand_i.
 /// Only patterns worth more than `floor` (the bin's price) matter, so subtrees that cannot beat it are cut.
 /// Returns the best pattern found, its value, and an upper bound on the optimum that is exact whenever
-/// the optimum exceeds `floor` and the search finished within its node budget.
+/// the optimum exceeds `floor` and the search finished within its node budget. When the depth-first search
+/// runs out of budget, up to `tighten` more nodes are spent best-first to lower that upper bound.
 fn knapsack(
     index: &Index,
     bin: &Bin,
@@ -237,6 +327,7 @@ fn knapsack(
     demand: &[i64],
     floor: f64,
     budget: usize,
+    tighten: usize,
 ) -> (Vec<(usize, i64)>, f64, f64) {
     let dims: Vec<_> = index.dims.iter().filter(|d| bin.usable.get(d) > 0).cloned().collect();
     let capacity: Vec<i64> = dims.iter().map(|d| bin.usable.get(d)).collect();
@@ -250,18 +341,34 @@ fn knapsack(
             continue;
         }
         let weights: Vec<i64> = dims.iter().map(|d| class.requests.get(d)).collect();
-        // The surrogate size: the item's share of the bin, summed over dimensions.
-        let size = weights.iter().zip(&capacity).map(|(&w, &c)| w as f64 / c as f64).sum::<f64>().max(1e-12);
-        items.push(Item { class: i, value: duals[i], weights, cap, size });
+        items.push(Item { class: i, value: duals[i], weights, cap, size: 0.0 });
     }
+    pack(items, &capacity, floor, budget, tighten)
+}
+
+/// The knapsack search over `items` (their `size` is set here) in a bin of `capacity`: see [`knapsack`].
+fn pack(
+    mut items: Vec<Item>,
+    capacity: &[i64],
+    floor: f64,
+    budget: usize,
+    tighten: usize,
+) -> (Vec<(usize, i64)>, f64, f64) {
     if items.is_empty() {
         return (vec![], 0.0, 0.0);
+    }
+    let capacity = capacity.to_vec();
+    // The surrogate constraint: the dimensions' shares of the bin, weighted by `theta` (chosen to make the
+    // root bound as tight as it gets), summed. Any non-negative weights give a valid bound.
+    let theta = surrogate_weights(&items, &capacity);
+    for item in &mut items {
+        item.size = surrogate_size(&item.weights, &capacity, &theta);
     }
     items.sort_by(|a, b| (b.value / b.size).total_cmp(&(a.value / a.size)).then(a.class.cmp(&b.class)));
     let n = items.len();
     // Suffix maxima of value per unit of each dimension (infinite where an item needs none of it), for a
     // second cheap bound.
-    let mut density = vec![vec![0.0f64; dims.len()]; n + 1];
+    let mut density = vec![vec![0.0f64; capacity.len()]; n + 1];
     for j in (0..n).rev() {
         let (head, tail) = density.split_at_mut(j + 1);
         for ((slot, next), &w) in head[j].iter_mut().zip(&tail[0]).zip(&items[j].weights) {
@@ -273,6 +380,7 @@ fn knapsack(
         items: &items,
         density: &density,
         capacity: &capacity,
+        theta: &theta,
         floor,
         budget,
         best: 0.0,
@@ -287,6 +395,9 @@ fn knapsack(
         search.dfs(0, &mut room, 0.0);
     }
     // Everything not explored was bounded by `floor`, by `best`, or (budget) by `cut_off`.
+    if search.cut_off > search.best.max(floor) && tighten > 0 {
+        search.cut_off = search.best_first(root, tighten);
+    }
     let upper = search.best.max(search.cut_off).max(floor.min(root));
     let pattern = search
         .best_counts
@@ -310,6 +421,7 @@ struct Search<'a> {
     items: &'a [Item],
     density: &'a [Vec<f64>],
     capacity: &'a [i64],
+    theta: &'a [f64],
     floor: f64,
     budget: usize,
     best: f64,
@@ -322,23 +434,20 @@ struct Search<'a> {
 
 impl Search<'_> {
     /// An upper bound on what items `j..` can add to `value` in `room`: the smaller of the surrogate
-    /// (Dantzig) bound over the summed-share constraint and the per-dimension density bounds.
+    /// (Dantzig) bound over the weighted-share constraint and the per-dimension density bounds.
     fn optimistic(&self, j: usize, room: &[i64], value: f64) -> f64 {
-        let mut left: f64 = room.iter().zip(self.capacity).map(|(&r, &c)| r as f64 / c as f64).sum();
-        let mut surrogate = 0.0;
-        for item in &self.items[j..] {
-            if left <= 0.0 {
-                break;
-            }
-            let whole = item.cap as f64 * item.size;
-            if whole <= left {
-                surrogate += item.cap as f64 * item.value;
-                left -= whole;
-            } else {
-                surrogate += item.value * left / item.size;
-                left = 0.0;
-            }
-        }
+        self.optimistic_after(j, 0, room, value)
+    }
+
+    /// [`Search::optimistic`] when `taken` copies of item `j` are already in `value` and `room`.
+    fn optimistic_after(&self, j: usize, taken: i64, room: &[i64], value: f64) -> f64 {
+        let left = surrogate_size(room, self.capacity, self.theta);
+        let caps = self.items[j..]
+            .iter()
+            .enumerate()
+            .map(|(k, item)| if k == 0 { item.cap - taken } else { item.cap });
+        let surrogate =
+            dantzig(self.items[j..].iter().zip(caps).map(|(item, cap)| (item.value, item.size, cap)), left);
         let per_dim =
             room.iter()
                 .enumerate()
@@ -348,6 +457,68 @@ impl Search<'_> {
                 })
                 .fold(f64::INFINITY, f64::min);
         value + surrogate.min(per_dim)
+    }
+
+    /// Best-first search from the root for up to `budget` nodes, pruning by the incumbent found depth-first:
+    /// returns an upper bound on what the unexplored part of the tree can hold (at most `root`), lower than
+    /// the depth-first search's because the most promising open node is always the one expanded. Node
+    /// `(j, taken)` stands for the patterns with items before `j` as fixed and at least `taken` copies of
+    /// item `j`; its children take one more copy, or fix item `j` at `taken` and move on.
+    fn best_first(&self, root: f64, budget: usize) -> f64 {
+        struct Open {
+            bound: f64,
+            j: usize,
+            taken: i64,
+            value: f64,
+            room: Vec<i64>,
+        }
+        impl PartialEq for Open {
+            fn eq(&self, other: &Self) -> bool {
+                self.bound.total_cmp(&other.bound).is_eq()
+            }
+        }
+        impl Eq for Open {}
+        impl PartialOrd for Open {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for Open {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.bound.total_cmp(&other.bound)
+            }
+        }
+        let n = self.items.len();
+        let mut incumbent = self.best;
+        let mut heap = std::collections::BinaryHeap::new();
+        heap.push(Open { bound: root, j: 0, taken: 0, value: 0.0, room: self.capacity.to_vec() });
+        for _ in 0..budget {
+            let Some(node) = heap.pop() else { return incumbent };
+            if node.bound <= incumbent.max(self.floor) * (1.0 + 1e-12) {
+                return incumbent; // nothing open can beat what is known
+            }
+            if node.j == n {
+                continue;
+            }
+            let item = &self.items[node.j];
+            // One more copy of item j.
+            if node.taken < item.cap && item.weights.iter().zip(&node.room).all(|(&w, &r)| w <= r) {
+                let room: Vec<i64> = node.room.iter().zip(&item.weights).map(|(&r, &w)| r - w).collect();
+                let value = node.value + item.value;
+                // A feasible pattern; its counts are not kept, its value only prunes.
+                incumbent = incumbent.max(value);
+                let bound = self.optimistic_after(node.j, node.taken + 1, &room, value);
+                if bound > incumbent.max(self.floor) * (1.0 + 1e-12) {
+                    heap.push(Open { bound, j: node.j, taken: node.taken + 1, value, room });
+                }
+            }
+            // Item j fixed at `taken`.
+            let bound = self.optimistic(node.j + 1, &node.room, node.value);
+            if bound > incumbent.max(self.floor) * (1.0 + 1e-12) {
+                heap.push(Open { bound, j: node.j + 1, taken: 0, value: node.value, room: node.room });
+            }
+        }
+        heap.peek().map_or(incumbent, |open| open.bound.min(root).max(incumbent))
     }
 
     fn dfs(&mut self, j: usize, room: &mut [i64], value: f64) {
@@ -389,6 +560,153 @@ impl Search<'_> {
                 // Out of budget: what this loop would still explore is within this node's bound.
                 self.cut_off = self.cut_off.max(bound);
                 return;
+            }
+        }
+    }
+}
+
+/// The weighted share of a bin that `amounts` (one per dimension) take.
+fn surrogate_size(amounts: &[i64], capacity: &[i64], theta: &[f64]) -> f64 {
+    amounts
+        .iter()
+        .zip(capacity)
+        .zip(theta)
+        .map(|((&w, &c), &t)| t * w as f64 / c as f64)
+        .sum::<f64>()
+        .max(1e-12)
+}
+
+/// The Dantzig bound of a one-constraint bounded knapsack: items `(value, size, copies)` taken whole by value
+/// per size (the iterator must be in that order), the last one fractionally, until `room` is used.
+fn dantzig(items: impl Iterator<Item = (f64, f64, i64)>, mut room: f64) -> f64 {
+    let mut total = 0.0;
+    for (value, size, copies) in items {
+        if room <= 0.0 {
+            break;
+        }
+        let whole = copies as f64 * size;
+        if whole <= room {
+            total += copies as f64 * value;
+            room -= whole;
+        } else {
+            total += value * room / size;
+            room = 0.0;
+        }
+    }
+    total
+}
+
+/// The surrogate bound of an empty bin with dimension weights `theta` (summing to 1).
+fn root_surrogate(items: &[Item], capacity: &[i64], theta: &[f64]) -> f64 {
+    let mut scored: Vec<(f64, f64, i64)> =
+        items.iter().map(|i| (i.value, surrogate_size(&i.weights, capacity, theta), i.cap)).collect();
+    scored.sort_by(|a, b| (b.0 / b.1).total_cmp(&(a.0 / a.1)));
+    dantzig(scored.into_iter(), surrogate_size(capacity, capacity, theta))
+}
+
+/// Dimension weights (on the simplex) that make the root surrogate bound small: a pattern search that moves
+/// weight between pairs of dimensions in shrinking steps. The surrogate dual is quasi-convex, so this
+/// approaches the best single-constraint relaxation; equal weights are the start and the fallback.
+fn surrogate_weights(items: &[Item], capacity: &[i64]) -> Vec<f64> {
+    let d = capacity.len();
+    let mut theta = vec![1.0 / d as f64; d];
+    let mut best = root_surrogate(items, capacity, &theta);
+    let mut step = 0.25;
+    while step >= 0.01 {
+        let mut moved = false;
+        for from in 0..d {
+            for to in 0..d {
+                if from == to || theta[from] < step - 1e-12 {
+                    continue;
+                }
+                let mut next = theta.clone();
+                next[from] -= step;
+                next[to] += step;
+                let value = root_surrogate(items, capacity, &next);
+                if value < best * (1.0 - 1e-9) {
+                    best = value;
+                    theta = next;
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            step /= 2.0;
+        }
+    }
+    theta
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{Item, pack};
+
+    /// Every pattern of `items` in `capacity`, by brute force: the best value.
+    fn optimum(items: &[Item], capacity: &[i64]) -> f64 {
+        fn go(items: &[Item], room: &mut Vec<i64>) -> f64 {
+            let Some((item, rest)) = items.split_first() else { return 0.0 };
+            let mut best = go(rest, room);
+            for k in 1..=item.cap {
+                if item.weights.iter().zip(room.iter()).any(|(&w, &r)| w * k > r) {
+                    break;
+                }
+                room.iter_mut().zip(&item.weights).for_each(|(r, &w)| *r -= w * k);
+                best = best.max(item.value * k as f64 + go(rest, room));
+                room.iter_mut().zip(&item.weights).for_each(|(r, &w)| *r += w * k);
+            }
+            best
+        }
+        go(items, &mut capacity.to_vec())
+    }
+
+    fn items(raw: &[(u8, u8, u8, u8)]) -> Vec<Item> {
+        raw.iter()
+            .enumerate()
+            .map(|(class, &(value, a, b, cap))| Item {
+                class,
+                value: f64::from(value) + 1.0,
+                weights: vec![i64::from(a % 40) + 1, i64::from(b % 40)],
+                cap: i64::from(cap % 5) + 1,
+                size: 0.0,
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// The pattern found fits and is worth what is reported; the upper bound is never below the true
+        /// optimum (whatever the budgets), and a search with budget enough finds the optimum.
+        #[test]
+        fn knapsack_bounds_hold_for_any_budget(
+            raw in proptest::collection::vec((0u8..50, 0u8..80, 0u8..80, 0u8..10), 1..7),
+            capacity in (20i64..100, 10i64..100),
+            floor in 0.0f64..60.0,
+            budget in 1usize..30,
+            tighten in 0usize..30,
+        ) {
+            let capacity = vec![capacity.0, capacity.1];
+            let best = optimum(&items(&raw), &capacity);
+            for (budget, tighten) in [(budget, tighten), (1_000_000, 0)] {
+                let (pattern, value, upper) = pack(items(&raw), &capacity, floor, budget, tighten);
+                let all = items(&raw);
+                let mut used = [0i64; 2];
+                let mut worth = 0.0;
+                for &(class, count) in &pattern {
+                    prop_assert!(count <= all[class].cap);
+                    used[0] += all[class].weights[0] * count;
+                    used[1] += all[class].weights[1] * count;
+                    worth += all[class].value * count as f64;
+                }
+                prop_assert!(used[0] <= capacity[0] && used[1] <= capacity[1], "{pattern:?} overfills");
+                prop_assert!((worth - value).abs() < 1e-9);
+                prop_assert!(value <= best + 1e-9);
+                prop_assert!(upper >= best - 1e-9, "upper {upper} below the optimum {best}");
+                if budget == 1_000_000 && best > floor * (1.0 + 1e-9) {
+                    prop_assert!((value - best).abs() < 1e-9, "found {value}, optimum {best}");
+                }
             }
         }
     }
