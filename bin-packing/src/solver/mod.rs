@@ -31,6 +31,7 @@ mod colocate;
 mod columns;
 mod greedy;
 mod index;
+mod knapsack;
 mod plan;
 mod problem;
 mod reasons;
