@@ -30,7 +30,7 @@ const MAX_ITERATIONS: usize = 60;
 const COLUMNS_PER_ITERATION: usize = 40;
 /// Stop when the gap between the master and the bound shrinks by less than this fraction of the master over
 /// this many rounds, or is below the target.
-const STALL_ROUNDS: usize = 4;
+const STALL_ROUNDS: usize = 8;
 const STALL_FRACTION: f64 = 0.002;
 const GAP_TARGET: f64 = 0.002;
 /// Weight of the stabilisation centre in the duals priced (Wentges smoothing).
@@ -123,8 +123,14 @@ pub(crate) fn bins(index: &Index) -> Vec<Bin> {
     kept
 }
 
-/// Runs column generation for `demand[i]` pods of each class on new nodes.
-pub(crate) fn generate(index: &Index, demand: &[i64]) -> Result<Outcome, String> {
+/// Runs column generation for `demand[i]` pods of each class on new nodes. `seeds` are patterns known to
+/// be good (a plan's nodes, as pods per class): each joins the first master on the cheapest bin that holds
+/// it, so the master starts no worse than that plan.
+pub(crate) fn generate(
+    index: &Index,
+    demand: &[i64],
+    seeds: &[Vec<(usize, i64)>],
+) -> Result<Outcome, String> {
     let bins = bins(index);
     let classes: Vec<usize> = (0..demand.len()).filter(|&i| demand[i] > 0).collect();
     if bins.len() * classes.len() > MAX_PRICING_WORK {
@@ -149,6 +155,22 @@ pub(crate) fn generate(index: &Index, demand: &[i64]) -> Result<Outcome, String>
         let Some((k, bin)) = best else { return Err(format!("class {i} fits no bin")) };
         let per_node = fit_count(&bin.usable, w).min(index.classes[i].per_node_cap);
         columns.push(Column { bin: k, counts: vec![(i, per_node.min(demand[i]))] });
+    }
+
+    let mut seeded: Vec<&Vec<(usize, i64)>> = seeds.iter().filter(|s| !s.is_empty()).collect();
+    seeded.sort();
+    seeded.dedup();
+    for seed in seeded {
+        let mut requests = Resources::new();
+        for &(c, n) in seed {
+            requests.add_assign(&index.classes[c].requests.times(n));
+        }
+        let holds = |bin: &Bin| seed.iter().all(|&(c, _)| bin.admits[c]) && requests.fits_in(&bin.usable);
+        // Bins are sorted cheapest first.
+        if let Some(k) = bins.iter().position(holds) {
+            let counts = seed.iter().map(|&(c, n)| (c, n.min(demand[c]))).filter(|&(_, n)| n > 0).collect();
+            columns.push(Column { bin: k, counts });
+        }
     }
 
     let mut bound = 0.0f64;

@@ -220,7 +220,8 @@ fn solve_pinned(problem: &Problem) -> Plan {
     });
     if problem.existing.is_empty()
         && !decisions.new_nodes.is_empty()
-        && let Ok(outcome) = columns::generate(&index, &decisions.placed)
+        && let Ok(outcome) =
+            columns::generate(&index, &decisions.placed, &node_patterns(&index, &decisions.new_nodes))
     {
         let kind = if outcome.converged { BoundKind::PatternLp } else { BoundKind::PatternFarley };
         if lower_bound.is_none_or(|b| outcome.bound > b.price) {
@@ -240,6 +241,28 @@ fn solve_pinned(problem: &Problem) -> Plan {
         cost,
         lower_bound,
     }
+}
+
+/// Each new node's pods, as pods per class.
+fn node_patterns(index: &Index, nodes: &[NewNode]) -> Vec<Vec<(usize, i64)>> {
+    let mut class_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for (c, class) in index.classes.iter().enumerate() {
+        for &p in &class.pods {
+            class_of.insert(index.problem.pods[p].name.as_str(), c);
+        }
+    }
+    nodes
+        .iter()
+        .map(|node| {
+            let mut counts: BTreeMap<usize, i64> = BTreeMap::new();
+            for pod in &node.pods {
+                if let Some(&c) = class_of.get(pod.as_str()) {
+                    *counts.entry(c).or_default() += 1;
+                }
+            }
+            counts.into_iter().collect()
+        })
+        .collect()
 }
 
 /// Launch options computed for one content of a column (pods taken per class).

@@ -1066,3 +1066,29 @@ fn node_affinity_policy_decides_which_zones_and_running_pods_count() {
     assert_eq!(per_zone(true), BTreeMap::from([("us-east-1a".to_owned(), 2), ("us-east-1b".to_owned(), 2)]));
     assert_eq!(per_zone(false), BTreeMap::from([("us-east-1a".to_owned(), 1), ("us-east-1b".to_owned(), 3)]));
 }
+
+#[test]
+fn column_generation_starts_from_the_seed_plan_and_never_ends_above_it() {
+    let problem = problem(
+        vec![pods("web", 30).cpu(700).mem(1536).build(), pods("api", 20).cpu(1300).mem(700).build()],
+        vec![pool("default")],
+    );
+    let index = Index::build(&problem);
+    let demand: Vec<i64> = index.classes.iter().map(|c| c.pods.len() as i64).collect();
+    // A seed pattern that mixes both classes on one node.
+    let seed: Vec<(usize, i64)> = vec![(0, 3), (1, 1)];
+    let outcome = columns::generate(&index, &demand, std::slice::from_ref(&seed)).unwrap();
+    // The seed joins the first master on the cheapest bin that holds it.
+    let seeded = outcome.columns.iter().find(|c| c.counts == seed).expect("the seed is a column");
+    let bin = &outcome.bins[seeded.bin];
+    let mut requests = Resources::new();
+    for &(c, n) in &seed {
+        requests.add_assign(&index.classes[c].requests.times(n));
+    }
+    assert!(requests.fits_in(&bin.usable));
+    let cheaper_holds = outcome.bins.iter().any(|b| b.price < bin.price && requests.fits_in(&b.usable));
+    assert!(!cheaper_holds, "a cheaper bin holds the seed");
+    // The bound is below the greedy plan, whose nodes are patterns the master could use.
+    let plan = solve(&problem);
+    assert!(outcome.bound <= plan.cost, "{:?} > {:?}", outcome.bound, plan.cost);
+}
