@@ -353,17 +353,27 @@ fn root_surrogate(groups: &[Group], capacity: &[i64], theta: &[f64]) -> f64 {
 }
 
 /// Dimension weights (on the simplex) that make the root surrogate bound small: a pattern search that moves
-/// weight between pairs of dimensions in shrinking steps. The surrogate dual is quasi-convex, so this
-/// approaches the best single-constraint relaxation; equal weights are the start and the fallback.
+/// weight between pairs of the dimensions the items use, in shrinking steps. The surrogate dual is
+/// quasi-convex, so this approaches the best single-constraint relaxation; equal weights are the start.
 fn surrogate_weights(groups: &[Group], capacity: &[i64]) -> Vec<f64> {
-    let d = capacity.len();
-    let mut theta = vec![1.0 / d as f64; d];
+    // Only dimensions some item uses get weight: weight on the others loosens the bound and nothing else.
+    let used: Vec<usize> = (0..capacity.len()).filter(|&d| groups.iter().any(|g| g.weights[d] > 0)).collect();
+    let mut theta = vec![0.0; capacity.len()];
+    if used.is_empty() {
+        return vec![1.0 / capacity.len() as f64; capacity.len()];
+    }
+    for &d in &used {
+        theta[d] = 1.0 / used.len() as f64;
+    }
+    if used.len() == 1 {
+        return theta;
+    }
     let mut best = root_surrogate(groups, capacity, &theta);
     let mut step = 0.25;
     while step >= 0.01 {
         let mut moved = false;
-        for from in 0..d {
-            for to in 0..d {
+        for &from in &used {
+            for &to in &used {
                 if from == to || theta[from] < step - 1e-12 {
                     continue;
                 }
