@@ -162,16 +162,8 @@ impl Search<'_> {
     /// already in it: the smaller of the surrogate (Dantzig) bound over the weighted-share constraint and the
     /// per-dimension density bounds.
     fn optimistic(&self, j: usize, taken: i64, room: &[i64], value: f64) -> f64 {
-        let mut left = surrogate_size(room, self.capacity, self.theta);
         let mut skip = taken;
-        let mut surrogate = 0.0;
-        for &(g, v, cap) in self.order {
-            if left <= 0.0 {
-                break;
-            }
-            if g < j {
-                continue;
-            }
+        let units = self.order.iter().filter(|&&(g, _, _)| g >= j).map(|&(g, v, cap)| {
             let mut copies = cap;
             if g == j && skip > 0 {
                 // The group's most valuable copies are taken already; they come first in `order` too.
@@ -179,16 +171,9 @@ impl Search<'_> {
                 skip -= used;
                 copies -= used;
             }
-            let size = self.groups[g].size;
-            let whole = copies as f64 * size;
-            if whole <= left {
-                surrogate += copies as f64 * v;
-                left -= whole;
-            } else {
-                surrogate += v * left / size;
-                left = 0.0;
-            }
-        }
+            (v, self.groups[g].size, copies)
+        });
+        let surrogate = dantzig(units, surrogate_size(room, self.capacity, self.theta));
         let per_dim =
             room.iter()
                 .enumerate()
@@ -334,19 +319,24 @@ fn root_surrogate(groups: &[Group], capacity: &[i64], theta: &[f64]) -> f64 {
         })
         .collect();
     units.sort_by(|a, b| (b.0 / b.1).total_cmp(&(a.0 / a.1)));
-    let mut left = surrogate_size(capacity, capacity, theta);
+    dantzig(units.into_iter(), surrogate_size(capacity, capacity, theta))
+}
+
+/// The Dantzig bound of a one-constraint bounded knapsack: units `(value, size, copies)`, in order of value
+/// per size, taken whole until the next one does not fit, which is taken fractionally.
+fn dantzig(units: impl Iterator<Item = (f64, f64, i64)>, mut room: f64) -> f64 {
     let mut total = 0.0;
     for (value, size, copies) in units {
-        if left <= 0.0 {
+        if room <= 0.0 {
             break;
         }
         let whole = copies as f64 * size;
-        if whole <= left {
+        if whole <= room {
             total += copies as f64 * value;
-            left -= whole;
+            room -= whole;
         } else {
-            total += value * left / size;
-            left = 0.0;
+            total += value * room / size;
+            room = 0.0;
         }
     }
     total
