@@ -67,10 +67,7 @@ pub struct PodAffinityTerm {
 impl PodAffinityTerm {
     /// A term over `topology_key` with these `matchLabels`.
     pub fn new(topology_key: &str, selector: &[(&str, &str)]) -> Self {
-        PodAffinityTerm {
-            topology_key: topology_key.to_owned(),
-            selector: selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-        }
+        PodAffinityTerm { topology_key: topology_key.to_owned(), selector: label_map(selector) }
     }
 }
 
@@ -135,7 +132,7 @@ impl PodSpec {
             topology_key: key.to_owned(),
             max_skew,
             hard: true,
-            selector: selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            selector: label_map(selector),
             min_domains: None,
             honor_node_affinity: true,
             honor_node_taints: false,
@@ -170,14 +167,13 @@ impl PodSpec {
 
     /// Builder: a required pod affinity term on `topology.kubernetes.io/zone` with these `matchLabels`.
     pub fn with_zone_affinity(mut self, selector: &[(&str, &str)]) -> Self {
-        self.zone_affinity.push(selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        self.zone_affinity.push(label_map(selector));
         self
     }
 
     /// Builder: a required pod anti-affinity term on `topology.kubernetes.io/zone` with these `matchLabels`.
     pub fn with_zone_anti_affinity(mut self, selector: &[(&str, &str)]) -> Self {
-        self.zone_anti_affinity
-            .push(selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        self.zone_anti_affinity.push(label_map(selector));
         self
     }
 
@@ -214,8 +210,7 @@ impl PodSpec {
 
     /// Builder: a required pod affinity term on `kubernetes.io/hostname` with these `matchLabels`.
     pub fn with_hostname_affinity(mut self, selector: &[(&str, &str)]) -> Self {
-        self.hostname_affinity
-            .push(selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        self.hostname_affinity.push(label_map(selector));
         self
     }
 
@@ -293,8 +288,7 @@ impl PodSpec {
 
     /// Builder: a required anti-affinity term on `kubernetes.io/hostname` with these `matchLabels`.
     pub fn with_hostname_anti_affinity(mut self, selector: &[(&str, &str)]) -> Self {
-        self.hostname_anti_affinity
-            .push(selector.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        self.hostname_anti_affinity.push(label_map(selector));
         self
     }
 
@@ -330,6 +324,11 @@ impl PodSpec {
 /// The reserved label a pod using `protocol`/`port` as a host port carries.
 pub fn host_port_label(protocol: &str, port: i32) -> String {
     format!("hostport.cartwright.sh/{}-{port}", protocol.to_ascii_uppercase())
+}
+
+/// A `matchLabels` map from `(key, value)` pairs, for the builders.
+fn label_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 /// `matchLabels` semantics: every pair of the selector is among the labels (an empty selector matches all).
