@@ -148,9 +148,12 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
         }
         let class = &index.classes[c];
         let Ok(cp) = &class.per_pool[p] else { continue };
+        // A class without affinity of its own has the pool's requirements, which every type and offering
+        // of the pool meets: only size matters.
         if !cp.admits[pos]
-            || !offering.is_compatible(&cp.requirements)
-            || requirements.intersects(&cp.requirements).is_err()
+            || (!cp.plain
+                && (!offering.is_compatible(&cp.requirements)
+                    || requirements.intersects(&cp.requirements).is_err()))
         {
             continue;
         }
@@ -162,7 +165,7 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
         if k == 0 {
             continue;
         }
-        if c != seed {
+        if c != seed && !cp.plain {
             requirements = requirements.intersection(&cp.requirements);
         }
         free.sub_assign(&class.requests.times(k));

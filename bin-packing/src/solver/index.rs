@@ -4,12 +4,12 @@
 //! Label and taint checks happen here, once per class, so the algorithms' inner loops only compare numbers
 //! and look up sets. Cost scales with classes × pools × instance types, not with replicas.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::instance_type::InstanceType;
-use crate::requirements::{Incompatibility, Requirements};
+use crate::requirements::{Incompatibility, NodeAffinity, Requirements};
 use crate::resources::{ResourceName, Resources};
-use crate::taints::first_untolerated;
+use crate::taints::{Toleration, first_untolerated};
 
 use super::problem::{NodePoolTemplate, PodSpec, Problem};
 
@@ -47,6 +47,9 @@ pub(crate) struct ClassPool {
     pub types: Vec<usize>,
     /// The same, as a lookup table over `PoolInfo::types`.
     pub admits: Vec<bool>,
+    /// Whether `requirements` are the pool's own (the pod's affinity narrows nothing): such a class shares a
+    /// node with any other of the pool as far as labels go.
+    pub plain: bool,
 }
 
 /// Why a class cannot use a NodePool at all, or no instance type of it.
@@ -100,6 +103,11 @@ impl<'p> Index<'p> {
             b.template.weight.cmp(&a.template.weight).then(a.template.name.cmp(&b.template.name))
         });
 
+        // Labels set pods apart only when some selector could look at them: without pod (anti-)affinity,
+        // spreads or repelling pods on existing nodes, a hundred Deployments of six shapes are six classes.
+        let no_labels = BTreeMap::new();
+        let labels_matter = problem.existing.iter().any(|n| !n.repelled.is_empty())
+            || problem.pods.iter().any(PodSpec::has_pod_selectors);
         let mut by_key: HashMap<ClassKey, usize> = HashMap::new();
         let mut grouped: Vec<(&PodSpec, Vec<usize>)> = Vec::new();
         for (i, pod) in problem.pods.iter().enumerate() {
@@ -107,7 +115,7 @@ impl<'p> Index<'p> {
                 &pod.requests,
                 &pod.affinity,
                 &pod.tolerations,
-                &pod.labels,
+                if labels_matter { &pod.labels } else { &no_labels },
                 &pod.hostname_anti_affinity,
                 &pod.topology_spread,
                 (&pod.companion_labels, &pod.held_anti_affinity, pod.relaxed_anti_affinity),
@@ -120,13 +128,23 @@ impl<'p> Index<'p> {
                 }
             }
         }
+        // Which types a class may use depends only on its node affinity and tolerations: worked out once
+        // per distinct pair (a Deployment's classes differ in requests or labels, rarely in these).
+        type Compat = Vec<Result<(Requirements, Vec<usize>), PoolRejection>>;
+        let mut compat: HashMap<(&NodeAffinity, &Vec<Toleration>), Compat> = HashMap::new();
         let classes: Vec<Class> = grouped
             .into_iter()
             .map(|(spec, pods)| {
                 let mut requests = spec.requests.clone();
                 requests.pods = requests.pods.max(1);
-                let per_pool =
-                    pools.iter().map(|pool| class_pool(spec, &requests, pool, catalog_types)).collect();
+                let compatible = compat.entry((&spec.affinity, &spec.tolerations)).or_insert_with(|| {
+                    pools.iter().map(|pool| compatible_types(spec, pool, catalog_types)).collect()
+                });
+                let per_pool = pools
+                    .iter()
+                    .zip(compatible.iter())
+                    .map(|(pool, compatible)| class_pool(compatible, &requests, pool))
+                    .collect();
                 Class { spec, requests, pods, per_pool, per_node_cap: spec.per_node_cap() }
             })
             .collect();
@@ -222,12 +240,13 @@ pub(crate) fn daemonset_overhead(
     total
 }
 
-fn class_pool(
+/// The pool's requirements narrowed by the pod's node affinity, and the positions of the pool's types that
+/// admit them (by labels and offerings, whatever the size), or why there are none.
+fn compatible_types(
     spec: &PodSpec,
-    requests: &Resources,
     pool: &PoolInfo,
     catalog_types: &[InstanceType],
-) -> Result<ClassPool, PoolRejection> {
+) -> Result<(Requirements, Vec<usize>), PoolRejection> {
     // Startup taints are removed before pods land, so only the pool's taints must be tolerated.
     if let Some(taint) = first_untolerated(&spec.tolerations, &pool.template.taints) {
         return Err(PoolRejection::Taint(taint.to_string()));
@@ -235,26 +254,43 @@ fn class_pool(
     let alternative =
         spec.affinity.compatible(&pool.node_requirements).map_err(PoolRejection::Requirements)?;
     let requirements = pool.node_requirements.intersection(alternative);
-    let mut any_compatible = false;
+    let positions: Vec<usize> = pool
+        .types
+        .iter()
+        .enumerate()
+        .filter(|(_, pt)| {
+            let t = &catalog_types[pt.type_index];
+            pt.offerings.iter().any(|&o| t.offerings[o].is_compatible(&requirements))
+                && t.requirements.intersects(&requirements).is_ok()
+        })
+        .map(|(pos, _)| pos)
+        .collect();
+    if positions.is_empty() {
+        return Err(PoolRejection::NoInstanceType);
+    }
+    Ok((requirements, positions))
+}
+
+/// How a class of `requests` may use the pool, given the types its affinity admits.
+fn class_pool(
+    compatible: &Result<(Requirements, Vec<usize>), PoolRejection>,
+    requests: &Resources,
+    pool: &PoolInfo,
+) -> Result<ClassPool, PoolRejection> {
+    let (requirements, positions) = compatible.as_ref().map_err(Clone::clone)?;
     let mut types = Vec::new();
     let mut admits = vec![false; pool.types.len()];
-    for (pos, pt) in pool.types.iter().enumerate() {
-        let t = &catalog_types[pt.type_index];
-        let offering_ok = pt.offerings.iter().any(|&o| t.offerings[o].is_compatible(&requirements));
-        if !offering_ok || t.requirements.intersects(&requirements).is_err() {
-            continue;
-        }
-        any_compatible = true;
-        if requests.fits_in(&pt.usable) {
+    for &pos in positions {
+        if requests.fits_in(&pool.types[pos].usable) {
             types.push(pos);
             admits[pos] = true;
         }
     }
-    match (any_compatible, types.is_empty()) {
-        (false, _) => Err(PoolRejection::NoInstanceType),
-        (true, true) => Err(PoolRejection::NoneFits),
-        (true, false) => Ok(ClassPool { requirements, types, admits }),
+    if types.is_empty() {
+        return Err(PoolRejection::NoneFits);
     }
+    let plain = *requirements == pool.node_requirements;
+    Ok(ClassPool { requirements: requirements.clone(), types, admits, plain })
 }
 
 /// How many pods of `requests` fit in `free` (every requested dimension counts).

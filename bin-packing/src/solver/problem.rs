@@ -226,6 +226,20 @@ impl PodSpec {
         self
     }
 
+    /// Whether the pod has a term whose selector looks at other pods' labels (pod affinity or
+    /// anti-affinity, required or preferred, topology spread, bundled partners).
+    pub fn has_pod_selectors(&self) -> bool {
+        !(self.hostname_anti_affinity.is_empty()
+            && self.topology_spread.is_empty()
+            && self.zone_affinity.is_empty()
+            && self.zone_anti_affinity.is_empty()
+            && self.hostname_affinity.is_empty()
+            && self.preferred_pod_affinity.is_empty()
+            && self.preferred_pod_anti_affinity.is_empty()
+            && self.companion_labels.is_empty()
+            && self.held_anti_affinity.is_empty())
+    }
+
     /// How many relaxation steps the pod's preferences allow (see [`PodSpec::with_preference_level`]).
     pub fn preference_steps(&self) -> usize {
         self.preferred_pod_affinity.len()

@@ -1092,3 +1092,25 @@ fn column_generation_starts_from_the_seed_plan_and_never_ends_above_it() {
     let plan = solve(&problem);
     assert!(outcome.bound <= plan.cost, "{:?} > {:?}", outcome.bound, plan.cost);
 }
+
+#[test]
+fn labels_set_pods_apart_only_when_some_selector_could_see_them() {
+    let plain = problem(
+        vec![
+            pods("a", 5).cpu(500).mem(512).label("app", "a").build(),
+            pods("b", 5).cpu(500).mem(512).label("app", "b").build(),
+        ],
+        vec![pool("default")],
+    );
+    assert_eq!(Index::build(&plain).classes.len(), 1, "ten pods of one shape, no selectors: one class");
+    let plan = expect_valid_plan(&plain);
+    assert_eq!(node_pods(&plan).len(), 10);
+
+    // One pod of `a` keeps away from `b`: now labels matter, and `b` may not share its node.
+    let mut picky = plain.clone();
+    picky.pods[0] = picky.pods[0].clone().with_hostname_anti_affinity(&[("app", "b")]);
+    assert_eq!(Index::build(&picky).classes.len(), 3);
+    let plan = expect_valid_plan(&picky);
+    let node_of = |pod: &str| plan.new_nodes.iter().position(|n| n.pods.iter().any(|p| p == pod));
+    assert!((0..5).all(|i| node_of(&format!("b-{i}")) != node_of("a-0")), "{:?}", plan.new_nodes);
+}
