@@ -136,8 +136,14 @@ fn blue_green_peaks_at_twice_the_replicas_then_returns() {
     let r = run(&scenario(&body));
     assert_eq!(peak_pods(&r, "web"), 10, "a full green copy beside blue");
     assert_eq!(r.samples.last().unwrap().workload_pods["web"], 5, "blue scaled down after the delay");
-    // Blue/green holds double capacity for promoteAfter + scaleDownDelay, then empty nodes go away.
-    assert!(r.summary.terminations.get("empty").copied().unwrap_or(0) >= 1, "{:?}", r.summary.terminations);
+    // Blue/green holds double capacity for promoteAfter + scaleDownDelay, then the extra capacity goes
+    // (emptied nodes, or the green pods consolidated off them) and the cost returns to where it started.
+    let before = r.samples.iter().find(|s| s.t_seconds == 3000).unwrap().cost_per_hour;
+    let peak = r.samples.iter().map(|s| s.cost_per_hour).fold(0.0, f64::max);
+    let after = r.samples.last().unwrap().cost_per_hour;
+    assert!(peak > before, "green runs on extra capacity: {before} -> {peak}");
+    assert!(after <= before + 1e-9, "back to {before} after the rollout, not {after}");
+    assert!(r.summary.nodes_terminated >= 1, "{:?}", r.summary.terminations);
 }
 
 #[test]

@@ -29,6 +29,7 @@ pub mod baselines;
 mod bound;
 mod colocate;
 mod columns;
+mod compact;
 mod greedy;
 mod index;
 mod knapsack;
@@ -231,6 +232,11 @@ fn solve_pinned(problem: &Problem) -> Plan {
         if !constrained && !index.has_cross_class_conflicts() {
             improve_with_columns(&index, &outcome, &values, &mut decisions);
         }
+    }
+    // Nodes one instance type holds for no more than they cost apart become that one node (the limits a
+    // larger type could overrun are left alone).
+    if !constrained {
+        decisions.new_nodes = compact::compact(&index, std::mem::take(&mut decisions.new_nodes));
     }
 
     let cost = Price(decisions.new_nodes.iter().map(|n| n.launch.price.0).sum());
