@@ -13,6 +13,11 @@
 //!    subset.
 //! 4. **Single-node consolidation**: the first candidate whose pods fit elsewhere (delete) or on one cheaper
 //!    node (replace). A spot node is replaced by spot only when at least 15 cheaper offerings exist.
+//! 5. **Repack** (Cartwright's own; Karpenter never launches more than one replacement): when neither
+//!    finds anything, the multi-node candidates' pods are planned afresh over the other nodes and any new
+//!    nodes; the plan acts when it saves at least [`REPACK_MIN_SAVING`] of what it removes. This is what
+//!    mends a cluster of nodes that are each "full enough" but hold the wrong mix (cpu-heavy and
+//!    memory-heavy pods on general-purpose nodes), which one-node replacements never fix.
 //!
 //! Safety: disruption budgets per NodePool (count or percent of its nodes, optional cron schedule and
 //! duration, reasons), the most restrictive active one wins; nodes with a do-not-disrupt pod or annotation,
@@ -39,6 +44,9 @@ pub const SINGLE_NODE_TRIES: usize = 30;
 /// Solver runs one decision may spend (each plans the candidates' pods over the whole cluster); cheap
 /// screens decide which candidates are worth one.
 pub const SOLVES_PER_DECISION: usize = 3;
+/// Repacking (several nodes' pods planned afresh, onto any number of new nodes) must save at least this
+/// share of what it removes: below it, the churn of moving every pod of the nodes is not worth it.
+pub const REPACK_MIN_SAVING: f64 = 0.05;
 
 /// Why a node is disrupted (what budgets name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -462,6 +470,13 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
             return finish(input, kept, command);
         }
     }
+    // 5. Repack: the same candidates planned afresh onto any new nodes, when that saves enough to be worth
+    // the churn.
+    if prefix.len() >= 2
+        && let Some(command) = repack(input, &prefix)
+    {
+        return finish(input, kept, command);
+    }
     for &i in &candidates {
         let why = if screen.tried.contains(&i) {
             "its pods fit nowhere cheaper"
@@ -677,12 +692,42 @@ fn replace(input: &Input, i: usize, reason: Reason) -> (Command, bool) {
     (command, all_placed)
 }
 
-/// Whether removing `chosen` saves money: their pods re-planned over the other nodes (never onto nodes
-/// being disrupted) fit with at most one new node, cheaper than what is removed.
-fn evaluate(input: &Input, chosen: &[usize]) -> Option<Command> {
-    let removed: Vec<&Candidate> = chosen.iter().map(|&i| &input.nodes[i]).collect();
-    let pods: Vec<PodSpec> = removed.iter().flat_map(|n| n.pods.iter().map(|p| (*p).clone())).collect();
-    let removed_cost: u64 = removed.iter().map(|n| n.price.0).sum();
+/// Repacking `chosen`: their pods planned over the other nodes and as many new nodes as the plan wants,
+/// worth it when every pod is placed and the saving is at least [`REPACK_MIN_SAVING`] of what is removed
+/// (the plan's nodes carry their daemonset overhead, so more, smaller nodes are chosen only when they cost
+/// less with it). Spot nodes replaced by spot need [`SPOT_TO_SPOT_MIN_ALTERNATIVES`] launch options each,
+/// as in single-node consolidation.
+fn repack(input: &Input, chosen: &[usize]) -> Option<Command> {
+    let (problem, removed_cost) = replan(input, chosen);
+    let plan = solver::solve(&problem);
+    let saving = removed_cost.checked_sub(plan.cost.0)?;
+    if !plan.unschedulable.is_empty() || (saving as f64) < REPACK_MIN_SAVING * removed_cost as f64 {
+        return None;
+    }
+    let all_spot = chosen.iter().all(|&i| input.nodes[i].capacity_type == CapacityType::Spot);
+    if all_spot
+        && plan.new_nodes.iter().any(|n| {
+            n.launch.capacity_type == CapacityType::Spot
+                && n.alternatives.len() < SPOT_TO_SPOT_MIN_ALTERNATIVES
+        })
+    {
+        return None;
+    }
+    Some(Command {
+        reason: Reason::Underutilized,
+        nodes: chosen.iter().map(|&i| input.nodes[i].view.name.to_owned()).collect(),
+        placements: plan.placements.iter().map(|p| (p.pod.clone(), p.node.clone())).collect(),
+        replacements: plan.new_nodes,
+        savings: Price(saving),
+    })
+}
+
+/// The problem of planning the pods of `chosen` over the other nodes (never onto nodes being disrupted) and
+/// new nodes, and what `chosen` costs.
+fn replan(input: &Input, chosen: &[usize]) -> (solver::Problem, u64) {
+    let pods: Vec<PodSpec> =
+        chosen.iter().flat_map(|&i| input.nodes[i].pods.iter().map(|p| (*p).clone())).collect();
+    let removed_cost: u64 = chosen.iter().map(|&i| input.nodes[i].price.0).sum();
     let others: Vec<NodeView> = input
         .nodes
         .iter()
@@ -690,8 +735,16 @@ fn evaluate(input: &Input, chosen: &[usize]) -> Option<Command> {
         .filter(|(i, n)| !chosen.contains(i) && !n.disrupting)
         .map(|(_, n)| n.view.clone())
         .collect();
-    let mut problem =
+    let problem =
         provisioning::problem(pods, &others, &input.nodepools, &input.daemonsets, input.catalog.clone());
+    (problem, removed_cost)
+}
+
+/// Whether removing `chosen` saves money: their pods re-planned over the other nodes (never onto nodes
+/// being disrupted) fit with at most one new node, cheaper than what is removed.
+fn evaluate(input: &Input, chosen: &[usize]) -> Option<Command> {
+    let removed: Vec<&Candidate> = chosen.iter().map(|&i| &input.nodes[i]).collect();
+    let (mut problem, removed_cost) = replan(input, chosen);
     let mut plan = solver::solve(&problem);
     if plan.unschedulable.is_empty() && plan.new_nodes.len() > 1 {
         // Replacements are one node (as Karpenter does, to limit churn): plan again with every NodePool
@@ -903,6 +956,58 @@ mod tests {
         assert!(command.replacements.is_empty(), "{command:?}");
         assert_eq!(command.nodes, ["roomy"], "the dearer node goes; its pod fits on the small one");
         assert_eq!(command.savings, owned[0].price);
+    }
+
+    #[test]
+    fn nodes_no_single_move_improves_are_repacked_onto_cheaper_new_nodes() {
+        let c = catalog();
+        // Three m5.4xlarge (16 vCPU) each running three 3.7-vCPU pods, in a pool of m5 only (prices linear
+        // in size): no pod fits in another node's room, a smaller size holds no node's pods, and one node for
+        // all nine would be an m5.12xlarge at the price of all three. Planned afresh, an m5.8xlarge takes
+        // eight and an m5.xlarge the ninth: 2.25 nodes' worth instead of 3.
+        let owned: Vec<Owned> = (0..3)
+            .map(|i| node(&c, &format!("n{i}"), "m5.4xlarge", CapacityType::OnDemand, &[3700, 3700, 3700]))
+            .collect();
+        let policy = PoolPolicy {
+            budgets: vec![Budget { nodes: Nodes::Percent(100), reasons: vec![], active: true }],
+            ..PoolPolicy::default()
+        };
+        let mut input = input(candidates(&owned), policy, c.clone());
+        for (key, value) in [(labels::aws::INSTANCE_FAMILY, "m5"), (labels::CAPACITY_TYPE, "on-demand")] {
+            input.nodepools[0].requirements.add(
+                cartwright_binpack::Requirement::new(key, cartwright_binpack::Operator::In, &[value])
+                    .unwrap(),
+            );
+        }
+        let out = decide(&input, 60_000);
+        let command = out.command.expect("a repack");
+        assert_eq!(command.reason, Reason::Underutilized);
+        assert_eq!(command.nodes, ["n0", "n1", "n2"]);
+        let removed: u64 = owned.iter().map(|n| n.price.0).sum();
+        let launched: u64 = command.replacements.iter().map(|r| r.launch.price.0).sum();
+        assert!(command.replacements.len() > 1, "more than one replacement: {command:?}");
+        assert_eq!(command.savings.0, removed - launched);
+        assert!(launched as f64 <= removed as f64 * (1.0 - REPACK_MIN_SAVING), "{launched} vs {removed}");
+        let moved: usize = command.replacements.iter().map(|r| r.pods.len()).sum();
+        assert_eq!(moved + command.placements.len(), 9, "every pod has a place");
+
+        // Once repacked, planning the same pods afresh saves nothing more: no churn loop.
+        let repacked: Vec<Owned> = command
+            .replacements
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut n = node(&c, &format!("r{i}"), &r.launch.instance_type, CapacityType::OnDemand, &[]);
+                n.pods = r.pods.iter().map(|_| owned[0].pods[0].clone()).collect();
+                for (k, p) in n.pods.iter_mut().enumerate() {
+                    p.name = format!("r{i}-{k}");
+                }
+                n
+            })
+            .collect();
+        let mut again = input.clone();
+        again.nodes = candidates(&repacked);
+        assert_eq!(decide(&again, 60_000).command, None);
     }
 
     #[test]

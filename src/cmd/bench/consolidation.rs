@@ -41,6 +41,7 @@ struct Report {
     /// What the solver's own plan for the pods left costs from scratch (every pod on a new node): how far
     /// repacking could go without the disruption rules.
     from_scratch_per_hour: f64,
+    from_scratch_nodes: usize,
     nodes_after: usize,
     nodes_disrupted: usize,
 }
@@ -200,6 +201,7 @@ pub fn run(output: Output) -> anyhow::Result<()> {
         cost_after_per_hour: Price(nodes.iter().map(|n| n.price.0).sum()).usd(),
         lower_bound_per_hour: bound.map(|b| b.price.usd()),
         from_scratch_per_hour: fresh.cost.usd(),
+        from_scratch_nodes: fresh.new_nodes.len(),
         nodes_after: nodes.len(),
         nodes_disrupted: disrupted,
     };
@@ -211,13 +213,14 @@ pub fn run(output: Output) -> anyhow::Result<()> {
         )?;
         writeln!(
             out,
-            "cost ${:.2}/h -> ${:.2}/h ({} nodes, {} disrupted); lower bound ${:.2}/h; planned from scratch ${:.2}/h",
+            "cost ${:.2}/h -> ${:.2}/h ({} nodes, {} disrupted); lower bound ${:.2}/h; planned from scratch ${:.2}/h on {} nodes",
             r.cost_before_per_hour,
             r.cost_after_per_hour,
             r.nodes_after,
             r.nodes_disrupted,
             r.lower_bound_per_hour.unwrap_or(0.0),
-            r.from_scratch_per_hour
+            r.from_scratch_per_hour,
+            r.from_scratch_nodes
         )?;
         Ok(())
     })
