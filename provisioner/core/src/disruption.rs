@@ -471,8 +471,9 @@ pub fn decide(input: &Input, now: Millis) -> Outcome {
         }
     }
     // 5. Repack: the same candidates planned afresh onto any new nodes, when that saves enough to be worth
-    // the churn.
+    // the churn (and a per-dimension floor on what it must buy leaves room for that).
     if prefix.len() >= 2
+        && screen.repack_may_save(input, &prefix)
         && let Some(command) = repack(input, &prefix)
     {
         return finish(input, kept, command);
@@ -593,6 +594,38 @@ impl Screen {
                 None => false,
             }
         })
+    }
+
+    /// Whether repacking `chosen` could save [`REPACK_MIN_SAVING`]: what the other nodes' room cannot
+    /// take, in each dimension, bought at the lowest price per unit any offering has, must cost less.
+    fn repack_may_save(&self, input: &Input, chosen: &[usize]) -> bool {
+        let mut demand = Resources::new();
+        for &i in chosen {
+            for p in &input.nodes[i].pods {
+                demand.add_assign(&p.requests);
+            }
+        }
+        let mut room = self.total_free.clone();
+        for &i in chosen {
+            if let Some(f) = &self.free[i] {
+                room.sub_assign(f);
+            }
+        }
+        let removed_cost: u64 = chosen.iter().map(|&i| input.nodes[i].price.0).sum();
+        let floor = demand
+            .iter()
+            .map(|(dim, want)| {
+                let short = (want - room.get(&dim)).max(0) as f64;
+                let per_unit = self
+                    .offerings
+                    .iter()
+                    .filter(|(_, alloc)| alloc.get(&dim) > 0)
+                    .map(|(price, alloc)| price.0 as f64 / alloc.get(&dim) as f64)
+                    .fold(f64::INFINITY, f64::min);
+                if short > 0.0 { short * per_unit } else { 0.0 }
+            })
+            .fold(0.0, f64::max);
+        floor < removed_cost as f64 * (1.0 - REPACK_MIN_SAVING)
     }
 
     fn evaluate(&mut self, input: &Input, chosen: &[usize]) -> Option<Command> {
@@ -873,6 +906,18 @@ mod tests {
         }
     }
 
+    /// [`input`] with the pool narrowed to on-demand m5 (sizes priced linearly).
+    fn m5_on_demand<'a>(owned: &'a [Owned], policy: PoolPolicy, c: &Arc<Catalog>) -> Input<'a> {
+        let mut input = input(candidates(owned), policy, c.clone());
+        for (key, value) in [(labels::aws::INSTANCE_FAMILY, "m5"), (labels::CAPACITY_TYPE, "on-demand")] {
+            input.nodepools[0].requirements.add(
+                cartwright_binpack::Requirement::new(key, cartwright_binpack::Operator::In, &[value])
+                    .unwrap(),
+            );
+        }
+        input
+    }
+
     #[test]
     fn empty_nodes_go_after_consolidate_after_within_the_budget() {
         let c = catalog();
@@ -972,13 +1017,7 @@ mod tests {
             budgets: vec![Budget { nodes: Nodes::Percent(100), reasons: vec![], active: true }],
             ..PoolPolicy::default()
         };
-        let mut input = input(candidates(&owned), policy, c.clone());
-        for (key, value) in [(labels::aws::INSTANCE_FAMILY, "m5"), (labels::CAPACITY_TYPE, "on-demand")] {
-            input.nodepools[0].requirements.add(
-                cartwright_binpack::Requirement::new(key, cartwright_binpack::Operator::In, &[value])
-                    .unwrap(),
-            );
-        }
+        let input = m5_on_demand(&owned, policy, &c);
         let out = decide(&input, 60_000);
         let command = out.command.expect("a repack");
         assert_eq!(command.reason, Reason::Underutilized);
@@ -1008,6 +1047,23 @@ mod tests {
         let mut again = input.clone();
         again.nodes = candidates(&repacked);
         assert_eq!(decide(&again, 60_000).command, None);
+    }
+
+    #[test]
+    fn repack_is_only_tried_when_what_it_must_buy_could_cost_less() {
+        let c = catalog();
+        // Two m5.xlarge nearly full of cpu: 7.8 vCPU at m5's price per vCPU is over 95 % of what they cost.
+        let full: Vec<Owned> = (0..2)
+            .map(|i| node(&c, &format!("f{i}"), "m5.xlarge", CapacityType::OnDemand, &[3900]))
+            .collect();
+        let input = m5_on_demand(&full, PoolPolicy::default(), &c);
+        assert!(!Screen::new(&input).repack_may_save(&input, &[0, 1]));
+        // Three m5.4xlarge at 70 %: 33.3 vCPU could cost 0.69 of them.
+        let loose: Vec<Owned> = (0..3)
+            .map(|i| node(&c, &format!("l{i}"), "m5.4xlarge", CapacityType::OnDemand, &[3700, 3700, 3700]))
+            .collect();
+        let input = m5_on_demand(&loose, PoolPolicy::default(), &c);
+        assert!(Screen::new(&input).repack_may_save(&input, &[0, 1, 2]));
     }
 
     #[test]
