@@ -35,7 +35,7 @@ struct Merged {
 /// Merges neighbouring new nodes (in plan order, within one NodePool, zone and capacity type) while one
 /// instance type holds their pods for no more than they cost apart.
 pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>) -> Vec<NewNode> {
-    let class_of = class_of_pods(index);
+    let class_of = index.class_of_pods();
     let free: Vec<bool> = (0..index.classes.len()).map(|c| unconstrained(index, c)).collect();
     // Per pool: its types as (cheapest offering price, position), cheapest first.
     let by_price: Vec<Vec<(Price, usize)>> = index
@@ -60,8 +60,8 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>) -> Vec<NewNode> {
     let mut out = Vec::new();
     for node in nodes {
         let pool = index.pools.iter().position(|p| p.template.name == node.nodepool);
-        let mergeable = pool.is_some()
-            && node.pods.iter().all(|p| class_of.get(p.as_str()).is_some_and(|&(c, _)| free[c]));
+        let mergeable =
+            pool.is_some() && node.pods.iter().all(|p| class_of.get(p.as_str()).is_some_and(|&c| free[c]));
         match pool {
             Some(pool) if mergeable => buckets
                 .entry((pool, node.launch.zone.clone(), node.launch.capacity_type))
@@ -123,17 +123,6 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>) -> Vec<NewNode> {
     out
 }
 
-/// Pod name -> (class, position in the problem).
-fn class_of_pods<'a>(index: &'a Index) -> BTreeMap<&'a str, (usize, usize)> {
-    let mut out = BTreeMap::new();
-    for (c, class) in index.classes.iter().enumerate() {
-        for &p in &class.pods {
-            out.insert(index.problem.pods[p].name.as_str(), (c, p));
-        }
-    }
-    out
-}
-
 /// Whether pods of class `c` may share a node with anything else of the plan: no per-node cap, no conflict
 /// with any class, no hostname pod affinity, no bundled partners.
 fn unconstrained(index: &Index, c: usize) -> bool {
@@ -162,7 +151,7 @@ fn node_needs(
     zone: &str,
     capacity_type: crate::CapacityType,
     node: &NewNode,
-    class_of: &BTreeMap<&str, (usize, usize)>,
+    class_of: &BTreeMap<&str, usize>,
 ) -> Option<(Resources, Requirements)> {
     let mut requirements = index.pools[pool]
         .node_requirements
@@ -172,7 +161,7 @@ fn node_needs(
     let mut requests = Resources::new();
     let mut seen: Vec<usize> = Vec::new();
     for pod in &node.pods {
-        let &(c, _) = class_of.get(pod.as_str())?;
+        let &c = class_of.get(pod.as_str())?;
         let class = &index.classes[c];
         requests.add_assign(&class.requests);
         if !seen.contains(&c) {

@@ -188,6 +188,17 @@ impl<'p> Index<'p> {
         self.conflicts.iter().enumerate().any(|(a, row)| row.iter().enumerate().any(|(b, &c)| c && a != b))
     }
 
+    /// Each pod's class, by pod name.
+    pub fn class_of_pods(&self) -> BTreeMap<&'p str, usize> {
+        let mut out = BTreeMap::new();
+        for (c, class) in self.classes.iter().enumerate() {
+            for &p in &class.pods {
+                out.insert(self.problem.pods[p].name.as_str(), c);
+            }
+        }
+        out
+    }
+
     pub fn instance_type(&self, pool_type: &PoolType) -> &'p InstanceType {
         &self.problem.catalog.instance_types()[pool_type.type_index]
     }

@@ -251,12 +251,7 @@ fn solve_pinned(problem: &Problem) -> Plan {
 
 /// Each new node's pods, as pods per class.
 fn node_patterns(index: &Index, nodes: &[NewNode]) -> Vec<Vec<(usize, i64)>> {
-    let mut class_of: BTreeMap<&str, usize> = BTreeMap::new();
-    for (c, class) in index.classes.iter().enumerate() {
-        for &p in &class.pods {
-            class_of.insert(index.problem.pods[p].name.as_str(), c);
-        }
-    }
+    let class_of = index.class_of_pods();
     nodes
         .iter()
         .map(|node| {

@@ -15,9 +15,9 @@
 //!    node (replace). A spot node is replaced by spot only when at least 15 cheaper offerings exist.
 //! 5. **Repack** (Cartwright's own; Karpenter never launches more than one replacement): when neither
 //!    finds anything, the multi-node candidates' pods are planned afresh over the other nodes and any new
-//!    nodes; the plan acts when it saves at least [`REPACK_MIN_SAVING`] of what it removes. This is what
-//!    mends a cluster of nodes that are each "full enough" but hold the wrong mix (cpu-heavy and
-//!    memory-heavy pods on general-purpose nodes), which one-node replacements never fix.
+//!    nodes; the plan acts when it saves at least [`REPACK_MIN_SAVING`] of what it removes. This mends
+//!    nodes that are each "full enough" that no single move saves money while a fresh plan of their pods
+//!    costs less (sizes or families that suit the pods together, which one replacement never reaches).
 //!
 //! Safety: disruption budgets per NodePool (count or percent of its nodes, optional cron schedule and
 //! duration, reasons), the most restrictive active one wins; nodes with a do-not-disrupt pod or annotation,
