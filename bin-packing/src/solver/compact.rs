@@ -81,10 +81,10 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>) -> Vec<NewNode> {
         let mut i = 0;
         while i < nodes.len() {
             // The longest run from i (up to MERGE_WINDOW nodes) that one type holds for no more than it costs.
-            let mut best: Option<(usize, Merged)> = None;
-            if let Some((requests, requirements)) = needs[i].clone() {
-                let mut requests = requests;
-                let mut requirements = requirements;
+            let mut best: Option<(usize, Price)> = None;
+            if let Some((requests, requirements)) = &needs[i] {
+                let mut requests = requests.clone();
+                let mut requirements = requirements.clone();
                 let mut budget = nodes[i].as_ref().map_or(0, |n| n.launch.price.0);
                 for j in i + 1..nodes.len().min(i + MERGE_WINDOW) {
                     let Some((r, q)) = &needs[j] else { break };
@@ -97,19 +97,25 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>) -> Vec<NewNode> {
                     if let Some(price) =
                         cheapest_fit(index, pool, &by_price[pool], &requirements, &requests, Price(budget))
                     {
-                        let merged = Merged {
-                            members: Vec::new(),
-                            requests: requests.clone(),
-                            requirements: requirements.clone(),
-                            price,
-                        };
-                        best = Some((j, merged));
+                        best = Some((j, price));
                     }
                 }
             }
             match best {
-                Some((j, mut merged)) => {
-                    merged.members = nodes[i..=j].iter_mut().filter_map(Option::take).collect();
+                Some((j, price)) => {
+                    // What the run needs together, added up once for the run chosen.
+                    let mut merged = Merged {
+                        members: Vec::new(),
+                        requests: Resources::new(),
+                        requirements: Requirements::new(),
+                        price,
+                    };
+                    for (node, need) in nodes[i..=j].iter_mut().zip(&needs[i..=j]) {
+                        let (r, q) = need.as_ref().expect("every node of the run has needs");
+                        merged.requests.add_assign(r);
+                        merged.requirements = merged.requirements.intersection(q);
+                        merged.members.extend(node.take());
+                    }
                     out.extend(finish(index, pool, merged));
                     i = j + 1;
                 }

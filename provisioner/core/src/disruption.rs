@@ -547,6 +547,17 @@ impl Screen {
         Screen { free, offerings, total_free, solves_left: SOLVES_PER_DECISION, tried: BTreeSet::new() }
     }
 
+    /// The room on the nodes other than `chosen`, in total.
+    fn room_elsewhere(&self, chosen: &[usize]) -> Resources {
+        let mut room = self.total_free.clone();
+        for &i in chosen {
+            if let Some(f) = &self.free[i] {
+                room.sub_assign(f);
+            }
+        }
+        room
+    }
+
     /// Whether the pods could plausibly go: first-fit (largest first, by cpu) into the other nodes' room,
     /// or all of them onto one offering cheaper than what is removed.
     fn plausible(&self, chosen: &[usize], pods: &[&PodSpec], removed_cost: u64) -> bool {
@@ -563,13 +574,7 @@ impl Screen {
             return true;
         }
         // The room left elsewhere must hold the pods in total before first fit is worth trying.
-        let mut room = self.total_free.clone();
-        for &i in chosen {
-            if let Some(f) = &self.free[i] {
-                room.sub_assign(f);
-            }
-        }
-        if !total.fits_in(&room) {
+        if !total.fits_in(&self.room_elsewhere(chosen)) {
             return false;
         }
         // First fit, copying only the rooms it changes.
@@ -605,12 +610,7 @@ impl Screen {
                 demand.add_assign(&p.requests);
             }
         }
-        let mut room = self.total_free.clone();
-        for &i in chosen {
-            if let Some(f) = &self.free[i] {
-                room.sub_assign(f);
-            }
-        }
+        let room = self.room_elsewhere(chosen);
         let removed_cost: u64 = chosen.iter().map(|&i| input.nodes[i].price.0).sum();
         let floor = demand
             .iter()
