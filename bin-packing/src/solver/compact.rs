@@ -203,7 +203,7 @@ impl Bucket<'_, '_, '_> {
     fn merge(&self, mut nodes: Vec<NewNode>, shapes: &mut Shapes, saving: bool) -> Vec<NewNode> {
         let (index, pool) = (self.index, self.pool);
         // Largest first (stable): small nodes join the large ones, whose spare room they fill.
-        nodes.sort_by(|a, b| b.launch.price.cmp(&a.launch.price));
+        nodes.sort_by_key(|n| std::cmp::Reverse(n.launch.price));
         let needs: Vec<Option<Needs>> = nodes.iter().map(|n| self.node_needs(n, shapes)).collect();
         let mut out = Vec::new();
         let mut nodes = nodes.into_iter().map(Some).collect::<Vec<_>>();
