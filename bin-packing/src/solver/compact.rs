@@ -30,18 +30,24 @@ const MERGE_SCAN: usize = 256;
 /// apart (two 3.5-vCPU pods fit the size of two nodes, three need the size of four): the trial is dropped
 /// beyond it.
 const MERGE_TRIAL: usize = 4;
+/// The most nodes a rebalance searches for a pod to exchange, for each pod that fits nowhere as it is.
+const SWAP_SCAN: usize = 64;
+/// How far apart a node's cpu and memory shares must be for its pods to be exchanged.
+const SWAP_IMBALANCE: f64 = 0.2;
+/// Exchange searches in a row that find none before a node stops searching.
+const SWAP_MISSES: usize = 8;
 
 /// What the pods of one node, or of nodes merged, need from the node they run on.
 #[derive(Clone)]
 struct Needs {
     requests: Resources,
-    /// Their requirements, as an entry of the bucket's `Shapes`.
+    /// Their requirements, as an entry of the pool's `Shapes`.
     shape: usize,
-    /// Pods per class, by class.
+    /// Pods per class, for the classes with a per-node cap or conflicts (the others go anywhere).
     classes: Vec<(usize, i64)>,
 }
 
-/// The distinct requirements of a bucket's nodes (and of merges of them), each with the pool's types that
+/// The distinct requirements of a pool's nodes and classes (and of merges of them), each with the pool's types that
 /// admit it: requirements are compared once per pair, not once per trial merge.
 struct Shapes<'a, 'p> {
     index: &'a Index<'p>,
@@ -49,6 +55,9 @@ struct Shapes<'a, 'p> {
     requirements: Vec<Requirements>,
     /// Per shape: (cheapest admitted offering price, usable room) of each admitting type, cheapest first.
     launches: Vec<Vec<(Price, &'a Resources)>>,
+    /// Per shape: the lowest price per millicore and per byte of memory among its launches (no launch
+    /// that holds some requests costs less than the requests at these rates).
+    rates: Vec<(f64, f64)>,
     /// Memoised intersections: `None` when the two cannot hold together.
     joined: BTreeMap<(usize, usize), Option<usize>>,
     /// The most room any type of the pool has.
@@ -66,6 +75,7 @@ impl<'a, 'p> Shapes<'a, 'p> {
             pool,
             requirements: Vec::new(),
             launches: Vec::new(),
+            rates: Vec::new(),
             joined: BTreeMap::new(),
             largest,
         }
@@ -96,6 +106,12 @@ impl<'a, 'p> Shapes<'a, 'p> {
             })
             .collect();
         launches.sort_by_key(|&(price, _)| price);
+        let rate =
+            |size: i64, price: Price| if size > 0 { price.0 as f64 / size as f64 } else { f64::INFINITY };
+        let rates = launches.iter().fold((f64::INFINITY, f64::INFINITY), |(cpu, memory), (price, usable)| {
+            (cpu.min(rate(usable.cpu_millis, *price)), memory.min(rate(usable.memory_bytes, *price)))
+        });
+        self.rates.push(rates);
         self.requirements.push(requirements);
         self.launches.push(launches);
         self.requirements.len() - 1
@@ -116,13 +132,24 @@ impl<'a, 'p> Shapes<'a, 'p> {
         joined
     }
 
-    /// The cheapest launch of this shape, at most `budget`, that holds `requests`.
-    fn cheapest_fit(&self, shape: usize, requests: &Resources, budget: Price) -> Option<Price> {
-        self.launches[shape]
+    /// The cheapest launch of this shape, at most `budget`, that holds `requests`: its price and room.
+    fn cheapest_fit(
+        &self,
+        shape: usize,
+        requests: &Resources,
+        budget: Price,
+    ) -> Option<(Price, &'a Resources)> {
+        // Launches cheaper than the requests at the lowest rates cannot hold them: skip them at once.
+        let (cpu, memory) = self.rates[shape];
+        let floor =
+            (requests.cpu_millis as f64 * cpu).max(requests.memory_bytes as f64 * memory) * (1.0 - 1e-9);
+        let launches = &self.launches[shape];
+        let first = launches.partition_point(|(price, _)| (price.0 as f64) < floor);
+        launches[first..]
             .iter()
             .take_while(|(price, _)| *price <= budget)
             .find(|(_, usable)| requests.fits_in(usable))
-            .map(|&(price, _)| price)
+            .copied()
     }
 
     /// Both sets of pods on one node, when their classes allow it (per-node caps, conflicts), their
@@ -162,7 +189,15 @@ impl<'a, 'p> Shapes<'a, 'p> {
 pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>) -> Vec<NewNode> {
     let class_of = index.class_of_pods();
     let free: Vec<bool> = (0..index.classes.len()).map(|c| mergeable(index, c)).collect();
-    let mut buckets: BTreeMap<(usize, String, crate::CapacityType), Vec<NewNode>> = BTreeMap::new();
+    let movable: Vec<bool> = (0..index.classes.len()).map(|c| movable(index, c)).collect();
+    let limited: Vec<bool> = index
+        .classes
+        .iter()
+        .zip(&index.conflicts)
+        .map(|(class, row)| class.per_node_cap != i64::MAX || row.iter().any(|&x| x))
+        .collect();
+    // Per pool, its nodes by zone and capacity type.
+    let mut buckets: BTreeMap<usize, BTreeMap<(String, crate::CapacityType), Vec<NewNode>>> = BTreeMap::new();
     let mut out = Vec::new();
     for node in nodes {
         let pool = index.pools.iter().position(|p| p.template.name == node.nodepool);
@@ -170,47 +205,67 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>) -> Vec<NewNode> {
             pool.is_some() && node.pods.iter().all(|p| class_of.get(p.as_str()).is_some_and(|&c| free[c]));
         match pool {
             Some(pool) if mergeable => buckets
-                .entry((pool, node.launch.zone.clone(), node.launch.capacity_type))
+                .entry(pool)
+                .or_default()
+                .entry((node.launch.zone.clone(), node.launch.capacity_type))
                 .or_default()
                 .push(node),
             _ => out.push(node),
         }
     }
-    for ((pool, zone, capacity_type), nodes) in buckets {
-        let bucket = Bucket { index, pool, zone: &zone, capacity_type, class_of: &class_of };
+    for (pool, by_zone) in buckets {
+        let nodes = PoolNodes { index, pool, class_of: &class_of, limited: &limited };
         let mut shapes = Shapes::new(index, pool);
-        // Merges that save first, so nodes of complementary shapes find each other before merges at
-        // equal price fill the large nodes with more of the same; then those, for fewer nodes.
-        let nodes = bucket.merge(nodes, &mut shapes, true);
-        out.extend(bucket.merge(nodes, &mut shapes, false));
+        let mut merged = Vec::new();
+        for bucket in by_zone.into_values() {
+            let bucket: Vec<(NewNode, Option<Needs>)> = bucket
+                .into_iter()
+                .map(|node| {
+                    let needs = nodes.node_needs(&node, &mut shapes);
+                    (node, needs)
+                })
+                .collect();
+            // Merges that save first, so nodes of complementary shapes find each other before merges at
+            // equal price fill the large nodes with more of the same; then those, for fewer nodes.
+            let bucket = nodes.merge(bucket, &mut shapes, true);
+            merged.extend(nodes.merge(bucket, &mut shapes, false));
+        }
+        // Merging stops where nodes carry per-node constraints (one pod of each group per node, the pod
+        // limit): what is left unbalanced sheds the pods free to go elsewhere in the pool.
+        out.extend(nodes.rebalance(merged, &mut shapes, &movable));
     }
     out
 }
 
-/// The nodes of one NodePool, zone and capacity type, and what merging them needs to know.
-struct Bucket<'a, 'i, 'p> {
+/// The new nodes of one NodePool, and what merging them needs to know.
+struct PoolNodes<'a, 'i, 'p> {
     index: &'a Index<'p>,
     pool: usize,
-    zone: &'a str,
-    capacity_type: crate::CapacityType,
     class_of: &'a BTreeMap<&'i str, usize>,
+    /// Per class: whether it has a per-node cap or conflicts with some class.
+    limited: &'a [bool],
 }
 
-impl Bucket<'_, '_, '_> {
+impl PoolNodes<'_, '_, '_> {
     /// One pass: each node, largest first, gathers the later nodes that lower the cost when added (or, unless
     /// `saving`, keep it); a node that would raise it may still join with the next few when together they
     /// lower it.
-    fn merge(&self, mut nodes: Vec<NewNode>, shapes: &mut Shapes, saving: bool) -> Vec<NewNode> {
+    fn merge(
+        &self,
+        mut nodes: Vec<(NewNode, Option<Needs>)>,
+        shapes: &mut Shapes,
+        saving: bool,
+    ) -> Vec<(NewNode, Option<Needs>)> {
         let (index, pool) = (self.index, self.pool);
         // Largest first (stable): small nodes join the large ones, whose spare room they fill.
-        nodes.sort_by_key(|n| std::cmp::Reverse(n.launch.price));
-        let needs: Vec<Option<Needs>> = nodes.iter().map(|n| self.node_needs(n, shapes)).collect();
+        nodes.sort_by_key(|(n, _)| std::cmp::Reverse(n.launch.price));
+        let (nodes, needs): (Vec<NewNode>, Vec<Option<Needs>>) = nodes.into_iter().unzip();
         let mut out = Vec::new();
         let mut nodes = nodes.into_iter().map(Some).collect::<Vec<_>>();
         for i in 0..nodes.len() {
             let Some(first) = nodes[i].take() else { continue };
             let Some(start) = &needs[i] else {
-                out.push(first);
+                out.push((first, None));
                 continue;
             };
             // What is merged so far (its members, needs and price), and what is on trial beyond it.
@@ -232,7 +287,7 @@ impl Bucket<'_, '_, '_> {
                 trial_needs = joined;
                 let budget = Price(if saving { trial_cost.saturating_sub(1) } else { trial_cost });
                 match shapes.cheapest_fit(trial_needs.shape, &trial_needs.requests, budget) {
-                    Some(cheaper) => {
+                    Some((cheaper, _)) => {
                         members.extend(trial.drain(..).filter_map(|k| nodes[k].take()));
                         merged = trial_needs.clone();
                         price = cheaper;
@@ -246,14 +301,237 @@ impl Bucket<'_, '_, '_> {
                     None => {}
                 }
             }
+            if members.len() == 1 {
+                out.extend(members.into_iter().map(|n| (n, Some(merged.clone()))));
+                continue;
+            }
             let requirements = shapes.requirements[merged.shape].clone();
-            out.extend(finish(
+            match finish(
                 index,
                 pool,
-                Merged { members, requests: merged.requests, requirements, price },
-            ));
+                Merged { members, requests: merged.requests.clone(), requirements, price },
+            ) {
+                Ok(node) => out.push((node, Some(merged))),
+                Err(members) => out.extend(members.into_iter().map(|n| (n, None))),
+            }
         }
         out
+    }
+
+    /// Moves pods of classes without per-node constraints off a node into the spare room of the pool's
+    /// other nodes, when that lets the node be a cheaper type (or go): the dearest nodes shed first, their
+    /// pods heaviest first in the resource the node is fullest in. A node that takes pods keeps its type
+    /// (or a cheaper one that still holds them), so the plan's cost only falls.
+    fn rebalance(
+        &self,
+        nodes: Vec<(NewNode, Option<Needs>)>,
+        shapes: &mut Shapes,
+        movable: &[bool],
+    ) -> Vec<NewNode> {
+        let index = self.index;
+        let info = &index.pools[self.pool];
+        // Nodes whose needs or type are unknown here stay as they are.
+        let mut out = Vec::new();
+        let mut kept_nodes = Vec::new();
+        let mut needs = Vec::new();
+        let mut usable: Vec<&Resources> = Vec::new();
+        for (node, need) in nodes {
+            let room = info.types.iter().find(|pt| index.instance_type(pt).name == node.launch.instance_type);
+            match (need, room) {
+                (Some(need), Some(pt)) => {
+                    kept_nodes.push(node);
+                    needs.push(need);
+                    usable.push(&pt.usable);
+                }
+                _ => out.push(node),
+            }
+        }
+        let mut nodes = kept_nodes;
+        let mut room: Vec<Resources> = needs.iter().zip(&usable).map(|(n, u)| u.minus(&n.requests)).collect();
+        let mut price: Vec<Price> = nodes.iter().map(|n| n.launch.price).collect();
+        let mut changed = vec![false; nodes.len()];
+        // Per node: each pod's class, in the order of its pods.
+        let mut classes_of: Vec<Vec<usize>> = nodes
+            .iter()
+            .map(|n| {
+                n.pods.iter().map(|p| self.class_of.get(p.as_str()).copied().unwrap_or(usize::MAX)).collect()
+            })
+            .collect();
+        // Per class: its requirements as a shape (whether a node admits its pods).
+        let mut class_shape: BTreeMap<usize, Option<usize>> = BTreeMap::new();
+        let mut dearest: Vec<usize> = (0..nodes.len()).collect();
+        dearest.sort_by_key(|&i| std::cmp::Reverse(price[i]));
+        for &d in &dearest {
+            let fullest = index
+                .dims
+                .iter()
+                .filter(|dim| usable[d].get(dim) > 0)
+                .max_by(|a, b| {
+                    let share = |dim: &crate::resources::ResourceName| {
+                        needs[d].requests.get(dim) as f64 / usable[d].get(dim) as f64
+                    };
+                    share(a).total_cmp(&share(b))
+                })
+                .cloned();
+            let Some(fullest) = fullest else { continue };
+            let mut pods: Vec<(usize, usize)> = classes_of[d]
+                .iter()
+                .enumerate()
+                .filter(|&(_, &c)| movable.get(c) == Some(&true))
+                .map(|(k, &c)| (k, c))
+                .collect();
+            // Exchanges are searched for only where cpu and memory are far apart in how full they are (else
+            // the node is full all round and shedding pods that fit nowhere gains nothing), and only until a
+            // few searches in a row find none.
+            let share = |dim: &crate::resources::ResourceName| {
+                needs[d].requests.get(dim) as f64 / usable[d].get(dim).max(1) as f64
+            };
+            let imbalance = (share(&crate::resources::ResourceName::Cpu)
+                - share(&crate::resources::ResourceName::Memory))
+            .abs();
+            let mut swap_misses = if imbalance > SWAP_IMBALANCE { 0 } else { SWAP_MISSES };
+            if pods.is_empty() {
+                continue;
+            }
+            pods.sort_by_key(|&(k, c)| (std::cmp::Reverse(index.classes[c].requests.get(&fullest)), k));
+            // Where each pod would go (straight into another node's room, or in exchange for a pod of that
+            // node lighter in the resource this one is fullest in), and what the node keeps.
+            let mut moves: Vec<Move> = Vec::new();
+            let mut kept = needs[d].requests.clone();
+            for (k, c) in pods {
+                let requests = &index.classes[c].requests;
+                let shape = *class_shape.entry(c).or_insert_with(|| self.class_needs(c, shapes));
+                let Some(shape) = shape else { continue };
+                let candidates = dearest.iter().copied().filter(|&r| r != d && !nodes[r].pods.is_empty());
+                let mut admits = |r: usize| shapes.join(needs[r].shape, shape) == Some(needs[r].shape);
+                let direct =
+                    candidates.clone().take(MERGE_SCAN).find(|&r| requests.fits_in(&room[r]) && admits(r));
+                if let Some(r) = direct {
+                    room[r].sub_assign(requests);
+                    kept.sub_assign(requests);
+                    moves.push(Move { pod: k, class: c, from: d, to: r });
+                    continue;
+                }
+                // An exchange: a pod q of a receiver, movable here, lighter in the fullest resource, whose
+                // going makes room for this one.
+                if swap_misses >= SWAP_MISSES {
+                    continue;
+                }
+                let receivers: Vec<usize> =
+                    candidates.take(MERGE_SCAN).filter(|&r| admits(r)).take(SWAP_SCAN).collect();
+                let swap = receivers.iter().find_map(|&r| {
+                    classes_of[r].iter().enumerate().find_map(|(q, &e)| {
+                        let usable_here = movable.get(e) == Some(&true)
+                            && index.classes[e].requests.get(&fullest) < requests.get(&fullest)
+                            && !moves.iter().any(|m| m.from == r && m.pod == q)
+                            && requests.fits_in(&room[r].plus(&index.classes[e].requests));
+                        if !usable_here {
+                            return None;
+                        }
+                        let their_shape =
+                            *class_shape.entry(e).or_insert_with(|| self.class_needs(e, shapes));
+                        (their_shape.and_then(|t| shapes.join(needs[d].shape, t)) == Some(needs[d].shape))
+                            .then_some((r, q, e))
+                    })
+                });
+                if swap.is_none() {
+                    swap_misses += 1;
+                }
+                if let Some((r, q, e)) = swap {
+                    swap_misses = 0;
+                    let theirs = &index.classes[e].requests;
+                    room[r].add_assign(theirs);
+                    room[r].sub_assign(requests);
+                    kept.sub_assign(requests);
+                    kept.add_assign(theirs);
+                    moves.push(Move { pod: k, class: c, from: d, to: r });
+                    moves.push(Move { pod: q, class: e, from: r, to: d });
+                }
+            }
+            if moves.is_empty() {
+                continue;
+            }
+            let emptied = moves.iter().all(|m| m.from == d) && moves.len() == nodes[d].pods.len();
+            let cheaper = if emptied {
+                None
+            } else {
+                shapes.cheapest_fit(needs[d].shape, &kept, Price(price[d].0.saturating_sub(1)))
+            };
+            if !emptied && cheaper.is_none() {
+                for m in &moves {
+                    let requests = &index.classes[m.class].requests;
+                    if m.from == d {
+                        room[m.to].add_assign(requests);
+                    } else {
+                        room[m.from].sub_assign(requests);
+                    }
+                }
+                continue;
+            }
+            // Commit: the pods change nodes (new ones join the end of a node's list, so the positions of
+            // those leaving stay valid until they are removed), the node shrinks (or goes).
+            let mut leaving: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for m in &moves {
+                let pod = nodes[m.from].pods[m.pod].clone();
+                nodes[m.to].pods.push(pod);
+                classes_of[m.to].push(m.class);
+                leaving.entry(m.from).or_default().push(m.pod);
+                let requests = &index.classes[m.class].requests;
+                if m.to != d {
+                    needs[m.to].requests.add_assign(requests);
+                }
+                if m.from != d {
+                    needs[m.from].requests.sub_assign(requests);
+                }
+                changed[m.to] = true;
+                changed[m.from] = true;
+            }
+            for (node, mut positions) in leaving {
+                positions.sort_unstable();
+                for k in positions.into_iter().rev() {
+                    nodes[node].pods.remove(k);
+                    classes_of[node].remove(k);
+                }
+            }
+            needs[d].requests = kept;
+            changed[d] = true;
+            match cheaper {
+                Some((p, u)) => {
+                    price[d] = p;
+                    usable[d] = u;
+                    room[d] = u.minus(&needs[d].requests);
+                }
+                None => room[d] = Resources::new(),
+            }
+        }
+        for (i, mut node) in nodes.into_iter().enumerate() {
+            if node.pods.is_empty() {
+                continue;
+            }
+            if changed[i] {
+                let requirements = &shapes.requirements[needs[i].shape];
+                let mut alternatives: Vec<LaunchOption> =
+                    launch_options(index, self.pool, requirements, &needs[i].requests, &Limits::default())
+                        .into_iter()
+                        .map(|(_, o)| o)
+                        .collect();
+                alternatives.truncate(MAX_ALTERNATIVES);
+                if let Some(launch) = alternatives.first().cloned() {
+                    node.labels =
+                        greedy::node_labels(requirements, index.problem.catalog.get(&launch.instance_type));
+                    node.launch = launch;
+                    node.alternatives = alternatives;
+                }
+            }
+            out.push(node);
+        }
+        out
+    }
+
+    /// The requirements of a class's pods in this pool, as a shape.
+    fn class_needs(&self, c: usize, shapes: &mut Shapes) -> Option<usize> {
+        let Ok(cp) = &self.index.classes[c].per_pool[self.pool] else { return None };
+        Some(shapes.intern(cp.requirements.clone()))
     }
 
     /// A node's requests (its pods', each with its pod slot), requirements (the pool's, its zone and
@@ -264,27 +542,54 @@ impl Bucket<'_, '_, '_> {
         let mut requirements = index.pools[self.pool]
             .node_requirements
             .clone()
-            .with(Requirement::single(labels::ZONE, self.zone))
-            .with(Requirement::single(labels::CAPACITY_TYPE, self.capacity_type.as_str()));
+            .with(Requirement::single(labels::ZONE, &node.launch.zone))
+            .with(Requirement::single(labels::CAPACITY_TYPE, node.launch.capacity_type.as_str()));
         let mut requests = Resources::new();
         let mut classes: Vec<(usize, i64)> = Vec::new();
+        let mut seen: Vec<usize> = Vec::new();
         for pod in &node.pods {
             let &c = self.class_of.get(pod.as_str())?;
             let class = &index.classes[c];
             requests.add_assign(&class.requests);
-            match classes.iter_mut().find(|(d, _)| *d == c) {
-                Some(entry) => entry.1 += 1,
-                None => {
-                    let Ok(cp) = &class.per_pool[self.pool] else { return None };
-                    if !cp.plain {
-                        requirements = requirements.intersection(&cp.requirements);
-                    }
-                    classes.push((c, 1));
+            if !seen.contains(&c) {
+                seen.push(c);
+                let Ok(cp) = &class.per_pool[self.pool] else { return None };
+                if !cp.plain {
+                    requirements = requirements.intersection(&cp.requirements);
+                }
+            }
+            if self.limited[c] {
+                match classes.iter_mut().find(|(d, _)| *d == c) {
+                    Some(entry) => entry.1 += 1,
+                    None => classes.push((c, 1)),
                 }
             }
         }
         requirements.is_satisfiable().then(|| Needs { requests, shape: shapes.intern(requirements), classes })
     }
+}
+
+/// One pod changing nodes in a rebalance: its position on the node it leaves, and its class.
+struct Move {
+    pod: usize,
+    class: usize,
+    from: usize,
+    to: usize,
+}
+
+/// Whether pods of class `c` may move to any node of the pool whose requirements admit them and that has room: no per-node cap, no conflict
+/// with any class, no hostname pod affinity, no bundled partners, no hostname spread or preference.
+fn movable(index: &Index, c: usize) -> bool {
+    let class = &index.classes[c];
+    let spec = class.spec;
+    class.per_node_cap == i64::MAX
+        && !index.conflicts[c].iter().any(|&x| x)
+        && !index.conflicts.iter().any(|row| row[c])
+        && spec.hostname_anti_affinity.is_empty()
+        && spec.companion_labels.is_empty()
+        && spec.held_anti_affinity.is_empty()
+        && spec.topology_spread.iter().all(|s| s.topology_key != labels::HOSTNAME)
+        && mergeable(index, c)
 }
 
 /// Nodes merged into one: what they need together.
@@ -309,12 +614,9 @@ fn mergeable(index: &Index, c: usize) -> bool {
             .all(|(_, t)| t.topology_key != labels::HOSTNAME)
 }
 
-/// The merged node (or the lone node unchanged).
-fn finish(index: &Index, pool: usize, merged: Merged) -> Vec<NewNode> {
+/// The merged node (or, should no launch hold it after all, the nodes as they were).
+fn finish(index: &Index, pool: usize, merged: Merged) -> Result<NewNode, Vec<NewNode>> {
     let mut members = merged.members;
-    if members.len() == 1 {
-        return members;
-    }
     let mut alternatives: Vec<LaunchOption> =
         launch_options(index, pool, &merged.requirements, &merged.requests, &Limits::default())
             .into_iter()
@@ -322,16 +624,16 @@ fn finish(index: &Index, pool: usize, merged: Merged) -> Vec<NewNode> {
             .collect();
     alternatives.truncate(MAX_ALTERNATIVES);
     let Some(launch) = alternatives.first().cloned().filter(|l| l.price <= merged.price) else {
-        return members; // cannot happen: `cheapest_fit` found this launch
+        return Err(members); // cannot happen: `cheapest_fit` found this launch
     };
     let pods = members.iter_mut().flat_map(|n| std::mem::take(&mut n.pods)).collect();
-    vec![NewNode {
+    Ok(NewNode {
         nodepool: index.pools[pool].template.name.clone(),
         labels: greedy::node_labels(&merged.requirements, index.problem.catalog.get(&launch.instance_type)),
         launch,
         pods,
         alternatives,
-    }]
+    })
 }
 
 #[cfg(test)]
@@ -346,16 +648,7 @@ mod tests {
     /// Pods of 3.5 vCPU in a pool of m5 on-demand in one zone, each planned alone on an m5.xlarge (the
     /// cheapest node that holds one).
     fn one_per_node(pods: Vec<PodSpec>) -> (Problem, Vec<NewNode>) {
-        let mut pool = NodePoolTemplate::new("default");
-        for (key, value) in [
-            (labels::aws::INSTANCE_FAMILY, "m5"),
-            (labels::ZONE, "us-east-1a"),
-            (labels::CAPACITY_TYPE, "on-demand"),
-        ] {
-            pool.requirements.add(Requirement::new(key, Operator::In, &[value]).unwrap());
-        }
-        let catalog = Arc::new(Catalog::embedded("us-east-1", &CatalogOptions::default()).unwrap());
-        let problem = Problem { pods, existing: vec![], nodepools: vec![pool], daemonsets: vec![], catalog };
+        let problem = m5_problem(pods);
         let index = Index::build(&problem);
         let nodes = problem
             .pods
@@ -379,6 +672,20 @@ mod tests {
             .collect();
         drop(index);
         (problem, nodes)
+    }
+
+    /// The pods, in a pool of m5 on-demand in one zone.
+    fn m5_problem(pods: Vec<PodSpec>) -> Problem {
+        let mut pool = NodePoolTemplate::new("default");
+        for (key, value) in [
+            (labels::aws::INSTANCE_FAMILY, "m5"),
+            (labels::ZONE, "us-east-1a"),
+            (labels::CAPACITY_TYPE, "on-demand"),
+        ] {
+            pool.requirements.add(Requirement::new(key, Operator::In, &[value]).unwrap());
+        }
+        let catalog = Arc::new(Catalog::embedded("us-east-1", &CatalogOptions::default()).unwrap());
+        Problem { pods, existing: vec![], nodepools: vec![pool], daemonsets: vec![], catalog }
     }
 
     fn pod(i: usize) -> PodSpec {
@@ -463,6 +770,58 @@ mod tests {
         assert_eq!(merged[0].launch.instance_type, "m5.xlarge");
         assert_eq!(merged[0].launch.price.0 * 2, before);
         assert_eq!(validate::violations(&problem, &plan(merged)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_pod_free_to_go_anywhere_moves_to_spare_room_so_its_node_can_shrink() {
+        // Two pods of one group (one per node) cannot share a node, so the nodes cannot merge; the free pod
+        // beside the second moves to the first node's spare room and the second node becomes smaller.
+        let grouped = |name: &str, cpu: i64| {
+            PodSpec::new(name, Resources::new().with_cpu_millis(cpu).with_memory_mib(4096))
+                .with_label("app", "g")
+                .with_hostname_anti_affinity(&[("app", "g")])
+        };
+        let free = PodSpec::new("free", Resources::new().with_cpu_millis(2500).with_memory_mib(8192));
+        let problem = m5_problem(vec![grouped("g1", 5000), grouped("g2", 3000), free]);
+        let index = Index::build(&problem);
+        let node = |names: &[&str]| {
+            let mut requests = Resources::new();
+            for name in names {
+                let mut pod = problem.pods.iter().find(|p| p.name == *name).unwrap().requests.clone();
+                pod.pods = 1;
+                requests.add_assign(&pod);
+            }
+            let requirements = index.pools[0].node_requirements.clone();
+            let options: Vec<LaunchOption> =
+                launch_options(&index, 0, &requirements, &requests, &Limits::default())
+                    .into_iter()
+                    .map(|(_, o)| o)
+                    .collect();
+            NewNode {
+                nodepool: "default".into(),
+                labels: BTreeMap::new(),
+                launch: options[0].clone(),
+                pods: names.iter().map(|n| n.to_string()).collect(),
+                alternatives: options,
+            }
+        };
+        let nodes = vec![node(&["g1"]), node(&["g2", "free"])];
+        let types: Vec<&str> = nodes.iter().map(|n| n.launch.instance_type.as_str()).collect();
+        assert_eq!(types, ["m5.2xlarge", "m5.2xlarge"]);
+        let before: u64 = nodes.iter().map(|n| n.launch.price.0).sum();
+        let after = compact(&index, nodes);
+        let mut sizes: Vec<(String, Vec<String>)> =
+            after.iter().map(|n| (n.launch.instance_type.clone(), n.pods.clone())).collect();
+        sizes.sort();
+        assert_eq!(
+            sizes,
+            [
+                ("m5.2xlarge".to_owned(), vec!["g1".to_owned(), "free".to_owned()]),
+                ("m5.xlarge".to_owned(), vec!["g2".to_owned()])
+            ]
+        );
+        assert!(after.iter().map(|n| n.launch.price.0).sum::<u64>() < before);
+        assert_eq!(validate::violations(&problem, &plan(after)), Vec::<String>::new());
     }
 
     #[test]
