@@ -1022,7 +1022,7 @@ impl Engine {
         );
         drop(views);
         let existing_ids = live;
-        let plan = self.algorithm.solve(&problem);
+        let plan = self.algorithm.solve_live(&problem);
         let node_by_name: BTreeMap<String, NodeId> =
             existing_ids.iter().map(|&n| (self.nodes[n].name.clone(), n)).collect();
         for placement in &plan.placements {
@@ -1131,7 +1131,8 @@ impl Engine {
         let virtual_by_name: BTreeMap<String, PodSpec> =
             pods.iter().map(|p| (p.name.clone(), p.clone())).collect();
         let algorithm = self.algorithm;
-        let plan = headroom::plan(&problem, pods, &self.pool_headroom, &pool_cost, |p| algorithm.solve(p));
+        let plan =
+            headroom::plan(&problem, pods, &self.pool_headroom, &pool_cost, |p| algorithm.solve_live(p));
         let mut held: BTreeMap<String, Vec<PodSpec>> = BTreeMap::new();
         for placement in &plan.headroom.placements {
             if let Some(pod) = virtual_by_name.get(&placement.pod) {

@@ -11,7 +11,7 @@
 //! hostname pod affinity or preferences on hostname stay where the plan put them. So every constraint the
 //! plan met still holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::greedy::{self, launch_options};
 use super::index::Index;
@@ -37,6 +37,59 @@ const SWAP_IMBALANCE: f64 = 0.2;
 /// Exchange searches in a row that find none before a node stops searching.
 const SWAP_MISSES: usize = 8;
 
+/// The types of a pool that admit some requirements, as launches.
+struct Launches<'a> {
+    /// (cheapest admitted offering price, usable room) of each admitting type, cheapest first.
+    by_price: Vec<(Price, &'a Resources)>,
+    /// The lowest price per millicore and per byte of memory among them (no launch that holds some
+    /// requests costs less than the requests at these rates).
+    rates: (f64, f64),
+}
+
+impl<'a> Launches<'a> {
+    fn new(index: &'a Index, pool: usize, requirements: &Requirements) -> Self {
+        let mut by_price: Vec<(Price, &'a Resources)> = index.pools[pool]
+            .types
+            .iter()
+            .filter_map(|pt| {
+                let t = index.instance_type(pt);
+                if t.requirements.intersects(requirements).is_err() {
+                    return None;
+                }
+                let price = pt
+                    .offerings
+                    .iter()
+                    .map(|&o| &t.offerings[o])
+                    .filter(|o| o.is_compatible(requirements))
+                    .map(|o| o.price)
+                    .min()?;
+                Some((price, &pt.usable))
+            })
+            .collect();
+        by_price.sort_by_key(|&(price, _)| price);
+        let rate =
+            |size: i64, price: Price| if size > 0 { price.0 as f64 / size as f64 } else { f64::INFINITY };
+        let rates = by_price.iter().fold((f64::INFINITY, f64::INFINITY), |(cpu, memory), (price, usable)| {
+            (cpu.min(rate(usable.cpu_millis, *price)), memory.min(rate(usable.memory_bytes, *price)))
+        });
+        Launches { by_price, rates }
+    }
+
+    /// The cheapest, at most `budget`, that holds `requests`.
+    fn cheapest_fit(&self, requests: &Resources, budget: Price) -> Option<(Price, &'a Resources)> {
+        // Launches cheaper than the requests at the lowest rates cannot hold them: skip them at once.
+        let (cpu, memory) = self.rates;
+        let floor =
+            (requests.cpu_millis as f64 * cpu).max(requests.memory_bytes as f64 * memory) * (1.0 - 1e-9);
+        let first = self.by_price.partition_point(|(price, _)| (price.0 as f64) < floor);
+        self.by_price[first..]
+            .iter()
+            .take_while(|(price, _)| *price <= budget)
+            .find(|(_, usable)| requests.fits_in(usable))
+            .copied()
+    }
+}
+
 /// What the pods of one node, or of nodes merged, need from the node they run on.
 #[derive(Clone)]
 struct Needs {
@@ -47,17 +100,15 @@ struct Needs {
     classes: Vec<(usize, i64)>,
 }
 
-/// The distinct requirements of a pool's nodes and classes (and of merges of them), each with the pool's types that
-/// admit it: requirements are compared once per pair, not once per trial merge.
+/// The distinct requirements of a pool's nodes and classes (and of merges of them), each with the pool's
+/// types that admit it (worked out when first needed): requirements are compared once per pair, not once
+/// per trial merge.
 struct Shapes<'a, 'p> {
     index: &'a Index<'p>,
     pool: usize,
     requirements: Vec<Requirements>,
-    /// Per shape: (cheapest admitted offering price, usable room) of each admitting type, cheapest first.
-    launches: Vec<Vec<(Price, &'a Resources)>>,
-    /// Per shape: the lowest price per millicore and per byte of memory among its launches (no launch
-    /// that holds some requests costs less than the requests at these rates).
-    rates: Vec<(f64, f64)>,
+    /// Per shape, once asked for: its launches.
+    launches: Vec<Option<Launches<'a>>>,
     /// Memoised intersections: `None` when the two cannot hold together.
     joined: BTreeMap<(usize, usize), Option<usize>>,
     /// The most room any type of the pool has.
@@ -75,7 +126,6 @@ impl<'a, 'p> Shapes<'a, 'p> {
             pool,
             requirements: Vec::new(),
             launches: Vec::new(),
-            rates: Vec::new(),
             joined: BTreeMap::new(),
             largest,
         }
@@ -86,34 +136,8 @@ impl<'a, 'p> Shapes<'a, 'p> {
         if let Some(known) = self.requirements.iter().position(|r| *r == requirements) {
             return known;
         }
-        let info = &self.index.pools[self.pool];
-        let mut launches: Vec<(Price, &'a Resources)> = info
-            .types
-            .iter()
-            .filter_map(|pt| {
-                let t = self.index.instance_type(pt);
-                if t.requirements.intersects(&requirements).is_err() {
-                    return None;
-                }
-                let price = pt
-                    .offerings
-                    .iter()
-                    .map(|&o| &t.offerings[o])
-                    .filter(|o| o.is_compatible(&requirements))
-                    .map(|o| o.price)
-                    .min()?;
-                Some((price, &pt.usable))
-            })
-            .collect();
-        launches.sort_by_key(|&(price, _)| price);
-        let rate =
-            |size: i64, price: Price| if size > 0 { price.0 as f64 / size as f64 } else { f64::INFINITY };
-        let rates = launches.iter().fold((f64::INFINITY, f64::INFINITY), |(cpu, memory), (price, usable)| {
-            (cpu.min(rate(usable.cpu_millis, *price)), memory.min(rate(usable.memory_bytes, *price)))
-        });
-        self.rates.push(rates);
         self.requirements.push(requirements);
-        self.launches.push(launches);
+        self.launches.push(None);
         self.requirements.len() - 1
     }
 
@@ -134,22 +158,16 @@ impl<'a, 'p> Shapes<'a, 'p> {
 
     /// The cheapest launch of this shape, at most `budget`, that holds `requests`: its price and room.
     fn cheapest_fit(
-        &self,
+        &mut self,
         shape: usize,
         requests: &Resources,
         budget: Price,
     ) -> Option<(Price, &'a Resources)> {
-        // Launches cheaper than the requests at the lowest rates cannot hold them: skip them at once.
-        let (cpu, memory) = self.rates[shape];
-        let floor =
-            (requests.cpu_millis as f64 * cpu).max(requests.memory_bytes as f64 * memory) * (1.0 - 1e-9);
-        let launches = &self.launches[shape];
-        let first = launches.partition_point(|(price, _)| (price.0 as f64) < floor);
-        launches[first..]
-            .iter()
-            .take_while(|(price, _)| *price <= budget)
-            .find(|(_, usable)| requests.fits_in(usable))
-            .copied()
+        let (index, pool) = (self.index, self.pool);
+        let requirements = &self.requirements[shape];
+        self.launches[shape]
+            .get_or_insert_with(|| Launches::new(index, pool, requirements))
+            .cheapest_fit(requests, budget)
     }
 
     /// Both sets of pods on one node, when their classes allow it (per-node caps, conflicts), their
@@ -186,7 +204,7 @@ impl<'a, 'p> Shapes<'a, 'p> {
 
 /// Merges new nodes of one NodePool, zone and capacity type while one instance type holds their pods for no
 /// more than they cost apart.
-pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>) -> Vec<NewNode> {
+pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Vec<NewNode> {
     let class_of = index.class_of_pods();
     let free: Vec<bool> = (0..index.classes.len()).map(|c| mergeable(index, c)).collect();
     let movable: Vec<bool> = (0..index.classes.len()).map(|c| movable(index, c)).collect();
@@ -214,6 +232,10 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>) -> Vec<NewNode> {
         }
     }
     for (pool, by_zone) in buckets {
+        if by_zone.values().map(Vec::len).sum::<usize>() < 2 {
+            out.extend(by_zone.into_values().flatten());
+            continue;
+        }
         let nodes = PoolNodes { index, pool, class_of: &class_of, limited: &limited };
         let mut shapes = Shapes::new(index, pool);
         let mut merged = Vec::new();
@@ -232,7 +254,11 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>) -> Vec<NewNode> {
         }
         // Merging stops where nodes carry per-node constraints (one pod of each group per node, the pod
         // limit): what is left unbalanced sheds the pods free to go elsewhere in the pool.
-        out.extend(nodes.rebalance(merged, &mut shapes, &movable));
+        if rebalance {
+            out.extend(nodes.rebalance(merged, &mut shapes, &movable));
+        } else {
+            out.extend(merged.into_iter().map(|(n, _)| n));
+        }
     }
     out
 }
@@ -335,13 +361,14 @@ impl PoolNodes<'_, '_, '_> {
         let mut kept_nodes = Vec::new();
         let mut needs = Vec::new();
         let mut usable: Vec<&Resources> = Vec::new();
+        let by_name: HashMap<&str, &Resources> =
+            info.types.iter().map(|pt| (index.instance_type(pt).name.as_str(), &pt.usable)).collect();
         for (node, need) in nodes {
-            let room = info.types.iter().find(|pt| index.instance_type(pt).name == node.launch.instance_type);
-            match (need, room) {
-                (Some(need), Some(pt)) => {
+            match (need, by_name.get(node.launch.instance_type.as_str())) {
+                (Some(need), Some(&room)) => {
                     kept_nodes.push(node);
                     needs.push(need);
-                    usable.push(&pt.usable);
+                    usable.push(room);
                 }
                 _ => out.push(node),
             }
@@ -707,7 +734,7 @@ mod tests {
         let (problem, nodes) = one_per_node((0..8).map(pod).collect());
         let before: u64 = nodes.iter().map(|n| n.launch.price.0).sum();
         let index = Index::build(&problem);
-        let merged = compact(&index, nodes);
+        let merged = compact(&index, nodes, true);
         // Eight 3.5-vCPU pods: an m5.8xlarge (32 vCPU) holds them at the price of eight m5.xlarge.
         assert_eq!(merged.len(), 1, "{merged:?}");
         assert_eq!(merged[0].launch.instance_type, "m5.8xlarge");
@@ -725,7 +752,7 @@ mod tests {
             .collect();
         let (problem, nodes) = one_per_node(pods);
         let index = Index::build(&problem);
-        let merged = compact(&index, nodes.clone());
+        let merged = compact(&index, nodes.clone(), true);
         assert_eq!(merged, nodes, "one pod per node stays one pod per node");
     }
 
@@ -742,7 +769,7 @@ mod tests {
         let pods = vec![group(0, "a", 3500), group(1, "a", 3000), group(2, "b", 3500), group(3, "b", 3000)];
         let (problem, nodes) = one_per_node(pods);
         let index = Index::build(&problem);
-        let merged = compact(&index, nodes);
+        let merged = compact(&index, nodes, true);
         assert_eq!(merged.len(), 2, "{merged:?}");
         for node in &merged {
             assert_eq!(node.launch.instance_type, "m5.2xlarge");
@@ -765,7 +792,7 @@ mod tests {
         let (problem, nodes) = one_per_node(vec![cpu_heavy, memory_heavy]);
         let before: u64 = nodes.iter().map(|n| n.launch.price.0).sum();
         let index = Index::build(&problem);
-        let merged = compact(&index, nodes);
+        let merged = compact(&index, nodes, true);
         assert_eq!(merged.len(), 1, "{merged:?}");
         assert_eq!(merged[0].launch.instance_type, "m5.xlarge");
         assert_eq!(merged[0].launch.price.0 * 2, before);
@@ -809,7 +836,7 @@ mod tests {
         let types: Vec<&str> = nodes.iter().map(|n| n.launch.instance_type.as_str()).collect();
         assert_eq!(types, ["m5.2xlarge", "m5.2xlarge"]);
         let before: u64 = nodes.iter().map(|n| n.launch.price.0).sum();
-        let after = compact(&index, nodes);
+        let after = compact(&index, nodes, true);
         let mut sizes: Vec<(String, Vec<String>)> =
             after.iter().map(|n| (n.launch.instance_type.clone(), n.pods.clone())).collect();
         sizes.sort();
@@ -830,7 +857,7 @@ mod tests {
         // times): the third stays alone.
         let (problem, nodes) = one_per_node((0..3).map(pod).collect());
         let index = Index::build(&problem);
-        let merged = compact(&index, nodes);
+        let merged = compact(&index, nodes, true);
         let sizes: Vec<(String, usize)> =
             merged.iter().map(|n| (n.launch.instance_type.clone(), n.pods.len())).collect();
         assert_eq!(sizes, [("m5.2xlarge".to_owned(), 2), ("m5.xlarge".to_owned(), 1)]);

@@ -427,6 +427,16 @@ proptest! {
         if let Some(b) = plan.lower_bound {
             prop_assert!(b.price <= plan.cost);
         }
+        // Made in one go, the same pods are placed, pods moved between new nodes break no rule, and the
+        // plan never costs more than the live one.
+        let tight = Algorithm::Cartwright.solve(&p);
+        let violations = validate::violations(&p, &tight);
+        prop_assert!(violations.is_empty(), "tight: {}", violations.join("\n"));
+        prop_assert_eq!(&tight.unschedulable, &plan.unschedulable);
+        prop_assert!(tight.cost <= plan.cost, "tight {:?} above live {:?}", tight.cost, plan.cost);
+        if let Some(b) = tight.lower_bound {
+            prop_assert!(b.price <= tight.cost);
+        }
         // The baselines obey the same rules, and the bound holds for them too when they schedule exactly the
         // same pods (the bound is for that set; under limits they may choose other pods).
         for algorithm in [Algorithm::KarpenterGreedy, Algorithm::CaLeastWaste] {
