@@ -8,7 +8,10 @@
 //! NodePool's limits allow. Each new node is then launched as the cheapest offering that holds its pods, and
 //! lists every other offering that would (for launch flexibility and `minValues`).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use crate::catalog::check_min_values;
 use crate::instance_type::{InstanceType, Price};
@@ -17,7 +20,7 @@ use crate::requirements::Requirements;
 use crate::resources::Resources;
 use crate::taints::first_untolerated;
 
-use super::index::{Class, Index, fit_count};
+use super::index::{Class, ClassPool, Index, fit_count};
 use super::plan::{LaunchOption, NewNode, Placement, Unschedulable};
 use super::problem::Limits;
 use super::reasons;
@@ -47,8 +50,70 @@ struct Pattern {
     price: Price,
 }
 
+/// Requirement checks packing repeats for every candidate type, remembered by id: the requirement sets a
+/// pattern accumulates, their intersections with class shapes, and the zones and capacity types each shape
+/// admits. Only ids and numbers are compared in the packing loop.
+#[derive(Default)]
+struct Memo {
+    /// Requirement sets, by id.
+    sets: Vec<Requirements>,
+    ids: FxHashMap<Requirements, usize>,
+    /// (pool, class shape) → the class's requirements there, as a set.
+    seeds: FxHashMap<(usize, usize), usize>,
+    /// (set, pool, class shape) → their intersection, or `None` when nothing satisfies both.
+    joins: FxHashMap<(usize, usize, usize), Option<usize>>,
+    /// (pool, class shape, place) → whether the class admits an offering in that zone and capacity type.
+    places: FxHashMap<(usize, usize, usize), bool>,
+}
+
+impl Memo {
+    fn intern(&mut self, requirements: Requirements) -> usize {
+        if let Some(&id) = self.ids.get(&requirements) {
+            return id;
+        }
+        self.sets.push(requirements.clone());
+        self.ids.insert(requirements, self.sets.len() - 1);
+        self.sets.len() - 1
+    }
+
+    /// The class's requirements in pool `p`, as a set.
+    fn seed(&mut self, p: usize, cp: &ClassPool) -> usize {
+        if let Some(&id) = self.seeds.get(&(p, cp.shape)) {
+            return id;
+        }
+        let id = self.intern(cp.requirements.clone());
+        self.seeds.insert((p, cp.shape), id);
+        id
+    }
+
+    /// The set narrowed by the class's requirements in pool `p`, if anything satisfies both.
+    fn join(&mut self, set: usize, p: usize, cp: &ClassPool) -> Option<usize> {
+        if let Some(&known) = self.joins.get(&(set, p, cp.shape)) {
+            return known;
+        }
+        let joined = match self.sets[set].intersects(&cp.requirements) {
+            Ok(()) => Some(self.intern(self.sets[set].intersection(&cp.requirements))),
+            Err(_) => None,
+        };
+        self.joins.insert((set, p, cp.shape), joined);
+        joined
+    }
+
+    /// Whether the class admits offerings of pool `p` in `place` (`offering` is one of them).
+    fn admits(
+        &mut self,
+        p: usize,
+        cp: &ClassPool,
+        place: usize,
+        offering: &crate::instance_type::Offering,
+    ) -> bool {
+        *self.places.entry((p, cp.shape, place)).or_insert_with(|| offering.is_compatible(&cp.requirements))
+    }
+}
+
 struct State<'i, 'p> {
     index: &'i Index<'p>,
+    memo: RefCell<Memo>,
     values: &'i [f64],
     remaining: Vec<i64>,
     next_pod: Vec<usize>,
@@ -131,14 +196,16 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
     let pt = &pool.types[pos];
     let t: &InstanceType = index.instance_type(pt);
     let seed_pool = index.classes[seed].per_pool[p].as_ref().ok()?;
-    let offering = pt
+    let mut memo = state.memo.borrow_mut();
+    let (place, offering) = pt
         .offerings
         .iter()
-        .map(|&o| &t.offerings[o])
-        .filter(|o| o.is_compatible(&seed_pool.requirements))
-        .min_by_key(|o| o.price)?;
+        .zip(&pt.places)
+        .map(|(&o, &place)| (place, &t.offerings[o]))
+        .filter(|&(place, o)| memo.admits(p, seed_pool, place, o))
+        .min_by_key(|(_, o)| o.price)?;
     let mut free = pt.usable.clone();
-    let mut requirements = seed_pool.requirements.clone();
+    let mut requirements = memo.seed(p, seed_pool);
     let mut counts = Vec::new();
     let mut requests = Resources::new();
     let mut value = 0.0;
@@ -148,15 +215,20 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
         }
         let class = &index.classes[c];
         let Ok(cp) = &class.per_pool[p] else { continue };
-        // A class without affinity of its own has the pool's requirements, which every type and offering
-        // of the pool meets: only size matters.
-        if !cp.admits[pos]
-            || (!cp.plain
-                && (!offering.is_compatible(&cp.requirements)
-                    || requirements.intersects(&cp.requirements).is_err()))
-        {
+        if !cp.admits[pos] {
             continue;
         }
+        // A class without affinity of its own has the pool's requirements, which every type and offering
+        // of the pool meets: only size matters.
+        let joined = if cp.plain {
+            requirements
+        } else {
+            if !memo.admits(p, cp, place, offering) {
+                continue;
+            }
+            let Some(joined) = memo.join(requirements, p, cp) else { continue };
+            joined
+        };
         if counts.iter().any(|&(o, _): &(usize, i64)| index.conflicts[c][o]) {
             continue;
         }
@@ -165,19 +237,17 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
         if k == 0 {
             continue;
         }
-        if c != seed && !cp.plain {
-            requirements = requirements.intersection(&cp.requirements);
-        }
+        requirements = joined;
         free.sub_assign(&class.requests.times(k));
         requests.add_assign(&class.requests.times(k));
         value += state.values[c] * k as f64;
         counts.push((c, k));
     }
-    (!counts.is_empty() && counts[0].0 == seed).then_some(Pattern {
+    (!counts.is_empty() && counts[0].0 == seed).then(|| Pattern {
         pool: p,
         position: pos,
         counts,
-        requirements,
+        requirements: memo.sets[requirements].clone(),
         requests,
         value,
         price: offering.price,
@@ -303,6 +373,7 @@ fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Patt
     for p in 0..index.pools.len() {
         let Ok(cp) = &index.classes[seed].per_pool[p] else { continue };
         // Cheapest first, so a type no better than a cheaper one already tried can be skipped.
+        let mut memo = state.memo.borrow_mut();
         let mut candidates: Vec<(Price, usize)> = cp
             .types
             .iter()
@@ -315,13 +386,14 @@ fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Patt
                 let price = pt
                     .offerings
                     .iter()
-                    .map(|&o| &t.offerings[o])
-                    .filter(|o| o.is_compatible(&cp.requirements))
-                    .map(|o| o.price)
+                    .zip(&pt.places)
+                    .filter(|&(&o, &place)| memo.admits(p, cp, place, &t.offerings[o]))
+                    .map(|(&o, _)| t.offerings[o].price)
                     .min()?;
                 Some((price, pos))
             })
             .collect();
+        drop(memo);
         if candidates.is_empty() {
             state.blocked_by_limits[p][seed] = true;
             continue;
@@ -468,6 +540,7 @@ pub(crate) fn run_from(index: &Index, values: &[f64], start: &[usize]) -> Decisi
     let n = index.classes.len();
     let mut state = State {
         index,
+        memo: RefCell::new(Memo::default()),
         values,
         remaining: index.classes.iter().zip(start).map(|(c, &s)| (c.pods.len() - s) as i64).collect(),
         next_pod: start.to_vec(),

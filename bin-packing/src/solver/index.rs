@@ -50,6 +50,9 @@ pub(crate) struct ClassPool {
     /// Whether `requirements` are the pool's own (the pod's affinity narrows nothing): such a class shares a
     /// node with any other of the pool as far as labels go.
     pub plain: bool,
+    /// Classes with the same `shape` have the same `requirements` in every pool (they share node affinity
+    /// and tolerations), so checks on requirements can be remembered per shape.
+    pub shape: usize,
 }
 
 /// Why a class cannot use a NodePool at all, or no instance type of it.
@@ -70,6 +73,8 @@ pub(crate) struct PoolType {
     pub usable: Resources,
     /// Offerings admitted by the pool (available only).
     pub offerings: Vec<usize>,
+    /// Each of those offerings' place: offerings of the pool in one zone with one capacity type share it.
+    pub places: Vec<usize>,
 }
 
 /// A NodePool and the instance types it may launch.
@@ -131,19 +136,24 @@ impl<'p> Index<'p> {
         // Which types a class may use depends only on its node affinity and tolerations: worked out once
         // per distinct pair (a Deployment's classes differ in requests or labels, rarely in these).
         type Compat = Vec<Result<(Requirements, Vec<usize>), PoolRejection>>;
-        let mut compat: HashMap<(&NodeAffinity, &Vec<Toleration>), Compat> = HashMap::new();
+        let mut compat: HashMap<(&NodeAffinity, &Vec<Toleration>), (usize, Compat)> = HashMap::new();
         let classes: Vec<Class> = grouped
             .into_iter()
             .map(|(spec, pods)| {
                 let mut requests = spec.requests.clone();
                 requests.pods = requests.pods.max(1);
-                let compatible = compat.entry((&spec.affinity, &spec.tolerations)).or_insert_with(|| {
-                    pools.iter().map(|pool| compatible_types(spec, pool, catalog_types)).collect()
-                });
+                let shapes = compat.len();
+                let (shape, compatible) =
+                    compat.entry((&spec.affinity, &spec.tolerations)).or_insert_with(|| {
+                        (
+                            shapes,
+                            pools.iter().map(|pool| compatible_types(spec, pool, catalog_types)).collect(),
+                        )
+                    });
                 let per_pool = pools
                     .iter()
                     .zip(compatible.iter())
-                    .map(|(pool, compatible)| class_pool(compatible, &requests, pool))
+                    .map(|(pool, compatible)| class_pool(compatible, &requests, pool, *shape))
                     .collect();
                 Class { spec, requests, pods, per_pool, per_node_cap: spec.per_node_cap() }
             })
@@ -226,7 +236,29 @@ fn pool_info<'p>(
             let usable = t.allocatable().minus(&overhead);
             // A type whose daemonsets alone overflow it can hold nothing.
             let holds_anything = usable.iter().all(|(_, v)| v >= 0) && usable.pods > 0;
-            (!offerings.is_empty() && holds_anything).then_some(PoolType { type_index, usable, offerings })
+            (!offerings.is_empty() && holds_anything).then_some((type_index, usable, offerings))
+        })
+        .collect::<Vec<_>>();
+    // The (zone, capacity type) pairs the pool's offerings are in.
+    let mut places: Vec<(String, crate::instance_type::CapacityType)> = Vec::new();
+    let types = types
+        .into_iter()
+        .map(|(type_index, usable, offerings)| {
+            let t = &catalog_types[type_index];
+            let places_here = offerings
+                .iter()
+                .map(|&o| {
+                    let o = &t.offerings[o];
+                    match places.iter().position(|(z, c)| *z == o.zone && *c == o.capacity_type) {
+                        Some(i) => i,
+                        None => {
+                            places.push((o.zone.clone(), o.capacity_type));
+                            places.len() - 1
+                        }
+                    }
+                })
+                .collect();
+            PoolType { type_index, usable, offerings, places: places_here }
         })
         .collect();
     PoolInfo { template, node_requirements, types }
@@ -287,6 +319,7 @@ fn class_pool(
     compatible: &Result<(Requirements, Vec<usize>), PoolRejection>,
     requests: &Resources,
     pool: &PoolInfo,
+    shape: usize,
 ) -> Result<ClassPool, PoolRejection> {
     let (requirements, positions) = compatible.as_ref().map_err(Clone::clone)?;
     let mut types = Vec::new();
@@ -301,7 +334,7 @@ fn class_pool(
         return Err(PoolRejection::NoneFits);
     }
     let plain = *requirements == pool.node_requirements;
-    Ok(ClassPool { requirements: requirements.clone(), types, admits, plain })
+    Ok(ClassPool { requirements: requirements.clone(), types, admits, plain, shape })
 }
 
 /// How many pods of `requests` fit in `free` (every requested dimension counts).
