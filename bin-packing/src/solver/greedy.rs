@@ -114,6 +114,8 @@ impl Memo {
 struct State<'i, 'p> {
     index: &'i Index<'p>,
     memo: RefCell<Memo>,
+    /// The least cpu and memory any class with pods left requests: a node with less room is full.
+    smallest: (i64, i64),
     values: &'i [f64],
     remaining: Vec<i64>,
     next_pod: Vec<usize>,
@@ -242,6 +244,9 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
         requests.add_assign(&class.requests.times(k));
         value += state.values[c] * k as f64;
         counts.push((c, k));
+        if free.pods <= 0 || free.cpu_millis < state.smallest.0 || free.memory_bytes < state.smallest.1 {
+            break; // no pod of any class fits any more
+        }
     }
     (!counts.is_empty() && counts[0].0 == seed).then(|| Pattern {
         pool: p,
@@ -547,13 +552,21 @@ pub(crate) fn run_from(index: &Index, values: &[f64], start: &[usize]) -> Decisi
         limits: index.pools.iter().map(|p| p.template.remaining.clone()).collect(),
         blocked_by_limits: vec![vec![false; n]; index.pools.len()],
         out: Decisions { placed: vec![0; n], ..Decisions::default() },
+        smallest: (0, 0),
     };
     let order = class_order(index, values);
     place_on_existing(&mut state, &order);
     let mut given_up = vec![false; n];
-    while let Some(&seed) = order.iter().find(|&&c| state.remaining[c] > 0 && !given_up[c]) {
-        match best_pattern(&mut state, &order, seed) {
-            Some((pattern, alts)) => emit(&mut state, pattern, alts),
+    // The classes with pods left, in order: packing looks at no other.
+    let mut active: Vec<usize> = order.iter().copied().filter(|&c| state.remaining[c] > 0).collect();
+    state.smallest = smallest(index, &active);
+    while let Some(&seed) = active.iter().find(|&&c| !given_up[c]) {
+        match best_pattern(&mut state, &active, seed) {
+            Some((pattern, alts)) => {
+                emit(&mut state, pattern, alts);
+                active.retain(|&c| state.remaining[c] > 0);
+                state.smallest = smallest(index, &active);
+            }
             None => given_up[seed] = true,
         }
     }
@@ -572,6 +585,15 @@ pub(crate) fn run_from(index: &Index, values: &[f64], start: &[usize]) -> Decisi
         }
     }
     state.out
+}
+
+/// The least cpu and memory any of the classes requests.
+fn smallest(index: &Index, classes: &[usize]) -> (i64, i64) {
+    let requests = || classes.iter().map(|&c| &index.classes[c].requests);
+    (
+        requests().map(|r| r.cpu_millis).min().unwrap_or(0),
+        requests().map(|r| r.memory_bytes).min().unwrap_or(0),
+    )
 }
 
 /// Classes by value, highest first; ties by cpu, then memory, then input order.
