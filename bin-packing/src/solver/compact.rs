@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::greedy::{self, launch_options};
-use super::index::Index;
+use super::index::{Index, RequirementSets};
 use super::{LaunchOption, MAX_ALTERNATIVES, NewNode};
 use crate::instance_type::Price;
 use crate::labels;
@@ -106,11 +106,9 @@ struct Needs {
 struct Shapes<'a, 'p> {
     index: &'a Index<'p>,
     pool: usize,
-    requirements: Vec<Requirements>,
-    /// Per shape, once asked for: its launches.
+    sets: RequirementSets,
+    /// Per shape (set id), once asked for: its launches.
     launches: Vec<Option<Launches<'a>>>,
-    /// Memoised intersections: `None` when the two cannot hold together.
-    joined: BTreeMap<(usize, usize), Option<usize>>,
     /// The most room any type of the pool has.
     largest: Resources,
 }
@@ -121,39 +119,21 @@ impl<'a, 'p> Shapes<'a, 'p> {
         for t in &index.pools[pool].types {
             largest.max_assign(&t.usable);
         }
-        Shapes {
-            index,
-            pool,
-            requirements: Vec::new(),
-            launches: Vec::new(),
-            joined: BTreeMap::new(),
-            largest,
-        }
+        Shapes { index, pool, sets: RequirementSets::default(), launches: Vec::new(), largest }
     }
 
     /// The shape of these requirements, added when new.
     fn intern(&mut self, requirements: Requirements) -> usize {
-        if let Some(known) = self.requirements.iter().position(|r| *r == requirements) {
-            return known;
-        }
-        self.requirements.push(requirements);
-        self.launches.push(None);
-        self.requirements.len() - 1
+        self.sets.intern(requirements)
     }
 
     /// Both shapes on one node, if their requirements can hold together.
     fn join(&mut self, a: usize, b: usize) -> Option<usize> {
-        if a == b {
-            return Some(a);
-        }
-        let key = (a.min(b), a.max(b));
-        if let Some(&known) = self.joined.get(&key) {
-            return known;
-        }
-        let both = self.requirements[a].intersection(&self.requirements[b]);
-        let joined = both.is_satisfiable().then(|| self.intern(both));
-        self.joined.insert(key, joined);
-        joined
+        self.sets.join(a, b)
+    }
+
+    fn requirements(&self, shape: usize) -> &Requirements {
+        self.sets.get(shape)
     }
 
     /// The cheapest launch of this shape, at most `budget`, that holds `requests`: its price and room.
@@ -164,7 +144,8 @@ impl<'a, 'p> Shapes<'a, 'p> {
         budget: Price,
     ) -> Option<(Price, &'a Resources)> {
         let (index, pool) = (self.index, self.pool);
-        let requirements = &self.requirements[shape];
+        self.launches.resize_with(self.sets.len(), || None);
+        let requirements = self.sets.get(shape);
         self.launches[shape]
             .get_or_insert_with(|| Launches::new(index, pool, requirements))
             .cheapest_fit(requests, budget)
@@ -331,7 +312,7 @@ impl PoolNodes<'_, '_, '_> {
                 out.extend(members.into_iter().map(|n| (n, Some(merged.clone()))));
                 continue;
             }
-            let requirements = shapes.requirements[merged.shape].clone();
+            let requirements = shapes.requirements(merged.shape).clone();
             match finish(
                 index,
                 pool,
@@ -536,7 +517,7 @@ impl PoolNodes<'_, '_, '_> {
                 continue;
             }
             if changed[i] {
-                let requirements = &shapes.requirements[needs[i].shape];
+                let requirements = shapes.requirements(needs[i].shape);
                 let mut alternatives: Vec<LaunchOption> =
                     launch_options(index, self.pool, requirements, &needs[i].requests, &Limits::default())
                         .into_iter()

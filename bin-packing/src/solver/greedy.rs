@@ -20,7 +20,7 @@ use crate::requirements::Requirements;
 use crate::resources::Resources;
 use crate::taints::first_untolerated;
 
-use super::index::{Class, ClassPool, Index, fit_count};
+use super::index::{Class, ClassPool, Index, RequirementSets, fit_count};
 use super::plan::{LaunchOption, NewNode, Placement, Unschedulable};
 use super::problem::Limits;
 use super::reasons;
@@ -55,48 +55,28 @@ struct Pattern {
 /// admits. Only ids and numbers are compared in the packing loop.
 #[derive(Default)]
 struct Memo {
-    /// Requirement sets, by id.
-    sets: Vec<Requirements>,
-    ids: FxHashMap<Requirements, usize>,
+    sets: RequirementSets,
     /// (pool, class shape) → the class's requirements there, as a set.
     seeds: FxHashMap<(usize, usize), usize>,
-    /// (set, pool, class shape) → their intersection, or `None` when nothing satisfies both.
-    joins: FxHashMap<(usize, usize, usize), Option<usize>>,
     /// (pool, class shape, place) → whether the class admits an offering in that zone and capacity type.
     places: FxHashMap<(usize, usize, usize), bool>,
 }
 
 impl Memo {
-    fn intern(&mut self, requirements: Requirements) -> usize {
-        if let Some(&id) = self.ids.get(&requirements) {
-            return id;
-        }
-        self.sets.push(requirements.clone());
-        self.ids.insert(requirements, self.sets.len() - 1);
-        self.sets.len() - 1
-    }
-
     /// The class's requirements in pool `p`, as a set.
     fn seed(&mut self, p: usize, cp: &ClassPool) -> usize {
         if let Some(&id) = self.seeds.get(&(p, cp.shape)) {
             return id;
         }
-        let id = self.intern(cp.requirements.clone());
+        let id = self.sets.intern(cp.requirements.clone());
         self.seeds.insert((p, cp.shape), id);
         id
     }
 
     /// The set narrowed by the class's requirements in pool `p`, if anything satisfies both.
     fn join(&mut self, set: usize, p: usize, cp: &ClassPool) -> Option<usize> {
-        if let Some(&known) = self.joins.get(&(set, p, cp.shape)) {
-            return known;
-        }
-        let joined = match self.sets[set].intersects(&cp.requirements) {
-            Ok(()) => Some(self.intern(self.sets[set].intersection(&cp.requirements))),
-            Err(_) => None,
-        };
-        self.joins.insert((set, p, cp.shape), joined);
-        joined
+        let class = self.seed(p, cp);
+        self.sets.join(set, class)
     }
 
     /// Whether the class admits offerings of pool `p` in `place` (`offering` is one of them).
@@ -252,7 +232,7 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
         pool: p,
         position: pos,
         counts,
-        requirements: memo.sets[requirements].clone(),
+        requirements: memo.sets.get(requirements).clone(),
         requests,
         value,
         price: offering.price,

@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rustc_hash::FxHashMap;
+
 use crate::instance_type::InstanceType;
 use crate::requirements::{Incompatibility, NodeAffinity, Requirements};
 use crate::resources::{ResourceName, Resources};
@@ -335,6 +337,52 @@ fn class_pool(
     }
     let plain = *requirements == pool.node_requirements;
     Ok(ClassPool { requirements: requirements.clone(), types, admits, plain, shape })
+}
+
+/// Requirement sets by id, with their intersections remembered, so loops that combine the requirements of
+/// pods (packing a node, merging nodes) compare ids rather than label strings.
+#[derive(Debug, Default)]
+pub(crate) struct RequirementSets {
+    sets: Vec<Requirements>,
+    ids: FxHashMap<Requirements, usize>,
+    /// (smaller id, larger id) → the id of their intersection, `None` when nothing satisfies both.
+    joins: FxHashMap<(usize, usize), Option<usize>>,
+}
+
+impl RequirementSets {
+    /// The id of these requirements, added when new.
+    pub fn intern(&mut self, requirements: Requirements) -> usize {
+        if let Some(&id) = self.ids.get(&requirements) {
+            return id;
+        }
+        self.sets.push(requirements.clone());
+        self.ids.insert(requirements, self.sets.len() - 1);
+        self.sets.len() - 1
+    }
+
+    pub fn get(&self, id: usize) -> &Requirements {
+        &self.sets[id]
+    }
+
+    /// How many sets there are (ids run from 0).
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    /// Both sets at once, if some node can satisfy them.
+    pub fn join(&mut self, a: usize, b: usize) -> Option<usize> {
+        if a == b {
+            return Some(a);
+        }
+        let key = (a.min(b), a.max(b));
+        if let Some(&known) = self.joins.get(&key) {
+            return known;
+        }
+        let both = self.sets[a].intersection(&self.sets[b]);
+        let joined = both.is_satisfiable().then(|| self.intern(both));
+        self.joins.insert(key, joined);
+        joined
+    }
 }
 
 /// How many pods of `requests` fit in `free` (every requested dimension counts).
