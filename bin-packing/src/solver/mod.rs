@@ -181,7 +181,7 @@ pub enum Fill {
     Tight,
     /// Merged where one node costs no more, but each keeps the room the greedy left it. In a live cluster
     /// the next pending pods land in that room; in the simulator's week, moving pods to take it up left
-    /// them nowhere, and cost 0.4 % more with 9 % more launches (docs/benchmarks.md).
+    /// them nowhere, and cost 0.4 % more with 12 % more launches (docs/benchmarks.md).
     Live,
 }
 
