@@ -188,13 +188,14 @@ impl<'a, 'p> Shapes<'a, 'p> {
 pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Vec<NewNode> {
     let class_of = index.class_of_pods();
     let free: Vec<bool> = (0..index.classes.len()).map(|c| mergeable(index, c)).collect();
-    let movable: Vec<bool> = (0..index.classes.len()).map(|c| movable(index, c)).collect();
+    // `conflicts` is symmetric, so a class's row says whether it conflicts with any class.
     let limited: Vec<bool> = index
         .classes
         .iter()
         .zip(&index.conflicts)
         .map(|(class, row)| class.per_node_cap != i64::MAX || row.iter().any(|&x| x))
         .collect();
+    let movable: Vec<bool> = (0..index.classes.len()).map(|c| !limited[c] && movable(index, c)).collect();
     // Per pool, its nodes by zone and capacity type.
     let mut buckets: BTreeMap<usize, BTreeMap<(String, crate::CapacityType), Vec<NewNode>>> = BTreeMap::new();
     let mut out = Vec::new();
@@ -585,15 +586,12 @@ struct Move {
     to: usize,
 }
 
-/// Whether pods of class `c` may move to any node of the pool whose requirements admit them and that has room: no per-node cap, no conflict
-/// with any class, no hostname pod affinity, no bundled partners, no hostname spread or preference.
+/// Whether pods of class `c`, given it has no per-node cap and no conflict with any class, may move to any
+/// node of the pool whose requirements admit them and that has room: no hostname pod affinity, no bundled
+/// partners, no hostname spread or preference.
 fn movable(index: &Index, c: usize) -> bool {
-    let class = &index.classes[c];
-    let spec = class.spec;
-    class.per_node_cap == i64::MAX
-        && !index.conflicts[c].iter().any(|&x| x)
-        && !index.conflicts.iter().any(|row| row[c])
-        && spec.hostname_anti_affinity.is_empty()
+    let spec = index.classes[c].spec;
+    spec.hostname_anti_affinity.is_empty()
         && spec.companion_labels.is_empty()
         && spec.held_anti_affinity.is_empty()
         && spec.topology_spread.iter().all(|s| s.topology_key != labels::HOSTNAME)
