@@ -30,7 +30,8 @@ echo "$PWD" > "$stamp"
 step "system packages (cmake and libclang for HiGHS, chromium for the HTML report test)"
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+# libclang itself (libclang-cpp, which other packages bring, is not what bindgen loads).
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if ((${#missing[@]})); then
