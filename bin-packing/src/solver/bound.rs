@@ -152,3 +152,90 @@ pub(crate) fn aggregate_lp(
     let nanos = (optimum.max(0.0) * Price::NANOS_PER_USD as f64 * (1.0 - 1e-6)).floor();
     Ok(AggregateLp { bound: Price(nanos as u64), pod_values })
 }
+
+/// What the pattern bound may assume of a plan that honours NodePool weights as Cartwright's do: every new
+/// node is opened for a pod in the first NodePool (by weight) that admits it, unless that NodePool refuses the
+/// pod (its limits are spent, or its `minValues` cannot be met) and a later one takes it.
+#[derive(Debug)]
+pub(crate) struct WeightOrder {
+    /// Per class, per pool: whether the class's pods may be on the pool's nodes when no NodePool refuses a
+    /// pod it comes first for (the pools some class comes first for, among those admitting the class).
+    pub pools: Vec<Vec<bool>>,
+    /// The least a plan costs in which some NodePool does refuse such a pod and a later one could take it:
+    /// what the refusing NodePool's spent limits cost at its cheapest rates (zero when `minValues` may
+    /// refuse); `None` when no NodePool can refuse.
+    pub refused: Option<Price>,
+}
+
+/// Works out the [`WeightOrder`] for the classes with pods to place.
+pub(crate) fn weight_order(index: &Index, placed: &[i64]) -> WeightOrder {
+    let n = index.pools.len();
+    let first: Vec<Option<usize>> =
+        index.classes.iter().map(|c| c.per_pool.iter().position(Result::is_ok)).collect();
+    let mut opens = vec![false; n];
+    for (c, &f) in first.iter().enumerate() {
+        if let Some(p) = f
+            && placed[c] > 0
+        {
+            opens[p] = true;
+        }
+    }
+    let pools = index
+        .classes
+        .iter()
+        .map(|class| (0..n).map(|p| opens[p] && class.per_pool[p].is_ok()).collect())
+        .collect();
+    let mut refused: Option<Price> = None;
+    for (c, class) in index.classes.iter().enumerate() {
+        let Some(p) = first[c] else { continue };
+        // A pod refused where nothing later admits it is unschedulable, not placed elsewhere.
+        if placed[c] == 0 || !class.per_pool[p + 1..].iter().any(Result::is_ok) {
+            continue;
+        }
+        let Ok(cp) = &class.per_pool[p] else { continue };
+        if let Some(cost) = refusal_cost(index, p, &cp.types) {
+            refused = Some(refused.map_or(cost, |r| r.min(cost)));
+        }
+    }
+    WeightOrder { pools, refused }
+}
+
+/// The least the nodes of pool `p` cost once its limits refuse a pod whose admitting types are `types`
+/// (positions in the pool's type list), or `None` when nothing can make the pool refuse it. New nodes are
+/// charged against limits at the capacity of the type they launch as (`greedy::limited_alternatives`), and a
+/// pod is refused when no admitting type fits in what is left: under one resource limit, less is left than
+/// the smallest admitting type; under several, less than the largest in one of them; under a node limit, no
+/// node. Each unit spent costs at least the pool's lowest price per unit.
+fn refusal_cost(index: &Index, p: usize, types: &[usize]) -> Option<Price> {
+    let pool = &index.pools[p];
+    if pool.template.requirements.iter().any(|r| r.min_values().is_some()) {
+        return Some(Price(0));
+    }
+    let limits = &pool.template.remaining;
+    let offers = || {
+        pool.types.iter().flat_map(|pt| {
+            let t = index.instance_type(pt);
+            pt.offerings.iter().map(move |&o| (&t.capacity, t.offerings[o].price))
+        })
+    };
+    let mut cheapest: Option<f64> = None;
+    if let Some(nodes) = limits.nodes {
+        let price = offers().map(|(_, price)| price.0).min().unwrap_or(0);
+        cheapest = Some(nodes.max(0) as f64 * price as f64);
+    }
+    let single = limits.resources.len() == 1;
+    for (dim, &left) in &limits.resources {
+        let sizes = types.iter().map(|&pos| index.instance_type(&pool.types[pos]).capacity.get(dim));
+        let size = if single { sizes.min() } else { sizes.max() }.unwrap_or(0);
+        let spent = (left - size).max(0) as f64;
+        let rate = offers()
+            .map(|(capacity, price)| {
+                let amount = capacity.get(dim);
+                if amount > 0 { price.0 as f64 / amount as f64 } else { 0.0 }
+            })
+            .fold(f64::INFINITY, f64::min);
+        let cost = if rate.is_finite() { spent * rate } else { 0.0 };
+        cheapest = Some(cheapest.map_or(cost, |c| c.min(cost)));
+    }
+    cheapest.map(|c| Price((c * (1.0 - 1e-9)).floor() as u64))
+}

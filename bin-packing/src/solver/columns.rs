@@ -11,7 +11,8 @@
 //! Budgets are counts (iterations, knapsack nodes), never time, so results are deterministic.
 //! The bound ignores NodePool limits, existing nodes and anti-affinity between different classes (a
 //! relaxation, so still a bound; per-node caps of a class are modelled); callers use it only when there are no
-//! existing nodes.
+//! existing nodes. Which NodePools each class may use is the caller's (`bound::weight_order`: those NodePool
+//! weights allow).
 
 use good_lp::solvers::highs::highs;
 use good_lp::{
@@ -76,8 +77,8 @@ pub(crate) struct Outcome {
 }
 
 /// The bins of the problem: one per (pool, type, distinct admitted-class set), dominated ones removed. A class
-/// may use any NodePool that admits it (weight priority is for the plan, not the bound).
-pub(crate) fn bins(index: &Index) -> Vec<Bin> {
+/// may use the NodePools `pools[class]` marks, of those that admit it.
+pub(crate) fn bins(index: &Index, pools: &[Vec<bool>]) -> Vec<Bin> {
     let mut all = Vec::new();
     for (p, pool) in index.pools.iter().enumerate() {
         for (pos, pt) in pool.types.iter().enumerate() {
@@ -88,10 +89,12 @@ pub(crate) fn bins(index: &Index) -> Vec<Bin> {
                 let admits: Vec<bool> = index
                     .classes
                     .iter()
-                    .map(|c| {
-                        c.per_pool[p]
-                            .as_ref()
-                            .is_ok_and(|cp| cp.admits[pos] && offering.is_compatible(&cp.requirements))
+                    .zip(pools)
+                    .map(|(c, allowed)| {
+                        allowed[p]
+                            && c.per_pool[p]
+                                .as_ref()
+                                .is_ok_and(|cp| cp.admits[pos] && offering.is_compatible(&cp.requirements))
                     })
                     .collect();
                 if !admits.iter().any(|&a| a) {
@@ -123,15 +126,16 @@ pub(crate) fn bins(index: &Index) -> Vec<Bin> {
     kept
 }
 
-/// Runs column generation for `demand[i]` pods of each class on new nodes. `seeds` are patterns known to
-/// be good (a plan's nodes, as pods per class): each joins the first master on the cheapest bin that holds
-/// it, so the master starts no worse than that plan.
+/// Runs column generation for `demand[i]` pods of each class on new nodes, class `i` in the NodePools
+/// `pools[i]` marks. `seeds` are patterns known to be good (a plan's nodes, as pods per class): each joins
+/// the first master on the cheapest bin that holds it, so the master starts no worse than that plan.
 pub(crate) fn generate(
     index: &Index,
     demand: &[i64],
+    pools: &[Vec<bool>],
     seeds: &[Vec<(usize, i64)>],
 ) -> Result<Outcome, String> {
-    let bins = bins(index);
+    let bins = bins(index, pools);
     let classes: Vec<usize> = (0..demand.len()).filter(|&i| demand[i] > 0).collect();
     if bins.len() * classes.len() > MAX_PRICING_WORK {
         return Err(format!(

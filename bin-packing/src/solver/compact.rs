@@ -198,9 +198,17 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Ve
     let movable: Vec<bool> = (0..index.classes.len()).map(|c| !limited[c] && movable(index, c)).collect();
     // Per pool, its nodes by zone and capacity type.
     let mut buckets: BTreeMap<usize, BTreeMap<(String, crate::CapacityType), Vec<NewNode>>> = BTreeMap::new();
+    // Per pool: what its limits leave after every node of the plan, each charged as the greedy charges it.
+    let mut slack: Vec<Limits> = index.pools.iter().map(|p| p.template.remaining.clone()).collect();
     let mut out = Vec::new();
     for node in nodes {
         let pool = index.pools.iter().position(|p| p.template.name == node.nodepool);
+        if let Some(p) = pool {
+            slack[p].consume(&charge(index, &node), 1);
+        }
+        // Under minValues a merged node's alternatives might not keep enough values open: left alone.
+        let pool =
+            pool.filter(|&p| !index.pools[p].template.requirements.iter().any(|r| r.min_values().is_some()));
         let mergeable =
             pool.is_some() && node.pods.iter().all(|p| class_of.get(p.as_str()).is_some_and(|&c| free[c]));
         match pool {
@@ -219,6 +227,7 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Ve
             continue;
         }
         let nodes = PoolNodes { index, pool, class_of: &class_of, limited: &limited };
+        let limits = &mut slack[pool];
         let mut shapes = Shapes::new(index, pool);
         let mut merged = Vec::new();
         for bucket in by_zone.into_values() {
@@ -231,12 +240,13 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Ve
                 .collect();
             // Merges that save first, so nodes of complementary shapes find each other before merges at
             // equal price fill the large nodes with more of the same; then those, for fewer nodes.
-            let bucket = nodes.merge(bucket, &mut shapes, true);
-            merged.extend(nodes.merge(bucket, &mut shapes, false));
+            let bucket = nodes.merge(bucket, &mut shapes, limits, true);
+            merged.extend(nodes.merge(bucket, &mut shapes, limits, false));
         }
         // Merging stops where nodes carry per-node constraints (one pod of each group per node, the pod
         // limit): what is left unbalanced sheds the pods free to go elsewhere in the pool.
-        if rebalance {
+        // A rebalanced node may become a type larger in a limited resource than it was: not under limits.
+        if rebalance && *limits == Limits::default() {
             out.extend(nodes.rebalance(merged, &mut shapes, &movable));
         } else {
             out.extend(merged.into_iter().map(|(n, _)| n));
@@ -262,6 +272,7 @@ impl PoolNodes<'_, '_, '_> {
         &self,
         mut nodes: Vec<(NewNode, Option<Needs>)>,
         shapes: &mut Shapes,
+        limits: &mut Limits,
         saving: bool,
     ) -> Vec<(NewNode, Option<Needs>)> {
         let (index, pool) = (self.index, self.pool);
@@ -318,6 +329,7 @@ impl PoolNodes<'_, '_, '_> {
                 index,
                 pool,
                 Merged { members, requests: merged.requests.clone(), requirements, price },
+                limits,
             ) {
                 Ok(node) => out.push((node, Some(merged))),
                 Err(members) => out.extend(members.into_iter().map(|n| (n, None))),
@@ -620,18 +632,39 @@ fn mergeable(index: &Index, c: usize) -> bool {
             .all(|(_, t)| t.topology_key != labels::HOSTNAME)
 }
 
-/// The merged node (or, should no launch hold it after all, the nodes as they were).
-fn finish(index: &Index, pool: usize, merged: Merged) -> Result<NewNode, Vec<NewNode>> {
+/// What a node is charged against its NodePool's limits: the largest capacity among its alternatives (as
+/// `greedy::limited_alternatives` charges it).
+fn charge(index: &Index, node: &NewNode) -> Resources {
+    let mut capacity = Resources::new();
+    for alternative in &node.alternatives {
+        if let Some(t) = index.problem.catalog.get(&alternative.instance_type) {
+            capacity.max_assign(&t.capacity);
+        }
+    }
+    capacity
+}
+
+/// The merged node (or, should no launch hold it after all, or its NodePool's limits not take it in place
+/// of its members, the nodes as they were). `limits` is what the NodePool's limits leave, updated.
+fn finish(index: &Index, pool: usize, merged: Merged, limits: &mut Limits) -> Result<NewNode, Vec<NewNode>> {
     let mut members = merged.members;
-    let mut alternatives: Vec<LaunchOption> =
-        launch_options(index, pool, &merged.requirements, &merged.requests, &Limits::default())
-            .into_iter()
-            .map(|(_, o)| o)
-            .collect();
-    alternatives.truncate(MAX_ALTERNATIVES);
+    let options = launch_options(index, pool, &merged.requirements, &merged.requests, &Limits::default());
+    let (alternatives, charged) =
+        greedy::limited_alternatives(index, pool, limits, options.into_iter().map(|(_, o)| o).collect());
     let Some(launch) = alternatives.first().cloned().filter(|l| l.price <= merged.price) else {
         return Err(members); // cannot happen: `cheapest_fit` found this launch
     };
+    if *limits != Limits::default() {
+        let mut after = limits.clone();
+        for member in &members {
+            after.consume(&charge(index, member), -1);
+        }
+        after.consume(&charged, 1);
+        if !after.resources.values().all(|&left| left >= 0) {
+            return Err(members);
+        }
+        *limits = after;
+    }
     let pods = members.iter_mut().flat_map(|n| std::mem::take(&mut n.pods)).collect();
     Ok(NewNode {
         nodepool: index.pools[pool].template.name.clone(),

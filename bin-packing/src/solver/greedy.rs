@@ -445,45 +445,56 @@ fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Patt
     None
 }
 
-fn emit(state: &mut State, pattern: Pattern, mut alternatives: Vec<LaunchOption>) {
-    let index = state.index;
-    let pool = &index.pools[pattern.pool];
+/// A new node's alternatives as the NodePool's limits see them, and what the node is charged against them.
+/// Under resource limits, only alternatives no larger than the cheapest in the limited dimensions are kept
+/// (unless that loses minValues): charging a limit for a 192-vCPU alternative of a 4-vCPU node would exhaust
+/// it after a few nodes. Then at most [`MAX_ALTERNATIVES`] (unless that loses minValues). The charge is the
+/// largest capacity among those kept, so whichever one launches stays within the limits.
+pub(crate) fn limited_alternatives(
+    index: &Index,
+    p: usize,
+    limits: &Limits,
+    mut alternatives: Vec<LaunchOption>,
+) -> (Vec<LaunchOption>, Resources) {
+    let pool = &index.pools[p];
     let catalog = &index.problem.catalog;
-    // Under resource limits, keep only alternatives no larger than the cheapest in the limited dimensions
-    // (unless that loses minValues): charging a limit for a 192-vCPU alternative of a 4-vCPU node would
-    // exhaust it after a few nodes.
-    let limited: Vec<&crate::resources::ResourceName> = state.limits[pattern.pool].resources.keys().collect();
-    if !limited.is_empty()
-        && let Some(first) = catalog.get(&alternatives[0].instance_type)
+    let min_values_hold = |kept: &[LaunchOption]| {
+        let types: Vec<&InstanceType> = kept.iter().filter_map(|a| catalog.get(&a.instance_type)).collect();
+        check_min_values(&pool.template.requirements, types.iter().copied()).is_ok()
+    };
+    if !limits.resources.is_empty()
+        && let Some(first) = alternatives.first().and_then(|a| catalog.get(&a.instance_type))
     {
         let no_larger = |a: &LaunchOption| {
             catalog
                 .get(&a.instance_type)
-                .is_some_and(|t| limited.iter().all(|d| t.capacity.get(d) <= first.capacity.get(d)))
+                .is_some_and(|t| limits.resources.keys().all(|d| t.capacity.get(d) <= first.capacity.get(d)))
         };
         let kept: Vec<LaunchOption> = alternatives.iter().filter(|a| no_larger(a)).cloned().collect();
-        let types: Vec<&InstanceType> = kept.iter().filter_map(|a| catalog.get(&a.instance_type)).collect();
-        if check_min_values(&pool.template.requirements, types.iter().copied()).is_ok() {
+        if min_values_hold(&kept) {
             alternatives = kept;
         }
     }
-    // Limits are charged at the largest alternative, so whichever one launches stays within them.
+    if alternatives.len() > MAX_ALTERNATIVES && min_values_hold(&alternatives[..MAX_ALTERNATIVES]) {
+        alternatives.truncate(MAX_ALTERNATIVES);
+    }
     let mut max_capacity = Resources::new();
     for alt in &alternatives {
         if let Some(t) = catalog.get(&alt.instance_type) {
             max_capacity.max_assign(&t.capacity);
         }
     }
+    (alternatives, max_capacity)
+}
+
+fn emit(state: &mut State, pattern: Pattern, alternatives: Vec<LaunchOption>) {
+    let index = state.index;
+    let pool = &index.pools[pattern.pool];
+    let catalog = &index.problem.catalog;
+    let (alternatives, max_capacity) =
+        limited_alternatives(index, pattern.pool, &state.limits[pattern.pool], alternatives);
     let mut reps = pattern.counts.iter().map(|&(c, k)| state.remaining[c] / k).min().unwrap_or(0);
     reps = reps.min(state.limits[pattern.pool].count_allowed(&max_capacity)).max(1);
-    if alternatives.len() > MAX_ALTERNATIVES {
-        let truncated = &alternatives[..MAX_ALTERNATIVES];
-        let types: Vec<&InstanceType> =
-            truncated.iter().filter_map(|a| catalog.get(&a.instance_type)).collect();
-        if check_min_values(&pool.template.requirements, types.iter().copied()).is_ok() {
-            alternatives.truncate(MAX_ALTERNATIVES);
-        }
-    }
     let launch = alternatives[0].clone();
     let labels = node_labels(&pattern.requirements, catalog.get(&launch.instance_type));
     for _ in 0..reps {
@@ -517,11 +528,13 @@ pub(crate) fn node_labels(requirements: &Requirements, t: Option<&InstanceType>)
 
 /// Runs the greedy with the given per-class pod values (higher is placed first and weighs more).
 pub(crate) fn run(index: &Index, values: &[f64]) -> Decisions {
-    run_from(index, values, &vec![0; index.classes.len()])
+    let limits = index.pools.iter().map(|p| p.template.remaining.clone()).collect();
+    run_from(index, values, &vec![0; index.classes.len()], limits)
 }
 
-/// [`run`] for the pods of each class from `start[c]` on (the earlier ones are placed elsewhere).
-pub(crate) fn run_from(index: &Index, values: &[f64], start: &[usize]) -> Decisions {
+/// [`run`] for the pods of each class from `start[c]` on (the earlier ones are placed elsewhere), within
+/// `limits` per NodePool (what those placements left).
+pub(crate) fn run_from(index: &Index, values: &[f64], start: &[usize], limits: Vec<Limits>) -> Decisions {
     let n = index.classes.len();
     let mut state = State {
         index,
@@ -529,7 +542,7 @@ pub(crate) fn run_from(index: &Index, values: &[f64], start: &[usize]) -> Decisi
         values,
         remaining: index.classes.iter().zip(start).map(|(c, &s)| (c.pods.len() - s) as i64).collect(),
         next_pod: start.to_vec(),
-        limits: index.pools.iter().map(|p| p.template.remaining.clone()).collect(),
+        limits,
         blocked_by_limits: vec![vec![false; n]; index.pools.len()],
         out: Decisions { placed: vec![0; n], ..Decisions::default() },
         smallest: (0, 0),

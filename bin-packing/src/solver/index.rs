@@ -195,11 +195,6 @@ impl<'p> Index<'p> {
         Index { problem, classes, pools, dims, conflicts }
     }
 
-    /// Whether pods of two different classes repel each other (anti-affinity the pattern LP does not model).
-    pub fn has_cross_class_conflicts(&self) -> bool {
-        self.conflicts.iter().enumerate().any(|(a, row)| row.iter().enumerate().any(|(b, &c)| c && a != b))
-    }
-
     /// Each pod's class, by pod name.
     pub fn class_of_pods(&self) -> BTreeMap<&'p str, usize> {
         let mut out = BTreeMap::new();

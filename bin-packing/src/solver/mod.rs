@@ -4,8 +4,9 @@
 //! Problem ──> Index (pod classes × NodePools × instance types, label and taint checks done once)
 //!         ──> aggregate LP (HiGHS): a lower bound, and a price for each pod class
 //!         ──> greedy: existing nodes first, then new nodes by value per dollar
-//!         ──> pattern LP by column generation (no existing nodes): the tight bound, and a rounding
-//!             that replaces the greedy's nodes when cheaper (no limits or minValues)
+//!         ──> pattern LP by column generation (no existing nodes): the tight bound for plans that honour
+//!             NodePool weights, and a rounding that replaces the greedy's nodes when cheaper
+//!         ──> compaction: nodes one instance type holds for less become one (within limits)
 //!         ──> Plan (placements, new nodes with ranked alternatives, unschedulable pods with reasons,
 //!                   cost, lower bound and which bound it is)
 //! ```
@@ -236,34 +237,32 @@ fn solve_pinned(problem: &Problem, fill: Fill) -> Plan {
     };
 
     // With no existing nodes, every placed pod is on a new node: the pattern formulation applies. It gives
-    // the tight bound, and its columns may combine into a cheaper plan than the greedy's. The bound lets a
-    // class use any NodePool that admits it (so it bounds plans that treat weight as a preference, as
-    // Karpenter's in-flight NodeClaims do); the rounding keeps only columns in each class's highest-weight
-    // NodePool, the priority Cartwright's plans honour.
-    let constrained = index.pools.iter().any(|p| {
-        p.template.remaining != Limits::default()
-            || p.template.requirements.iter().any(|r| r.min_values().is_some())
-    });
+    // the tight bound, and its columns may combine into a cheaper plan than the greedy's. It honours NodePool
+    // weights as the plan does: each class uses only NodePools that open nodes for the pods they come first
+    // for, which holds unless a NodePool's limits refuse such a pod; should that cost less than the pattern
+    // bound, only the aggregate bound stands.
+    let order = bound::weight_order(&index, &decisions.placed);
     if problem.existing.is_empty()
         && !decisions.new_nodes.is_empty()
-        && let Ok(outcome) =
-            columns::generate(&index, &decisions.placed, &node_patterns(&index, &decisions.new_nodes))
+        && let Ok(outcome) = columns::generate(
+            &index,
+            &decisions.placed,
+            &order.pools,
+            &node_patterns(&index, &decisions.new_nodes),
+        )
     {
         let kind = if outcome.converged { BoundKind::PatternLp } else { BoundKind::PatternFarley };
-        if lower_bound.is_none_or(|b| outcome.bound > b.price) {
+        let otherwise = order.refused.map(|r| r.max(lower_bound.map_or(Price(0), |b| b.price)));
+        if lower_bound.is_none_or(|b| outcome.bound > b.price) && otherwise.is_none_or(|o| o >= outcome.bound)
+        {
             lower_bound = Some(LowerBound { price: outcome.bound, kind });
         }
-        // The columns may pair classes that repel each other, so rounding is for conflict-free problems.
-        if !constrained && !index.has_cross_class_conflicts() {
-            improve_with_columns(&index, &outcome, &values, &mut decisions);
-        }
+        improve_with_columns(&index, &outcome, &values, &mut decisions);
     }
-    // Nodes one instance type holds for no more than they cost apart become that one node (the limits a
-    // larger type could overrun are left alone).
-    if !constrained {
-        decisions.new_nodes =
-            compact::compact(&index, std::mem::take(&mut decisions.new_nodes), fill == Fill::Tight);
-    }
+    // Nodes one instance type holds for no more than they cost apart become that one node (within the
+    // NodePool's limits).
+    decisions.new_nodes =
+        compact::compact(&index, std::mem::take(&mut decisions.new_nodes), fill == Fill::Tight);
 
     let cost = Price(decisions.new_nodes.iter().map(|n| n.launch.price.0).sum());
     Plan {
@@ -296,12 +295,17 @@ fn node_patterns(index: &Index, nodes: &[NewNode]) -> Vec<Vec<(usize, i64)>> {
 struct CachedLaunch {
     takes: Vec<usize>,
     alternatives: Vec<LaunchOption>,
+    /// What a node of these alternatives is charged against its NodePool's limits.
+    charge: Resources,
     labels: BTreeMap<String, String>,
 }
 
 /// Residual rounding of the pattern LP: ⌊λ⌋ nodes of each column, then the greedy for the pods left. When
-/// that is cheaper than the greedy alone, its nodes replace the greedy's. Only for problems without limits or
-/// `minValues` and with no existing nodes (the master LP models neither).
+/// that is cheaper than the greedy alone, its nodes replace the greedy's. The master LP models neither
+/// NodePool limits, `minValues` nor anti-affinity between classes, so the rounding does: a column whose
+/// classes repel each other is left to the greedy, each node is charged against its NodePool's limits as
+/// the greedy's are (copies the limits cannot take are left to the greedy, which runs within what is left),
+/// and a node whose alternatives lack `minValues` is left to the greedy. For problems with no existing nodes.
 fn improve_with_columns(
     index: &Index,
     outcome: &columns::Outcome,
@@ -310,6 +314,7 @@ fn improve_with_columns(
 ) {
     let greedy_cost: u64 = decisions.new_nodes.iter().map(|n| n.launch.price.0).sum();
     let mut start = vec![0usize; index.classes.len()];
+    let mut limits: Vec<Limits> = index.pools.iter().map(|p| p.template.remaining.clone()).collect();
     let mut nodes = Vec::new();
     for (column, &lambda) in outcome.columns.iter().zip(&outcome.lambda) {
         let bin = &outcome.bins[column.bin];
@@ -318,15 +323,18 @@ fn improve_with_columns(
             .counts
             .iter()
             .all(|&(c, _)| index.classes[c].per_pool.iter().position(Result::is_ok) == Some(bin.pool));
-        if !first_choice {
-            continue; // these pods go to the greedy below, which honours NodePool weights
+        let repels = column.counts.iter().any(|&(c, k)| {
+            (k > 1 && index.conflicts[c][c])
+                || column.counts.iter().any(|&(d, _)| d != c && index.conflicts[c][d])
+        });
+        if !first_choice || repels {
+            continue; // these pods go to the greedy below, which honours NodePool weights and conflicts
         }
         // Copies of a column usually hold the same pods: launch options are computed once per content.
         let mut last: Option<CachedLaunch> = None;
         for _ in 0..(lambda + 1e-9).floor() as i64 {
             let mut requirements = pool.node_requirements.clone();
             let mut requests = Resources::new();
-            let mut pods = Vec::new();
             let mut takes = Vec::with_capacity(column.counts.len());
             for &(c, k) in &column.counts {
                 let class = &index.classes[c];
@@ -342,25 +350,45 @@ fn improve_with_columns(
                 }
                 requirements = requirements.intersection(&cp.requirements);
                 requests.add_assign(&class.requests.times(take as i64));
+            }
+            if takes.iter().all(|&t| t == 0) {
+                continue;
+            }
+            let stale = last.as_ref().is_none_or(|l| l.takes != takes || !limits[bin.pool].allows(&l.charge));
+            if stale {
+                let options =
+                    greedy::launch_options(index, bin.pool, &requirements, &requests, &limits[bin.pool]);
+                let (alternatives, charge) = greedy::limited_alternatives(
+                    index,
+                    bin.pool,
+                    &limits[bin.pool],
+                    options.into_iter().map(|(_, o)| o).collect(),
+                );
+                let types: Vec<_> =
+                    alternatives.iter().filter_map(|a| index.problem.catalog.get(&a.instance_type)).collect();
+                let usable = !alternatives.is_empty()
+                    && crate::catalog::check_min_values(&pool.template.requirements, types.iter().copied())
+                        .is_ok()
+                    && limits[bin.pool].allows(&charge);
+                if !usable {
+                    break; // the rest of this column's copies go to the greedy
+                }
+                let labels = greedy::node_labels(
+                    &requirements,
+                    index.problem.catalog.get(&alternatives[0].instance_type),
+                );
+                last = Some(CachedLaunch { takes: takes.clone(), alternatives, charge, labels });
+            }
+            let CachedLaunch { alternatives, charge, labels, .. } = last.as_ref().expect("set above");
+            let mut pods = Vec::new();
+            for (&(c, _), &take) in column.counts.iter().zip(&takes) {
+                let class = &index.classes[c];
                 pods.extend(
                     class.pods[start[c]..start[c] + take].iter().map(|&p| index.problem.pods[p].name.clone()),
                 );
                 start[c] += take;
             }
-            if pods.is_empty() {
-                continue;
-            }
-            if last.as_ref().is_none_or(|l| l.takes != takes) {
-                let options =
-                    greedy::launch_options(index, bin.pool, &requirements, &requests, &Limits::default());
-                let mut alternatives: Vec<LaunchOption> = options.into_iter().map(|(_, o)| o).collect();
-                alternatives.truncate(MAX_ALTERNATIVES);
-                let Some(launch) = alternatives.first() else { return };
-                let labels =
-                    greedy::node_labels(&requirements, index.problem.catalog.get(&launch.instance_type));
-                last = Some(CachedLaunch { takes, alternatives, labels });
-            }
-            let CachedLaunch { alternatives, labels, .. } = last.as_ref().expect("set above");
+            limits[bin.pool].consume(charge, 1);
             nodes.push(NewNode {
                 nodepool: pool.template.name.clone(),
                 labels: labels.clone(),
@@ -370,7 +398,7 @@ fn improve_with_columns(
             });
         }
     }
-    let residual = greedy::run_from(index, values, &start);
+    let residual = greedy::run_from(index, values, &start, limits);
     let placed: Vec<i64> = start.iter().zip(&residual.placed).map(|(&s, &r)| s as i64 + r).collect();
     nodes.extend(residual.new_nodes);
     let cost: u64 = nodes.iter().map(|n| n.launch.price.0).sum();

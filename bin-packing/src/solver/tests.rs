@@ -193,6 +193,79 @@ fn higher_weight_nodepools_come_first() {
     );
 }
 
+/// Two NodePools that admit the same pods: on-demand first (weight 50), spot (cheaper) second, the first
+/// with `cpu_limit` millicores of limits if given.
+fn on_demand_before_spot(pods: Vec<Vec<PodSpec>>, cpu_limit: Option<i64>) -> Problem {
+    let mut on_demand = pool("on-demand");
+    on_demand.weight = 50;
+    on_demand.requirements.add(req(labels::CAPACITY_TYPE, Operator::In, &["on-demand"]));
+    if let Some(limit) = cpu_limit {
+        on_demand.remaining.resources.insert(ResourceName::Cpu, limit);
+    }
+    let mut spot = pool("spot");
+    spot.requirements.add(req(labels::CAPACITY_TYPE, Operator::In, &["spot"]));
+    problem(pods, vec![spot, on_demand])
+}
+
+#[test]
+fn the_pattern_bound_honours_nodepool_weights() {
+    let web =
+        || vec![pods("web", 40).cpu(1000).mem(2048).build(), pods("api", 30).cpu(500).mem(3072).build()];
+    let p = on_demand_before_spot(web(), None);
+    let plan = expect_valid_plan(&p);
+    assert!(plan.new_nodes.iter().all(|n| n.nodepool == "on-demand"));
+    let bound = plan.lower_bound.expect("a bound");
+    assert!(matches!(bound.kind, BoundKind::PatternLp | BoundKind::PatternFarley), "{:?}", bound.kind);
+    assert!(bound.price <= plan.cost);
+    // A bound that let the pods use the spot NodePool would be below what they cost there; this one is for
+    // plans that put them where the weights say.
+    let spot_only = expect_valid_plan(&problem(web(), vec![pool("spot")]));
+    assert!(bound.price > spot_only.cost, "bound {} vs spot plan {}", bound.price, spot_only.cost);
+    // Within 3 % of the plan (the pods are two shapes on one family's sizes).
+    assert!(plan.cost.0 as f64 <= bound.price.0 as f64 * 1.03, "{} vs {}", plan.cost, bound.price);
+}
+
+#[test]
+fn when_limits_send_pods_down_the_weights_only_the_aggregate_bound_stands() {
+    // 40 cores of pods, 8 allowed on demand: the rest go to spot, so the weights-only pattern bound (all on
+    // demand) would be above the plan.
+    let p = on_demand_before_spot(vec![pods("web", 40).cpu(1000).mem(2048).build()], Some(8_000));
+    let plan = expect_valid_plan(&p);
+    assert!(plan.unschedulable.is_empty());
+    assert!(plan.new_nodes.iter().any(|n| n.nodepool == "spot"));
+    assert!(plan.new_nodes.iter().any(|n| n.nodepool == "on-demand"));
+    let bound = plan.lower_bound.expect("a bound");
+    assert_eq!(bound.kind, BoundKind::AggregateLp);
+    assert!(bound.price <= plan.cost, "bound {} above the plan {}", bound.price, plan.cost);
+    // A limit far beyond the pods' needs cannot refuse them: the pattern bound holds.
+    let roomy = expect_valid_plan(&on_demand_before_spot(
+        vec![pods("web", 40).cpu(1000).mem(2048).build()],
+        Some(1_000_000),
+    ));
+    let kind = roomy.lower_bound.expect("a bound").kind;
+    assert!(matches!(kind, BoundKind::PatternLp | BoundKind::PatternFarley), "{kind:?}");
+}
+
+#[test]
+fn a_limit_that_never_binds_leaves_the_plan_as_it_is_without_one() {
+    // Three shapes whose greedy plan the pattern LP's rounding and the merging of nodes improve on.
+    let mix = || {
+        vec![
+            pods("p", 13).cpu(1700).mem(2500).build(),
+            pods("q", 11).cpu(900).mem(7000).build(),
+            pods("r", 5).cpu(3100).mem(600).build(),
+        ]
+    };
+    let free = expect_valid_plan(&problem(mix(), vec![pool("default")]));
+    let mut limited = pool("default");
+    limited.remaining.resources.insert(ResourceName::Cpu, 10_000_000);
+    limited.remaining.nodes = Some(10_000);
+    let capped = expect_valid_plan(&problem(mix(), vec![limited]));
+    // Rounding the pattern LP and merging nodes run under limits too, charging each node as the greedy does.
+    assert_eq!(capped.cost, free.cost);
+    assert_eq!(capped.new_nodes.len(), free.new_nodes.len());
+}
+
 #[test]
 fn a_reached_limit_leaves_pods_unschedulable_with_the_reason() {
     let mut limited = pool("small");
@@ -438,15 +511,23 @@ proptest! {
             prop_assert!(b.price <= tight.cost);
         }
         // The baselines obey the same rules, and the bound holds for them too when they schedule exactly the
-        // same pods (the bound is for that set; under limits they may choose other pods).
+        // same pods (the bound is for that set; under limits they may choose other pods) and put them where
+        // the NodePool weights say, as the pattern bound assumes: Karpenter's scheduler does unless limits,
+        // which it charges at a NodeClaim's largest option, send pods down the weights sooner than
+        // Cartwright's plans would; Cluster Autoscaler's least-waste expander ignores weights.
+        let limited = p.nodepools.iter().any(|pool| pool.remaining != Limits::default());
         for algorithm in [Algorithm::KarpenterGreedy, Algorithm::CaLeastWaste] {
+            let by_weight = match algorithm {
+                Algorithm::KarpenterGreedy => !limited,
+                _ => p.nodepools.len() == 1,
+            };
             let other = algorithm.solve(&p);
             let violations = validate::violations(&p, &other);
             prop_assert!(violations.is_empty(), "{}: {}", algorithm.name(), violations.join("\n"));
             let unplaced = |plan: &Plan| plan.unschedulable.iter().map(|u| u.pod.clone()).collect::<std::collections::BTreeSet<_>>();
             // With preferences, each plan's bound is for the preferences it kept, which may differ.
             let preferences = p.pods.iter().any(|pod| pod.preference_steps() > 0);
-            if let Some(b) = plan.lower_bound && unplaced(&other) == unplaced(&plan) && !preferences {
+            if let Some(b) = plan.lower_bound && unplaced(&other) == unplaced(&plan) && !preferences && by_weight {
                 prop_assert!(b.price <= other.cost, "{} below the bound", algorithm.name());
             }
         }
@@ -1087,7 +1168,8 @@ fn column_generation_starts_from_the_seed_plan_and_never_ends_above_it() {
     let demand: Vec<i64> = index.classes.iter().map(|c| c.pods.len() as i64).collect();
     // A seed pattern that mixes both classes on one node.
     let seed: Vec<(usize, i64)> = vec![(0, 3), (1, 1)];
-    let outcome = columns::generate(&index, &demand, std::slice::from_ref(&seed)).unwrap();
+    let pools = vec![vec![true]; index.classes.len()];
+    let outcome = columns::generate(&index, &demand, &pools, std::slice::from_ref(&seed)).unwrap();
     // The seed joins the first master on the cheapest bin that holds it.
     let seeded = outcome.columns.iter().find(|c| c.counts == seed).expect("the seed is a column");
     let bin = &outcome.bins[seeded.bin];
