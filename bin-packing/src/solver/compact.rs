@@ -204,7 +204,7 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Ve
     for node in nodes {
         let pool = index.pools.iter().position(|p| p.template.name == node.nodepool);
         if let Some(p) = pool {
-            slack[p].consume(&charge(index, &node), 1);
+            slack[p].consume(&greedy::charge(index, &node.alternatives), 1);
         }
         // Under minValues a merged node's alternatives might not keep enough values open: left alone.
         let pool =
@@ -632,18 +632,6 @@ fn mergeable(index: &Index, c: usize) -> bool {
             .all(|(_, t)| t.topology_key != labels::HOSTNAME)
 }
 
-/// What a node is charged against its NodePool's limits: the largest capacity among its alternatives (as
-/// `greedy::limited_alternatives` charges it).
-fn charge(index: &Index, node: &NewNode) -> Resources {
-    let mut capacity = Resources::new();
-    for alternative in &node.alternatives {
-        if let Some(t) = index.problem.catalog.get(&alternative.instance_type) {
-            capacity.max_assign(&t.capacity);
-        }
-    }
-    capacity
-}
-
 /// The merged node (or, should no launch hold it after all, or its NodePool's limits not take it in place
 /// of its members, the nodes as they were). `limits` is what the NodePool's limits leave, updated.
 fn finish(index: &Index, pool: usize, merged: Merged, limits: &mut Limits) -> Result<NewNode, Vec<NewNode>> {
@@ -657,7 +645,7 @@ fn finish(index: &Index, pool: usize, merged: Merged, limits: &mut Limits) -> Re
     if *limits != Limits::default() {
         let mut after = limits.clone();
         for member in &members {
-            after.consume(&charge(index, member), -1);
+            after.consume(&greedy::charge(index, &member.alternatives), -1);
         }
         after.consume(&charged, 1);
         if !after.resources.values().all(|&left| left >= 0) {

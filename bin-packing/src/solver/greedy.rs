@@ -478,13 +478,20 @@ pub(crate) fn limited_alternatives(
     if alternatives.len() > MAX_ALTERNATIVES && min_values_hold(&alternatives[..MAX_ALTERNATIVES]) {
         alternatives.truncate(MAX_ALTERNATIVES);
     }
-    let mut max_capacity = Resources::new();
-    for alt in &alternatives {
-        if let Some(t) = catalog.get(&alt.instance_type) {
-            max_capacity.max_assign(&t.capacity);
+    let charge = charge(index, &alternatives);
+    (alternatives, charge)
+}
+
+/// What a node with these alternatives is charged against its NodePool's limits: the largest capacity among
+/// them, so whichever one launches stays within the limits.
+pub(crate) fn charge(index: &Index, alternatives: &[LaunchOption]) -> Resources {
+    let mut capacity = Resources::new();
+    for alternative in alternatives {
+        if let Some(t) = index.problem.catalog.get(&alternative.instance_type) {
+            capacity.max_assign(&t.capacity);
         }
     }
-    (alternatives, max_capacity)
+    capacity
 }
 
 fn emit(state: &mut State, pattern: Pattern, alternatives: Vec<LaunchOption>) {
