@@ -70,7 +70,7 @@ pub fn karpenter_greedy(problem: &Problem) -> Plan {
     let mut existing_order: Vec<usize> = (0..problem.existing.len()).collect();
     existing_order.sort_by_key(|&n| !problem.existing[n].initialized);
     let mut free: Vec<Resources> = problem.existing.iter().map(|n| n.free()).collect();
-    let mut limits: Vec<Limits> = index.pools.iter().map(|p| p.template.remaining.clone()).collect();
+    let mut limits: Vec<Limits> = index.remaining_limits();
     let mut claims: Vec<Claim> = Vec::new();
     let mut placements = Vec::new();
     let mut unschedulable_classes: Vec<Vec<usize>> = vec![Vec::new(); n_classes];
@@ -327,7 +327,7 @@ pub fn ca_least_waste(problem: &Problem) -> Plan {
     let admits: Vec<Vec<bool>> =
         zone_masks.iter().map(|per_class| per_class.iter().map(|m| m.iter().any(|&z| z)).collect()).collect();
 
-    let mut limits: Vec<Limits> = index.pools.iter().map(|p| p.template.remaining.clone()).collect();
+    let mut limits: Vec<Limits> = index.remaining_limits();
     let mut new_nodes = Vec::new();
     let mut blocked = vec![vec![false; n_classes]; index.pools.len()];
     loop {

@@ -186,6 +186,8 @@ pub(crate) fn weight_order(index: &Index, placed: &[i64]) -> WeightOrder {
         .map(|class| (0..n).map(|p| opens[p] && class.per_pool[p].is_ok()).collect())
         .collect();
     let mut refused: Option<Price> = None;
+    // Per pool, once asked for: its lowest prices per node and per unit of each limited resource.
+    let mut rates: Vec<Option<Rates>> = (0..n).map(|_| None).collect();
     for (c, class) in index.classes.iter().enumerate() {
         let Some(p) = first[c] else { continue };
         // A pod refused where nothing later admits it is unschedulable, not placed elsewhere.
@@ -193,11 +195,46 @@ pub(crate) fn weight_order(index: &Index, placed: &[i64]) -> WeightOrder {
             continue;
         }
         let Ok(cp) = &class.per_pool[p] else { continue };
-        if let Some(cost) = refusal_cost(index, p, &cp.types) {
+        let rates = rates[p].get_or_insert_with(|| Rates::of(index, p));
+        if let Some(cost) = refusal_cost(index, p, rates, &cp.types) {
             refused = Some(refused.map_or(cost, |r| r.min(cost)));
         }
     }
     WeightOrder { pools, refused }
+}
+
+/// A pool's lowest price for a node, and per unit of each resource its limits name (nano-dollars).
+struct Rates {
+    node: f64,
+    per_unit: Vec<f64>,
+}
+
+impl Rates {
+    fn of(index: &Index, p: usize) -> Rates {
+        let pool = &index.pools[p];
+        let offers = || {
+            pool.types.iter().flat_map(|pt| {
+                let t = index.instance_type(pt);
+                pt.offerings.iter().map(move |&o| (&t.capacity, t.offerings[o].price.0 as f64))
+            })
+        };
+        let node = offers().map(|(_, price)| price).fold(f64::INFINITY, f64::min);
+        let per_unit = pool
+            .template
+            .remaining
+            .resources
+            .keys()
+            .map(|dim| {
+                offers()
+                    .map(|(capacity, price)| {
+                        let amount = capacity.get(dim);
+                        if amount > 0 { price / amount as f64 } else { 0.0 }
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        Rates { node, per_unit }
+    }
 }
 
 /// The least the nodes of pool `p` cost once its limits refuse a pod whose admitting types are `types`
@@ -205,36 +242,20 @@ pub(crate) fn weight_order(index: &Index, placed: &[i64]) -> WeightOrder {
 /// charged against limits at the capacity of the type they launch as (`greedy::limited_alternatives`), and a
 /// pod is refused when no admitting type fits in what is left: under one resource limit, less is left than
 /// the smallest admitting type; under several, less than the largest in one of them; under a node limit, no
-/// node. Each unit spent costs at least the pool's lowest price per unit.
-fn refusal_cost(index: &Index, p: usize, types: &[usize]) -> Option<Price> {
+/// node. Each unit spent costs at least the pool's lowest price per unit (`rates`).
+fn refusal_cost(index: &Index, p: usize, rates: &Rates, types: &[usize]) -> Option<Price> {
     let pool = &index.pools[p];
-    if pool.template.requirements.iter().any(|r| r.min_values().is_some()) {
+    if pool.template.has_min_values() {
         return Some(Price(0));
     }
     let limits = &pool.template.remaining;
-    let offers = || {
-        pool.types.iter().flat_map(|pt| {
-            let t = index.instance_type(pt);
-            pt.offerings.iter().map(move |&o| (&t.capacity, t.offerings[o].price))
-        })
-    };
-    let mut cheapest: Option<f64> = None;
-    if let Some(nodes) = limits.nodes {
-        let price = offers().map(|(_, price)| price.0).min().unwrap_or(0);
-        cheapest = Some(nodes.max(0) as f64 * price as f64);
-    }
+    let finite = |rate: f64| if rate.is_finite() { rate } else { 0.0 };
+    let mut cheapest: Option<f64> = limits.nodes.map(|nodes| nodes.max(0) as f64 * finite(rates.node));
     let single = limits.resources.len() == 1;
-    for (dim, &left) in &limits.resources {
+    for ((dim, &left), &rate) in limits.resources.iter().zip(&rates.per_unit) {
         let sizes = types.iter().map(|&pos| index.instance_type(&pool.types[pos]).capacity.get(dim));
         let size = if single { sizes.min() } else { sizes.max() }.unwrap_or(0);
-        let spent = (left - size).max(0) as f64;
-        let rate = offers()
-            .map(|(capacity, price)| {
-                let amount = capacity.get(dim);
-                if amount > 0 { price.0 as f64 / amount as f64 } else { 0.0 }
-            })
-            .fold(f64::INFINITY, f64::min);
-        let cost = if rate.is_finite() { spent * rate } else { 0.0 };
+        let cost = (left - size).max(0) as f64 * finite(rate);
         cheapest = Some(cheapest.map_or(cost, |c| c.min(cost)));
     }
     cheapest.map(|c| Price((c * (1.0 - 1e-9)).floor() as u64))

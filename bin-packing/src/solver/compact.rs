@@ -199,7 +199,7 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Ve
     // Per pool, its nodes by zone and capacity type.
     let mut buckets: BTreeMap<usize, BTreeMap<(String, crate::CapacityType), Vec<NewNode>>> = BTreeMap::new();
     // Per pool: what its limits leave after every node of the plan, each charged as the greedy charges it.
-    let mut slack: Vec<Limits> = index.pools.iter().map(|p| p.template.remaining.clone()).collect();
+    let mut slack: Vec<Limits> = index.remaining_limits();
     let mut out = Vec::new();
     for node in nodes {
         let pool = index.pools.iter().position(|p| p.template.name == node.nodepool);
@@ -207,8 +207,7 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Ve
             slack[p].consume(&greedy::charge(index, &node.alternatives), 1);
         }
         // Under minValues a merged node's alternatives might not keep enough values open: left alone.
-        let pool =
-            pool.filter(|&p| !index.pools[p].template.requirements.iter().any(|r| r.min_values().is_some()));
+        let pool = pool.filter(|&p| !index.pools[p].template.has_min_values());
         let mergeable =
             pool.is_some() && node.pods.iter().all(|p| class_of.get(p.as_str()).is_some_and(|&c| free[c]));
         match pool {

@@ -535,8 +535,7 @@ pub(crate) fn node_labels(requirements: &Requirements, t: Option<&InstanceType>)
 
 /// Runs the greedy with the given per-class pod values (higher is placed first and weighs more).
 pub(crate) fn run(index: &Index, values: &[f64]) -> Decisions {
-    let limits = index.pools.iter().map(|p| p.template.remaining.clone()).collect();
-    run_from(index, values, &vec![0; index.classes.len()], limits)
+    run_from(index, values, &vec![0; index.classes.len()], index.remaining_limits())
 }
 
 /// [`run`] for the pods of each class from `start[c]` on (the earlier ones are placed elsewhere), within

@@ -13,7 +13,7 @@ use crate::requirements::{Incompatibility, NodeAffinity, Requirements};
 use crate::resources::{ResourceName, Resources};
 use crate::taints::{Toleration, first_untolerated};
 
-use super::problem::{NodePoolTemplate, PodSpec, Problem};
+use super::problem::{Limits, NodePoolTemplate, PodSpec, Problem};
 
 /// Identical pods: same requests, node affinity and tolerations.
 #[derive(Debug)]
@@ -193,6 +193,11 @@ impl<'p> Index<'p> {
             })
             .collect();
         Index { problem, classes, pools, dims, conflicts }
+    }
+
+    /// What each pool's limits leave for new nodes, in pool order (a fresh copy to charge nodes against).
+    pub fn remaining_limits(&self) -> Vec<Limits> {
+        self.pools.iter().map(|p| p.template.remaining.clone()).collect()
     }
 
     /// Each pod's class, by pod name.

@@ -314,7 +314,7 @@ fn improve_with_columns(
 ) {
     let greedy_cost: u64 = decisions.new_nodes.iter().map(|n| n.launch.price.0).sum();
     let mut start = vec![0usize; index.classes.len()];
-    let mut limits: Vec<Limits> = index.pools.iter().map(|p| p.template.remaining.clone()).collect();
+    let mut limits: Vec<Limits> = index.remaining_limits();
     let mut nodes = Vec::new();
     for (column, &lambda) in outcome.columns.iter().zip(&outcome.lambda) {
         let bin = &outcome.bins[column.bin];

@@ -466,6 +466,11 @@ impl NodePoolTemplate {
     }
 
     /// The requirements every node of this pool satisfies: its own, its template labels, and its name label.
+    /// Whether some requirement carries `minValues`.
+    pub fn has_min_values(&self) -> bool {
+        self.requirements.iter().any(|r| r.min_values().is_some())
+    }
+
     pub fn node_requirements(&self) -> Requirements {
         let mut r = self.requirements.clone();
         for (k, v) in &self.labels {

@@ -41,7 +41,7 @@ pub(crate) fn explain(index: &Index, c: usize, blocked_by_limits: &[bool]) -> St
                     if let Some(n) = limits.nodes {
                         left.push(format!("nodes={n}"));
                     }
-                    if pool.template.requirements.iter().any(|r| r.min_values().is_some()) && left.is_empty() {
+                    if pool.template.has_min_values() && left.is_empty() {
                         format!("NodePool `{name}` cannot meet its minValues with instance types that hold the pod")
                     } else {
                         format!("NodePool `{name}` would exceed its limits (left before this plan: {})", left.join(", "))
