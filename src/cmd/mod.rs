@@ -94,6 +94,13 @@ pub fn init_logging(global: &GlobalArgs) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // At debug or trace, spans (the solver's phases among them) log their time when they close; at
+        // coarser levels that would log every reconcile of kube-runtime's info spans.
+        .with_span_events(if global.log_level.contains("debug") || global.log_level.contains("trace") {
+            tracing_subscriber::fmt::format::FmtSpan::CLOSE
+        } else {
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        })
         .with_ansi(std::io::stderr().is_terminal());
     match global.log_format {
         LogFormat::Text => builder.init(),

@@ -1,15 +1,23 @@
 //! The aggregate covering LP (`../shared` solver notes §1.1): the cheapest fractional mix of node types whose
-//! capacity covers the demand, per resource, overall and for each pod class over the types that class may
-//! use, after the free room of existing nodes. It ignores that pods cannot be split across nodes, so its
-//! optimum is a lower bound on any plan's cost; its duals price each pod, which steers the greedy.
+//! capacity covers the demand, per resource, overall and for each group of pod classes over the types those
+//! classes may use, after the free room of existing nodes. It ignores that pods cannot be split across nodes,
+//! so its optimum is a lower bound on any plan's cost; its duals price each pod, which steers the greedy.
 //!
-//! Rows, for every resource dimension r with demand:
-//! - total:     Σ_t usable_{t,r} x_t + free_r     ≥ Σ_i b_i w_{i,r}
-//! - per class: Σ_{t admits i} usable_{t,r} x_t + free_{i,r} ≥ b_i w_{i,r}
-//! - limits:    Σ_{t in pool} capacity_{t,r} x_t ≤ remaining_{pool,r}, and Σ x_t ≤ remaining nodes
+//! Classes are grouped by *reach*: the node types they admit and the existing nodes they may use. For every
+//! reach R and every resource dimension r with demand, one row:
 //!
-//! where t ranges over (NodePool, instance type) priced at its cheapest admitted offering, usable is
-//! allocatable minus daemonset overhead, and free is the room on existing nodes the class may use.
+//! ```text
+//! Σ_{t in R} usable_{t,r} x_t + free_{R,r} ≥ Σ_{i : reach(i) ⊆ R} b_i w_{i,r}
+//! ```
+//!
+//! (pods that may only use what R holds must fit in it), the whole problem being one reach (the total row);
+//! then the limits, Σ_{t in pool} capacity_{t,r} x_t ≤ remaining_{pool,r} and Σ x_t ≤ remaining nodes. Here t
+//! ranges over (NodePool, instance type) priced at its cheapest admitted offering, usable is allocatable
+//! minus daemonset overhead, and free_R is the room on the existing nodes of R. A row per reach rather than
+//! per class is as tight (it sums the rows of the classes it covers) and far smaller: thousands of classes
+//! that differ in labels or zones share a handful of reaches.
+
+use std::collections::HashMap;
 
 use good_lp::solvers::highs::highs;
 use good_lp::{
@@ -27,7 +35,8 @@ use super::index::Index;
 pub(crate) struct AggregateLp {
     /// The optimum, rounded down with a safety margin for solver tolerances.
     pub bound: Price,
-    /// Per class: the LP value of one pod (dollars per hour), Σ_r w_r × (price of r overall + for the class).
+    /// Per class: the LP value of one pod (dollars per hour), Σ_r w_r × Σ (price of r in each row its pods
+    /// count in).
     pub pod_values: Vec<f64>,
 }
 
@@ -40,17 +49,54 @@ fn scaled(dim: &ResourceName, amount: i64) -> f64 {
     }
 }
 
-/// Solves the aggregate LP for `counts[i]` pods of each class, with `free[i]` the existing-node room class i
-/// may use and `free_total` the room on all existing nodes.
+/// Above this many distinct reaches, a reach's row counts only the classes of exactly that reach (and the
+/// total row everyone), not those of every reach inside it: the containment test is quadratic in reaches.
+const NESTED_REACHES: usize = 400;
+
+/// A set of node types (LP columns) and existing nodes, as bitsets.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Reach {
+    columns: Vec<u64>,
+    nodes: Vec<u64>,
+}
+
+impl Reach {
+    fn empty(columns: usize, nodes: usize) -> Reach {
+        Reach { columns: vec![0; columns.div_ceil(64)], nodes: vec![0; nodes.div_ceil(64)] }
+    }
+
+    fn full(columns: usize, nodes: usize) -> Reach {
+        let mut reach = Reach::empty(columns, nodes);
+        (0..columns).for_each(|c| set(&mut reach.columns, c));
+        (0..nodes).for_each(|n| set(&mut reach.nodes, n));
+        reach
+    }
+
+    fn within(&self, other: &Reach) -> bool {
+        let inside = |a: &[u64], b: &[u64]| a.iter().zip(b).all(|(&x, &y)| x & !y == 0);
+        inside(&self.columns, &other.columns) && inside(&self.nodes, &other.nodes)
+    }
+}
+
+fn set(bits: &mut [u64], i: usize) {
+    bits[i / 64] |= 1 << (i % 64);
+}
+
+fn has(bits: &[u64], i: usize) -> bool {
+    bits[i / 64] & (1 << (i % 64)) != 0
+}
+
+/// Solves the aggregate LP for `counts[i]` pods of each class, where `nodes[i]` lists the existing nodes
+/// class i may use (positions in `Problem::existing`).
 pub(crate) fn aggregate_lp(
     index: &Index,
     counts: &[i64],
-    free: &[Resources],
-    free_total: &Resources,
+    nodes: &[Vec<usize>],
 ) -> Result<AggregateLp, String> {
     if counts.iter().all(|&c| c == 0) {
         return Ok(AggregateLp { bound: Price(0), pod_values: vec![0.0; counts.len()] });
     }
+    let existing = &index.problem.existing;
     let mut vars = ProblemVariables::new();
     // Columns: (pool position, pool-type position) that some class with demand admits.
     let mut columns: Vec<(usize, usize, Variable)> = Vec::new();
@@ -71,36 +117,78 @@ pub(crate) fn aggregate_lp(
         }
     }
 
-    let mut rows: Vec<Constraint> = Vec::new();
-    let mut total_rows: Vec<usize> = Vec::new(); // per dim: row position or usize::MAX
-    let mut class_rows: Vec<Vec<usize>> = vec![Vec::new(); counts.len()];
-    for dim in &index.dims {
-        let demand: f64 =
-            index.classes.iter().zip(counts).map(|(c, &n)| scaled(dim, c.requests.get(dim)) * n as f64).sum();
-        let need = demand - scaled(dim, free_total.get(dim).max(0));
-        if demand <= 0.0 || need <= 0.0 {
-            total_rows.push(usize::MAX);
-        } else {
-            let supply: Expression = columns
-                .iter()
-                .map(|&(p, pos, x)| x * scaled(dim, index.pools[p].types[pos].usable.get(dim)))
-                .sum();
-            total_rows.push(rows.len());
-            rows.push(constraint!(supply >= need));
+    // Each class's reach, and the distinct reaches with the classes of exactly that reach; the total row's
+    // reach (everything) is always one.
+    let mut reaches: Vec<Reach> = vec![Reach::full(columns.len(), existing.len())];
+    let mut reach_of: HashMap<Reach, usize> = HashMap::from([(reaches[0].clone(), 0)]);
+    let mut class_reach: Vec<Option<usize>> = vec![None; counts.len()];
+    for (i, class) in index.classes.iter().enumerate() {
+        if counts[i] == 0 {
+            continue;
         }
+        let mut reach = Reach::empty(columns.len(), existing.len());
+        for (k, &(p, pos, _)) in columns.iter().enumerate() {
+            if class.per_pool[p].as_ref().is_ok_and(|cp| cp.admits[pos]) {
+                set(&mut reach.columns, k);
+            }
+        }
+        for &n in &nodes[i] {
+            set(&mut reach.nodes, n);
+        }
+        let r = match reach_of.get(&reach) {
+            Some(&r) => r,
+            None => {
+                reaches.push(reach.clone());
+                reach_of.insert(reach, reaches.len() - 1);
+                reaches.len() - 1
+            }
+        };
+        class_reach[i] = Some(r);
+    }
+    // `inside[r]`: the reaches whose classes count in reach r's rows (r itself, and those within it).
+    let nested = reaches.len() <= NESTED_REACHES;
+    let inside: Vec<Vec<usize>> = (0..reaches.len())
+        .map(|r| {
+            (0..reaches.len())
+                .filter(|&q| q == r || r == 0 || (nested && reaches[q].within(&reaches[r])))
+                .collect()
+        })
+        .collect();
+    let free: Vec<Resources> = reaches
+        .iter()
+        .map(|reach| {
+            existing
+                .iter()
+                .enumerate()
+                .filter(|&(n, _)| has(&reach.nodes, n))
+                .fold(Resources::new(), |acc, (_, node)| acc.plus(&node.free().clamp_non_negative()))
+        })
+        .collect();
+
+    let mut rows: Vec<Constraint> = Vec::new();
+    // Per reach, per dimension: the row's position, when it has one.
+    let mut reach_rows: Vec<Vec<Option<usize>>> = vec![Vec::new(); reaches.len()];
+    for dim in &index.dims {
+        let mut own = vec![0.0f64; reaches.len()];
         for (i, class) in index.classes.iter().enumerate() {
-            let demand = scaled(dim, class.requests.get(dim)) * counts[i] as f64;
-            let need = demand - scaled(dim, free[i].get(dim).max(0));
+            if let Some(r) = class_reach[i] {
+                own[r] += scaled(dim, class.requests.get(dim)) * counts[i] as f64;
+            }
+        }
+        for (r, reach) in reaches.iter().enumerate() {
+            let demand: f64 = inside[r].iter().map(|&q| own[q]).sum();
+            let need = demand - scaled(dim, free[r].get(dim).max(0));
             if demand <= 0.0 || need <= 0.0 {
-                class_rows[i].push(usize::MAX);
+                reach_rows[r].push(None);
                 continue;
             }
             let supply: Expression = columns
                 .iter()
-                .filter(|&&(p, pos, _)| class.per_pool[p].as_ref().is_ok_and(|cp| cp.admits[pos]))
-                .map(|&(p, pos, x)| x * scaled(dim, index.pools[p].types[pos].usable.get(dim)))
+                .enumerate()
+                .filter(|&(k, _)| has(&reach.columns, k))
+                .map(|(_, &(p, pos, x))| x * scaled(dim, index.pools[p].types[pos].usable.get(dim)))
                 .sum();
-            class_rows[i].push(rows.len());
+            reach_rows[r].push(Some(rows.len()));
             rows.push(constraint!(supply >= need));
         }
     }
@@ -132,19 +220,32 @@ pub(crate) fn aggregate_lp(
     let mut solution = model.solve().map_err(|e| format!("aggregate LP: {e}"))?;
     let optimum = solution.eval(&objective);
     let duals = solution.compute_dual();
-    let dual = |row: usize| if row == usize::MAX { 0.0 } else { duals.dual(refs[row].clone()).abs() };
+    let dual = |row: Option<usize>| row.map_or(0.0, |row| duals.dual(refs[row].clone()).abs());
+    // A pod counts in the rows of every reach its class's reach is inside of.
+    let mut outside: Vec<Vec<usize>> = vec![Vec::new(); reaches.len()];
+    for (r, members) in inside.iter().enumerate() {
+        for &q in members {
+            outside[q].push(r);
+        }
+    }
+    let prices: Vec<Vec<f64>> = outside
+        .iter()
+        .map(|rows| {
+            (0..index.dims.len()).map(|d| rows.iter().map(|&r| dual(reach_rows[r][d])).sum()).collect()
+        })
+        .collect();
     let pod_values = index
         .classes
         .iter()
         .enumerate()
         .map(|(i, class)| {
+            // A class without demand is priced as the total row prices it.
+            let r = class_reach[i].unwrap_or(0);
             index
                 .dims
                 .iter()
-                .enumerate()
-                .map(|(d, dim)| {
-                    scaled(dim, class.requests.get(dim)) * (dual(total_rows[d]) + dual(class_rows[i][d]))
-                })
+                .zip(&prices[r])
+                .map(|(dim, price)| scaled(dim, class.requests.get(dim)) * price)
                 .sum()
         })
         .collect();

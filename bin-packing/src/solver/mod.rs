@@ -145,6 +145,7 @@ impl Algorithm {
         };
         // Pods that must share a node are bundled first, then zone affinity (it may take pods out), then
         // spreads pin what is left.
+        let _solve = tracing::debug_span!("solve", algorithm = self.name()).entered();
         let bundled = colocate::bundle(problem);
         let problem = bundled.as_ref().map_or(problem, |b| &b.problem);
         let (base, mut refused) = match affinity::pin(problem) {
@@ -193,20 +194,16 @@ pub fn solve(problem: &Problem) -> Plan {
 
 /// Cartwright's algorithm on a problem whose zone spreads are already pinned.
 fn solve_pinned(problem: &Problem, fill: Fill) -> Plan {
-    let index = Index::build(problem);
+    let index = tracing::debug_span!("index").in_scope(|| Index::build(problem));
 
-    // Room on existing nodes, per class and overall: free supply in the LP.
-    let free_total =
-        problem.existing.iter().fold(Resources::new(), |acc, n| acc.plus(&n.free().clamp_non_negative()));
-    let free: Vec<Resources> = index
+    // The existing nodes each class may use: their room is free supply in the LP.
+    let reachable: Vec<Vec<usize>> = index
         .classes
         .iter()
         .map(|class| {
-            problem
-                .existing
-                .iter()
-                .filter(|n| greedy::existing_admits(class, n))
-                .fold(Resources::new(), |acc, n| acc.plus(&n.free().clamp_non_negative()))
+            (0..problem.existing.len())
+                .filter(|&n| greedy::existing_admits(class, &problem.existing[n]))
+                .collect()
         })
         .collect();
 
@@ -216,13 +213,14 @@ fn solve_pinned(problem: &Problem, fill: Fill) -> Plan {
         .iter()
         .map(|c| if c.per_pool.iter().any(Result::is_ok) { c.pods.len() as i64 } else { 0 })
         .collect();
-    let priced = bound::aggregate_lp(&index, &placeable, &free, &free_total);
+    let priced =
+        tracing::debug_span!("aggregate_lp").in_scope(|| bound::aggregate_lp(&index, &placeable, &reachable));
     let values = match &priced {
         Ok(lp) => lp.pod_values.clone(),
         Err(_) => vec![0.0; index.classes.len()],
     };
 
-    let mut decisions = greedy::run(&index, &values);
+    let mut decisions = tracing::debug_span!("greedy").in_scope(|| greedy::run(&index, &values));
 
     // The bound covers exactly the pods the plan schedules.
     let mut lower_bound = if decisions.new_nodes.is_empty() {
@@ -231,7 +229,7 @@ fn solve_pinned(problem: &Problem, fill: Fill) -> Plan {
         let lp = if decisions.placed == placeable {
             priced
         } else {
-            bound::aggregate_lp(&index, &decisions.placed, &free, &free_total)
+            bound::aggregate_lp(&index, &decisions.placed, &reachable)
         };
         lp.ok().map(|lp| LowerBound { price: lp.bound, kind: BoundKind::AggregateLp })
     };
@@ -244,12 +242,14 @@ fn solve_pinned(problem: &Problem, fill: Fill) -> Plan {
     let order = bound::weight_order(&index, &decisions.placed);
     if problem.existing.is_empty()
         && !decisions.new_nodes.is_empty()
-        && let Ok(outcome) = columns::generate(
-            &index,
-            &decisions.placed,
-            &order.pools,
-            &node_patterns(&index, &decisions.new_nodes),
-        )
+        && let Ok(outcome) = tracing::debug_span!("columns").in_scope(|| {
+            columns::generate(
+                &index,
+                &decisions.placed,
+                &order.pools,
+                &node_patterns(&index, &decisions.new_nodes),
+            )
+        })
     {
         let kind = if outcome.converged { BoundKind::PatternLp } else { BoundKind::PatternFarley };
         let otherwise = order.refused.map(|r| r.max(lower_bound.map_or(Price(0), |b| b.price)));
@@ -257,12 +257,13 @@ fn solve_pinned(problem: &Problem, fill: Fill) -> Plan {
         {
             lower_bound = Some(LowerBound { price: outcome.bound, kind });
         }
-        improve_with_columns(&index, &outcome, &values, &mut decisions);
+        tracing::debug_span!("rounding")
+            .in_scope(|| improve_with_columns(&index, &outcome, &values, &mut decisions));
     }
     // Nodes one instance type holds for no more than they cost apart become that one node (within the
     // NodePool's limits).
-    decisions.new_nodes =
-        compact::compact(&index, std::mem::take(&mut decisions.new_nodes), fill == Fill::Tight);
+    decisions.new_nodes = tracing::debug_span!("compact")
+        .in_scope(|| compact::compact(&index, std::mem::take(&mut decisions.new_nodes), fill == Fill::Tight));
 
     let cost = Price(decisions.new_nodes.iter().map(|n| n.launch.price.0).sum());
     Plan {
