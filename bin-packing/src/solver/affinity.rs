@@ -43,29 +43,84 @@ fn existing_zones(problem: &Problem, selector: &BTreeMap<String, String>) -> BTr
         .collect()
 }
 
+/// Where the pods matching each zone (anti-)affinity selector of the problem run or are pinned: counted as
+/// pods are pinned, so asking costs the selector's zones, not a pass over every pod.
+struct Occupancy<'p> {
+    /// Per selector: the zones of existing nodes running a matching pod.
+    existing: Vec<BTreeSet<String>>,
+    /// Per selector: pods pinned so far that match it, per zone.
+    counts: Vec<BTreeMap<String, usize>>,
+    by_selector: std::collections::HashMap<&'p BTreeMap<String, String>, usize>,
+    /// Per pod: the selectors it matches.
+    matches: Vec<Vec<usize>>,
+    /// The zone each pod is pinned to in this pass.
+    pinned: Vec<Option<String>>,
+}
+
+impl<'p> Occupancy<'p> {
+    fn new(problem: &'p Problem) -> Self {
+        let mut by_selector = std::collections::HashMap::new();
+        let mut existing = Vec::new();
+        for pod in &problem.pods {
+            for selector in pod.zone_affinity.iter().chain(zone_anti_terms(pod).map(|(s, _)| s)) {
+                by_selector.entry(selector).or_insert_with(|| {
+                    existing.push(existing_zones(problem, selector));
+                    existing.len() - 1
+                });
+            }
+        }
+        let matches = problem
+            .pods
+            .iter()
+            .map(|pod| by_selector.iter().filter(|(s, _)| pod.matched_by(s)).map(|(_, &k)| k).collect())
+            .collect();
+        Occupancy {
+            counts: vec![BTreeMap::new(); existing.len()],
+            existing,
+            by_selector,
+            matches,
+            pinned: vec![None; problem.pods.len()],
+        }
+    }
+
+    /// Zones where pods matching `selector` run or are pinned, pod `me` aside.
+    fn zones(&self, selector: &BTreeMap<String, String>, me: usize) -> BTreeSet<String> {
+        let Some(&k) = self.by_selector.get(selector) else { return BTreeSet::new() };
+        let mine = self.pinned[me].as_ref().filter(|_| self.matches[me].contains(&k));
+        let mut zones = self.existing[k].clone();
+        zones.extend(
+            self.counts[k].iter().filter(|&(z, &n)| n > usize::from(mine == Some(z))).map(|(z, _)| z.clone()),
+        );
+        zones
+    }
+
+    fn pin(&mut self, pod: usize, zone: String) {
+        self.unpin(pod);
+        for &k in &self.matches[pod] {
+            *self.counts[k].entry(zone.clone()).or_default() += 1;
+        }
+        self.pinned[pod] = Some(zone);
+    }
+
+    fn unpin(&mut self, pod: usize) {
+        if let Some(zone) = self.pinned[pod].take() {
+            for &k in &self.matches[pod] {
+                if let Some(n) = self.counts[k].get_mut(&zone) {
+                    *n -= 1;
+                }
+            }
+        }
+    }
+}
+
 /// The problem with zone-affinity pods pinned, and the pods no zone can take (taken out of the problem).
 pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
     if !problem.pods.iter().any(has_zone_terms) {
         return None;
     }
     let mut pods = problem.pods.clone();
-    // The zone each pod is pinned to in this pass.
-    let mut pinned_zone: Vec<Option<String>> = vec![None; pods.len()];
+    let mut occupancy = Occupancy::new(problem);
     let mut unschedulable: BTreeMap<usize, String> = BTreeMap::new();
-    // Zones matching pods occupy, per selector: existing nodes plus pods pinned so far.
-    let occupied =
-        |pods: &[PodSpec], pinned: &[Option<String>], selector: &BTreeMap<String, String>, me: usize| {
-            let mut zones = existing_zones(problem, selector);
-            for (j, z) in pinned.iter().enumerate() {
-                if let Some(z) = z
-                    && j != me
-                    && pods[j].matched_by(selector)
-                {
-                    zones.insert(z.clone());
-                }
-            }
-            zones
-        };
 
     // Anti-affinity first: each such pod takes a zone no other matching pod holds.
     // (selector, zone, held preference): pods matching the selector keep out of the zone.
@@ -82,7 +137,7 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
         }
         let mut allowed: BTreeSet<String> = eligible_zones(problem, &pods[i]).into_iter().collect();
         for (selector, _) in &terms {
-            for z in occupied(&pods, &pinned_zone, selector, i) {
+            for z in occupancy.zones(selector, i) {
                 allowed.remove(&z);
             }
         }
@@ -96,7 +151,7 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
                 for (selector, held) in terms {
                     repelled.push((selector, zone.clone(), held));
                 }
-                pinned_zone[i] = Some(zone);
+                occupancy.pin(i, zone);
             }
             None => {
                 unschedulable.insert(
@@ -114,15 +169,14 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
         if pods[i].zone_affinity.is_empty() || unschedulable.contains_key(&i) {
             continue;
         }
-        if pinned_zone[i].is_some() {
+        if let Some(zone) = occupancy.pinned[i].clone() {
             // Pinned by its anti-affinity: the affinity must hold there.
-            let zone = pinned_zone[i].clone().expect("checked");
             let ok = pods[i].zone_affinity.iter().all(|s| {
-                let zones = occupied(&pods, &pinned_zone, s, i);
+                let zones = occupancy.zones(s, i);
                 zones.contains(&zone) || (zones.is_empty() && pods[i].matched_by(s))
             });
             if !ok {
-                pinned_zone[i] = None;
+                occupancy.unpin(i);
                 unschedulable.insert(i, "pod affinity and anti-affinity on zone cannot both hold".to_owned());
             }
             continue;
@@ -130,7 +184,7 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
         let mut allowed: BTreeSet<String> = eligible_zones(problem, &pods[i]).into_iter().collect();
         let mut why = None;
         for selector in pods[i].zone_affinity.clone() {
-            let zones = occupied(&pods, &pinned_zone, &selector, i);
+            let zones = occupancy.zones(&selector, i);
             if !zones.is_empty() {
                 allowed.retain(|z| zones.contains(z));
                 continue;
@@ -140,7 +194,7 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
             }
             // No pod matching the selector runs: pending ones come along to this pod's zone.
             let targets: Vec<usize> = (0..pods.len())
-                .filter(|&j| j != i && pinned_zone[j].is_none() && pods[j].matched_by(&selector))
+                .filter(|&j| j != i && occupancy.pinned[j].is_none() && pods[j].matched_by(&selector))
                 .collect();
             let shared = allowed
                 .iter()
@@ -150,7 +204,7 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
                 Some(zone) if !targets.is_empty() => {
                     for j in targets {
                         if eligible_zones(problem, &pods[j]).contains(&zone) {
-                            pinned_zone[j] = Some(zone.clone());
+                            occupancy.pin(j, zone.clone());
                         }
                     }
                     allowed.retain(|z| *z == zone);
@@ -163,7 +217,7 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
             }
         }
         match (why, allowed.into_iter().next()) {
-            (None, Some(zone)) => pinned_zone[i] = Some(zone),
+            (None, Some(zone)) => occupancy.pin(i, zone),
             (why, _) => {
                 unschedulable.insert(
                     i,
@@ -179,7 +233,7 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
 
     // Pods matching an anti-affinity pod's selector keep out of its zone.
     for (i, pod) in pods.iter_mut().enumerate() {
-        if pinned_zone[i].is_none() {
+        if occupancy.pinned[i].is_none() {
             let avoid: Vec<&str> =
                 repelled.iter().filter(|r| kept_out(pod, r)).map(|(_, z, _)| z.as_str()).collect();
             if !avoid.is_empty() {
@@ -188,7 +242,7 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
             }
         }
     }
-    for (i, zone) in pinned_zone.iter().enumerate() {
+    for (i, zone) in occupancy.pinned.iter().enumerate() {
         if let Some(zone) = zone {
             let r = Requirement::new(labels::ZONE, Operator::In, &[zone.as_str()]).expect("one value");
             pods[i] = pods[i].clone().with_requirement(r);

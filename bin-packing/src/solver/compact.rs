@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::greedy::{self, launch_options};
+use super::greedy;
 use super::index::{Index, RequirementSets};
 use super::{LaunchOption, MAX_ALTERNATIVES, NewNode};
 use crate::instance_type::Price;
@@ -530,12 +530,17 @@ impl PoolNodes<'_, '_, '_> {
             }
             if changed[i] {
                 let requirements = shapes.requirements(needs[i].shape);
-                let mut alternatives: Vec<LaunchOption> =
-                    launch_options(index, self.pool, requirements, &needs[i].requests, &Limits::default())
-                        .into_iter()
-                        .map(|(_, o)| o)
-                        .collect();
-                alternatives.truncate(MAX_ALTERNATIVES);
+                let alternatives: Vec<LaunchOption> = greedy::launch_choices(
+                    index,
+                    self.pool,
+                    requirements,
+                    &needs[i].requests,
+                    &Limits::default(),
+                )
+                .iter()
+                .take(MAX_ALTERNATIVES)
+                .map(|c| greedy::launch_option(index, self.pool, c))
+                .collect();
                 if let Some(launch) = alternatives.first().cloned() {
                     node.labels =
                         greedy::node_labels(requirements, index.problem.catalog.get(&launch.instance_type));
@@ -635,9 +640,9 @@ fn mergeable(index: &Index, c: usize) -> bool {
 /// of its members, the nodes as they were). `limits` is what the NodePool's limits leave, updated.
 fn finish(index: &Index, pool: usize, merged: Merged, limits: &mut Limits) -> Result<NewNode, Vec<NewNode>> {
     let mut members = merged.members;
-    let options = launch_options(index, pool, &merged.requirements, &merged.requests, &Limits::default());
-    let (alternatives, charged) =
-        greedy::limited_alternatives(index, pool, limits, options.into_iter().map(|(_, o)| o).collect());
+    let options =
+        greedy::launch_choices(index, pool, &merged.requirements, &merged.requests, &Limits::default());
+    let (alternatives, charged) = greedy::limited_alternatives(index, pool, limits, options);
     let Some(launch) = alternatives.first().cloned().filter(|l| l.price <= merged.price) else {
         return Err(members); // cannot happen: `cheapest_fit` found this launch
     };
@@ -668,6 +673,7 @@ mod tests {
 
     use super::*;
     use crate::catalog::{Catalog, CatalogOptions};
+    use crate::solver::greedy::launch_options;
     use crate::requirements::Operator;
     use crate::solver::{NodePoolTemplate, PodSpec, Problem, validate};
 

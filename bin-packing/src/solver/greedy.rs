@@ -20,7 +20,7 @@ use crate::requirements::Requirements;
 use crate::resources::Resources;
 use crate::taints::first_untolerated;
 
-use super::index::{Class, ClassPool, Index, RequirementSets, fit_count};
+use super::index::{Choice, Class, ClassPool, Index, RequirementSets, fit_count};
 use super::plan::{LaunchOption, NewNode, Placement, Unschedulable};
 use super::problem::Limits;
 use super::reasons;
@@ -239,7 +239,42 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
     })
 }
 
-/// The offerings of the pool that hold `requests` under `requirements` within the limits, cheapest first.
+/// The offerings of the pool that hold `requests` under `requirements` within the limits, in the order
+/// alternatives are listed (cheapest first).
+pub(crate) fn launch_choices(
+    index: &Index,
+    p: usize,
+    requirements: &Requirements,
+    requests: &Resources,
+    limits: &Limits,
+) -> Vec<Choice> {
+    let types = &index.pools[p].types;
+    let unlimited = *limits == Limits::default();
+    index
+        .admitted(p, requirements)
+        .iter()
+        .filter(|c| {
+            requests.fits_in(&types[c.pos].usable)
+                && (unlimited || limits.allows(&index.choice_type(p, c).capacity))
+        })
+        .copied()
+        .collect()
+}
+
+/// A choice as the plan lists it.
+pub(crate) fn launch_option(index: &Index, p: usize, choice: &Choice) -> LaunchOption {
+    let t = index.choice_type(p, choice);
+    let o = &t.offerings[choice.offering];
+    LaunchOption {
+        instance_type: t.name.clone(),
+        zone: o.zone.clone(),
+        capacity_type: o.capacity_type,
+        price: o.price,
+    }
+}
+
+/// [`launch_choices`] as the plan lists them, each with its type's position in the pool.
+#[cfg(test)]
 pub(crate) fn launch_options(
     index: &Index,
     p: usize,
@@ -247,41 +282,14 @@ pub(crate) fn launch_options(
     requests: &Resources,
     limits: &Limits,
 ) -> Vec<(usize, LaunchOption)> {
-    let mut out = Vec::new();
-    for (pos, pt) in index.pools[p].types.iter().enumerate() {
-        let t = index.instance_type(pt);
-        if !requests.fits_in(&pt.usable)
-            || !limits.allows(&t.capacity)
-            || t.requirements.intersects(requirements).is_err()
-        {
-            continue;
-        }
-        for &o in &pt.offerings {
-            let o = &t.offerings[o];
-            if o.is_compatible(requirements) {
-                out.push((
-                    pos,
-                    LaunchOption {
-                        instance_type: t.name.clone(),
-                        zone: o.zone.clone(),
-                        capacity_type: o.capacity_type,
-                        price: o.price,
-                    },
-                ));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.1.order_key().cmp(&b.1.order_key()));
-    out
+    launch_choices(index, p, requirements, requests, limits)
+        .iter()
+        .map(|c| (c.pos, launch_option(index, p, c)))
+        .collect()
 }
 
-fn alternatives(
-    state: &State,
-    p: usize,
-    requirements: &Requirements,
-    requests: &Resources,
-) -> Vec<(usize, LaunchOption)> {
-    launch_options(state.index, p, requirements, requests, &state.limits[p])
+fn alternatives(state: &State, p: usize, requirements: &Requirements, requests: &Resources) -> Vec<Choice> {
+    launch_choices(state.index, p, requirements, requests, &state.limits[p])
 }
 
 /// Class evaluations one pattern search may spend packing candidate types. Packing is linear in the
@@ -353,7 +361,7 @@ fn scarce_limits(state: &State, p: usize) -> Option<Scarce> {
 }
 
 /// Finds the best pattern for the seed class in the first NodePool (by weight) that can hold it.
-fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Pattern, Vec<LaunchOption>)> {
+fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Pattern, Vec<Choice>)> {
     let index = state.index;
     for p in 0..index.pools.len() {
         let Ok(cp) = &index.classes[seed].per_pool[p] else { continue };
@@ -421,12 +429,12 @@ fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Patt
         // minValues: drop pods from the pattern until enough distinct values remain among the alternatives.
         loop {
             let alts = alternatives(state, p, &pattern.requirements, &pattern.requests);
-            let types: Vec<&InstanceType> =
-                alts.iter().map(|(pos, _)| index.instance_type(&index.pools[p].types[*pos])).collect();
+            let requirements = &index.pools[p].template.requirements;
             if !alts.is_empty()
-                && check_min_values(&index.pools[p].template.requirements, types.iter().copied()).is_ok()
+                && (!index.pools[p].template.has_min_values()
+                    || check_min_values(requirements, alts.iter().map(|c| index.choice_type(p, c))).is_ok())
             {
-                return Some((pattern, alts.into_iter().map(|(_, o)| o).collect()));
+                return Some((pattern, alts));
             }
             let Some(last) = pattern.counts.last_mut() else { break };
             let class = &index.classes[last.0];
@@ -454,23 +462,22 @@ pub(crate) fn limited_alternatives(
     index: &Index,
     p: usize,
     limits: &Limits,
-    mut alternatives: Vec<LaunchOption>,
+    mut alternatives: Vec<Choice>,
 ) -> (Vec<LaunchOption>, Resources) {
     let pool = &index.pools[p];
-    let catalog = &index.problem.catalog;
-    let min_values_hold = |kept: &[LaunchOption]| {
-        let types: Vec<&InstanceType> = kept.iter().filter_map(|a| catalog.get(&a.instance_type)).collect();
-        check_min_values(&pool.template.requirements, types.iter().copied()).is_ok()
+    let min_values_hold = |kept: &[Choice]| {
+        !pool.template.has_min_values()
+            || check_min_values(&pool.template.requirements, kept.iter().map(|c| index.choice_type(p, c)))
+                .is_ok()
     };
     if !limits.resources.is_empty()
-        && let Some(first) = alternatives.first().and_then(|a| catalog.get(&a.instance_type))
+        && let Some(first) = alternatives.first().map(|c| index.choice_type(p, c))
     {
-        let no_larger = |a: &LaunchOption| {
-            catalog
-                .get(&a.instance_type)
-                .is_some_and(|t| limits.resources.keys().all(|d| t.capacity.get(d) <= first.capacity.get(d)))
+        let no_larger = |c: &Choice| {
+            let t = index.choice_type(p, c);
+            limits.resources.keys().all(|d| t.capacity.get(d) <= first.capacity.get(d))
         };
-        let kept: Vec<LaunchOption> = alternatives.iter().filter(|a| no_larger(a)).cloned().collect();
+        let kept: Vec<Choice> = alternatives.iter().filter(|c| no_larger(c)).copied().collect();
         if min_values_hold(&kept) {
             alternatives = kept;
         }
@@ -478,8 +485,11 @@ pub(crate) fn limited_alternatives(
     if alternatives.len() > MAX_ALTERNATIVES && min_values_hold(&alternatives[..MAX_ALTERNATIVES]) {
         alternatives.truncate(MAX_ALTERNATIVES);
     }
-    let charge = charge(index, &alternatives);
-    (alternatives, charge)
+    let mut charge = Resources::new();
+    for c in &alternatives {
+        charge.max_assign(&index.choice_type(p, c).capacity);
+    }
+    (alternatives.iter().map(|c| launch_option(index, p, c)).collect(), charge)
 }
 
 /// What a node with these alternatives is charged against its NodePool's limits: the largest capacity among
@@ -494,7 +504,7 @@ pub(crate) fn charge(index: &Index, alternatives: &[LaunchOption]) -> Resources 
     capacity
 }
 
-fn emit(state: &mut State, pattern: Pattern, alternatives: Vec<LaunchOption>) {
+fn emit(state: &mut State, pattern: Pattern, alternatives: Vec<Choice>) {
     let index = state.index;
     let pool = &index.pools[pattern.pool];
     let catalog = &index.problem.catalog;

@@ -4,11 +4,13 @@
 //! Label and taint checks happen here, once per class, so the algorithms' inner loops only compare numbers
 //! and look up sets. Cost scales with classes × pools × instance types, not with replicas.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
 
-use crate::instance_type::InstanceType;
+use crate::instance_type::{InstanceType, Price};
 use crate::requirements::{Incompatibility, NodeAffinity, Requirements};
 use crate::resources::{ResourceName, Resources};
 use crate::taints::{Toleration, first_untolerated};
@@ -99,6 +101,18 @@ pub(crate) struct Index<'p> {
     /// `conflicts[a][b]`: pods of classes a and b may not share a node (either's hostname anti-affinity
     /// matches the other's labels); the diagonal says whether a class repels itself.
     pub conflicts: Vec<Vec<bool>>,
+    /// Per (pool, requirements): the offerings a node of the pool with those requirements may launch as
+    /// (see [`Index::admitted`]).
+    launches: RefCell<FxHashMap<(usize, Requirements), Rc<[Choice]>>>,
+}
+
+/// An offering a new node of a pool could launch as: a type of the pool (its position in
+/// `PoolInfo::types`), one of the type's offerings, and its price.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Choice {
+    pub pos: usize,
+    pub offering: usize,
+    pub price: Price,
 }
 
 impl<'p> Index<'p> {
@@ -192,7 +206,45 @@ impl<'p> Index<'p> {
                     .collect()
             })
             .collect();
-        Index { problem, classes, pools, dims, conflicts }
+        Index { problem, classes, pools, dims, conflicts, launches: RefCell::default() }
+    }
+
+    /// The offerings of pool `p` whose type and offering admit `requirements`, whatever their size, in the
+    /// order alternatives are listed (`LaunchOption::order_key`: cheapest first, then by type name, zone and
+    /// capacity type). Worked out once per distinct requirements: the greedy, the rounding and compaction ask
+    /// again for every node, and each answer compares labels of every type of the pool.
+    pub fn admitted(&self, p: usize, requirements: &Requirements) -> Rc<[Choice]> {
+        let key = (p, requirements.clone());
+        if let Some(known) = self.launches.borrow().get(&key) {
+            return known.clone();
+        }
+        let mut out = Vec::new();
+        for (pos, pt) in self.pools[p].types.iter().enumerate() {
+            let t = self.instance_type(pt);
+            if t.requirements.intersects(requirements).is_err() {
+                continue;
+            }
+            for &o in &pt.offerings {
+                let offering = &t.offerings[o];
+                if offering.is_compatible(requirements) {
+                    out.push(Choice { pos, offering: o, price: offering.price });
+                }
+            }
+        }
+        let key_of = |c: &Choice| {
+            let t = self.instance_type(&self.pools[p].types[c.pos]);
+            let o = &t.offerings[c.offering];
+            (c.price, t.name.as_str(), o.zone.as_str(), o.capacity_type)
+        };
+        out.sort_by(|a, b| key_of(a).cmp(&key_of(b)));
+        let out: Rc<[Choice]> = out.into();
+        self.launches.borrow_mut().insert(key, out.clone());
+        out
+    }
+
+    /// The instance type of a choice in pool `p`.
+    pub fn choice_type(&self, p: usize, choice: &Choice) -> &'p InstanceType {
+        self.instance_type(&self.pools[p].types[choice.pos])
     }
 
     /// What each pool's limits leave for new nodes, in pool order (a fresh copy to charge nodes against).

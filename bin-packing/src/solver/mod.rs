@@ -146,19 +146,20 @@ impl Algorithm {
         // Pods that must share a node are bundled first, then zone affinity (it may take pods out), then
         // spreads pin what is left.
         let _solve = tracing::debug_span!("solve", algorithm = self.name()).entered();
-        let bundled = colocate::bundle(problem);
+        let bundled = tracing::debug_span!("colocate").in_scope(|| colocate::bundle(problem));
         let problem = bundled.as_ref().map_or(problem, |b| &b.problem);
-        let (base, mut refused) = match affinity::pin(problem) {
-            Some((pinned, refused)) => (std::borrow::Cow::Owned(pinned), refused),
-            None => (std::borrow::Cow::Borrowed(problem), Vec::new()),
-        };
-        let mut plan = match spread::pin(&base) {
+        let (base, mut refused) =
+            match tracing::debug_span!("zone_affinity").in_scope(|| affinity::pin(problem)) {
+                Some((pinned, refused)) => (std::borrow::Cow::Owned(pinned), refused),
+                None => (std::borrow::Cow::Borrowed(problem), Vec::new()),
+            };
+        let mut plan = match tracing::debug_span!("spread_pin").in_scope(|| spread::pin(&base)) {
             None => run(&base),
             Some(pinned) => {
                 let mut plan = run(&pinned);
                 // Skews are counted as kube-scheduler would: over the domains the pods' own node affinity
                 // admits, not the zones pod (anti-)affinity pinned them to.
-                if spread::enforce(problem, &mut plan) {
+                if tracing::debug_span!("spread_enforce").in_scope(|| spread::enforce(problem, &mut plan)) {
                     plan.cost = Price(plan.new_nodes.iter().map(|n| n.launch.price.0).sum());
                     // The bound was for the pods placed before the spread removed some; it no longer applies.
                     plan.lower_bound = None;
@@ -358,13 +359,9 @@ fn improve_with_columns(
             let stale = last.as_ref().is_none_or(|l| l.takes != takes || !limits[bin.pool].allows(&l.charge));
             if stale {
                 let options =
-                    greedy::launch_options(index, bin.pool, &requirements, &requests, &limits[bin.pool]);
-                let (alternatives, charge) = greedy::limited_alternatives(
-                    index,
-                    bin.pool,
-                    &limits[bin.pool],
-                    options.into_iter().map(|(_, o)| o).collect(),
-                );
+                    greedy::launch_choices(index, bin.pool, &requirements, &requests, &limits[bin.pool]);
+                let (alternatives, charge) =
+                    greedy::limited_alternatives(index, bin.pool, &limits[bin.pool], options);
                 let types: Vec<_> =
                     alternatives.iter().filter_map(|a| index.problem.catalog.get(&a.instance_type)).collect();
                 let usable = !alternatives.is_empty()
