@@ -673,8 +673,8 @@ mod tests {
 
     use super::*;
     use crate::catalog::{Catalog, CatalogOptions};
-    use crate::solver::greedy::launch_options;
     use crate::requirements::Operator;
+    use crate::solver::greedy::launch_options;
     use crate::solver::{NodePoolTemplate, PodSpec, Problem, validate};
 
     /// Pods of 3.5 vCPU in a pool of m5 on-demand in one zone, each planned alone on an m5.xlarge (the
