@@ -129,20 +129,20 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
     let kept_out = |pod: &PodSpec, (selector, _, held): &(BTreeMap<String, String>, String, bool)| {
         !*held && pod.matched_by(selector)
     };
-    for i in 0..pods.len() {
+    for (i, pod) in pods.iter().enumerate() {
         let terms: Vec<(BTreeMap<String, String>, bool)> =
-            zone_anti_terms(&pods[i]).map(|(s, held)| (s.clone(), held)).collect();
+            zone_anti_terms(pod).map(|(s, held)| (s.clone(), held)).collect();
         if terms.is_empty() {
             continue;
         }
-        let mut allowed: BTreeSet<String> = eligible_zones(problem, &pods[i]).into_iter().collect();
+        let mut allowed: BTreeSet<String> = eligible_zones(problem, pod).into_iter().collect();
         for (selector, _) in &terms {
             for z in occupancy.zones(selector, i) {
                 allowed.remove(&z);
             }
         }
         for r in &repelled {
-            if kept_out(&pods[i], r) {
+            if kept_out(pod, r) {
                 allowed.remove(&r.1);
             }
         }

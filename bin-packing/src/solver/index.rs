@@ -103,8 +103,11 @@ pub(crate) struct Index<'p> {
     pub conflicts: Vec<Vec<bool>>,
     /// Per (pool, requirements): the offerings a node of the pool with those requirements may launch as
     /// (see [`Index::admitted`]).
-    launches: RefCell<FxHashMap<(usize, Requirements), Rc<[Choice]>>>,
+    launches: LaunchCache,
 }
+
+/// Per (pool, requirements), the choices [`Index::admitted`] found.
+type LaunchCache = RefCell<FxHashMap<(usize, Requirements), Rc<[Choice]>>>;
 
 /// An offering a new node of a pool could launch as: a type of the pool (its position in
 /// `PoolInfo::types`), one of the type's offerings, and its price.
