@@ -20,6 +20,8 @@ use good_lp::{
     constraint, variable,
 };
 
+use rustc_hash::FxHashMap;
+
 use crate::instance_type::Price;
 use crate::resources::Resources;
 
@@ -81,10 +83,13 @@ pub(crate) struct Outcome {
 pub(crate) fn bins(index: &Index, pools: &[Vec<bool>]) -> Vec<Bin> {
     let mut all = Vec::new();
     for (p, pool) in index.pools.iter().enumerate() {
+        // Whether a class's requirements admit an offering depends only on its affinity shape and the
+        // offering's zone and capacity type: checked once per (shape, place).
+        let mut compatible: FxHashMap<(usize, usize), bool> = FxHashMap::default();
         for (pos, pt) in pool.types.iter().enumerate() {
             let t = index.instance_type(pt);
             let mut by_mask: Vec<(Vec<bool>, Price)> = Vec::new();
-            for &o in &pt.offerings {
+            for (&o, &place) in pt.offerings.iter().zip(&pt.places) {
                 let offering = &t.offerings[o];
                 let admits: Vec<bool> = index
                     .classes
@@ -92,9 +97,12 @@ pub(crate) fn bins(index: &Index, pools: &[Vec<bool>]) -> Vec<Bin> {
                     .zip(pools)
                     .map(|(c, allowed)| {
                         allowed[p]
-                            && c.per_pool[p]
-                                .as_ref()
-                                .is_ok_and(|cp| cp.admits[pos] && offering.is_compatible(&cp.requirements))
+                            && c.per_pool[p].as_ref().is_ok_and(|cp| {
+                                cp.admits[pos]
+                                    && *compatible
+                                        .entry((cp.shape, place))
+                                        .or_insert_with(|| offering.is_compatible(&cp.requirements))
+                            })
                     })
                     .collect();
                 if !admits.iter().any(|&a| a) {
