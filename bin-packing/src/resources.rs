@@ -252,11 +252,48 @@ impl Resources {
 
     /// `self × n`, saturating.
     pub fn times(&self, n: i64) -> Resources {
-        let mut out = Resources::new();
-        for (name, v) in self.iter() {
-            out.set(&name, v.saturating_mul(n));
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_mul(n),
+            memory_bytes: self.memory_bytes.saturating_mul(n),
+            pods: self.pods.saturating_mul(n),
+            ephemeral_storage_bytes: self.ephemeral_storage_bytes.saturating_mul(n),
+            extended: self
+                .extended
+                .iter()
+                .map(|(k, v)| (k, v.saturating_mul(n)))
+                .filter(|&(_, v)| v != 0)
+                .map(|(k, v)| (k.clone(), v))
+                .collect(),
         }
-        out
+    }
+
+    /// `self += other × n`, without building the product.
+    pub fn add_times(&mut self, other: &Resources, n: i64) {
+        self.zip_assign(other, |a, b| a.saturating_add(b.saturating_mul(n)));
+    }
+
+    /// `self -= other × n`, without building the product.
+    pub fn sub_times(&mut self, other: &Resources, n: i64) {
+        self.zip_assign(other, |a, b| a.saturating_sub(b.saturating_mul(n)));
+    }
+
+    /// How many copies of these requests fit in `free`, counting every dimension they request (0 when they
+    /// request nothing).
+    pub fn copies_in(&self, free: &Resources) -> i64 {
+        let mut n = i64::MAX;
+        let mut dim = |want: i64, have: i64| {
+            if want > 0 {
+                n = n.min(have.max(0) / want);
+            }
+        };
+        dim(self.cpu_millis, free.cpu_millis);
+        dim(self.memory_bytes, free.memory_bytes);
+        dim(self.pods, free.pods);
+        dim(self.ephemeral_storage_bytes, free.ephemeral_storage_bytes);
+        for (k, v) in &self.extended {
+            dim(*v, free.get_extended(k));
+        }
+        if n == i64::MAX { 0 } else { n }
     }
 
     /// Raises each dimension to at least `other`'s (the element-wise maximum, in place).
@@ -312,15 +349,28 @@ impl Resources {
             .collect()
     }
 
-    fn zip_assign(&mut self, other: &Resources, op: fn(i64, i64) -> i64) {
+    fn zip_assign(&mut self, other: &Resources, op: impl Fn(i64, i64) -> i64) {
         self.cpu_millis = op(self.cpu_millis, other.cpu_millis);
         self.memory_bytes = op(self.memory_bytes, other.memory_bytes);
         self.pods = op(self.pods, other.pods);
         self.ephemeral_storage_bytes = op(self.ephemeral_storage_bytes, other.ephemeral_storage_bytes);
         for (k, v) in &other.extended {
-            let name = ResourceName::Other(k.clone());
-            let current = self.get(&name);
-            self.set(&name, op(current, *v));
+            match self.extended.binary_search_by(|(mine, _)| mine.as_str().cmp(k)) {
+                Ok(i) => {
+                    let amount = op(self.extended[i].1, *v);
+                    if amount == 0 {
+                        self.extended.remove(i);
+                    } else {
+                        self.extended[i].1 = amount;
+                    }
+                }
+                Err(i) => {
+                    let amount = op(0, *v);
+                    if amount != 0 {
+                        self.extended.insert(i, (k.clone(), amount));
+                    }
+                }
+            }
         }
     }
 }
@@ -386,6 +436,33 @@ mod tests {
             gone.iter().all(|(n, _)| n != ResourceName::Other(NVIDIA_GPU.into())),
             "zero entries are dropped"
         );
+    }
+
+    #[test]
+    fn scaled_arithmetic_matches_products() {
+        let node =
+            Resources::new().with_cpu_millis(4000).with_memory_mib(8192).with_pods(10).with(NVIDIA_GPU, 4);
+        let pod =
+            Resources::new().with_cpu_millis(500).with_memory_mib(1024).with_pods(1).with(NVIDIA_GPU, 1);
+        for k in [0, 1, 3, 4] {
+            let mut left = node.clone();
+            left.sub_times(&pod, k);
+            assert_eq!(left, node.minus(&pod.times(k)), "k = {k}");
+            let mut back = left.clone();
+            back.add_times(&pod, k);
+            assert_eq!(back, node, "k = {k}");
+        }
+        // Every requested dimension counts, the extended ones included; a dimension not requested does not.
+        assert_eq!(pod.copies_in(&node), 4);
+        assert_eq!(pod.clone().with(NVIDIA_GPU, 0).copies_in(&node), 8);
+        assert_eq!(pod.copies_in(&node.minus(&Resources::new().with(NVIDIA_GPU, 4))), 0);
+        assert_eq!(Resources::new().copies_in(&node), 0);
+        // Room already overdrawn holds none.
+        assert_eq!(pod.copies_in(&Resources::new().with_cpu_millis(-1).with_memory_mib(8192)), 0);
+        // Using up an extended resource drops its entry, as `minus` does.
+        let mut gpus = Resources::new().with(NVIDIA_GPU, 2);
+        gpus.sub_times(&Resources::new().with(NVIDIA_GPU, 1), 2);
+        assert!(gpus.is_zero());
     }
 
     #[test]

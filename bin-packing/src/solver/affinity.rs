@@ -237,27 +237,20 @@ pub(crate) fn pin(problem: &Problem) -> Option<(Problem, Vec<Unschedulable>)> {
             let avoid: Vec<&str> =
                 repelled.iter().filter(|r| kept_out(pod, r)).map(|(_, z, _)| z.as_str()).collect();
             if !avoid.is_empty() {
-                let r = Requirement::new(labels::ZONE, Operator::NotIn, &avoid).expect("values given");
-                *pod = pod.clone().with_requirement(r);
+                pod.require(Requirement::new(labels::ZONE, Operator::NotIn, &avoid).expect("values given"));
             }
         }
     }
     for (i, zone) in occupancy.pinned.iter().enumerate() {
         if let Some(zone) = zone {
-            let r = Requirement::new(labels::ZONE, Operator::In, &[zone.as_str()]).expect("one value");
-            pods[i] = pods[i].clone().with_requirement(r);
+            pods[i]
+                .require(Requirement::new(labels::ZONE, Operator::In, &[zone.as_str()]).expect("one value"));
         }
     }
     let out: Vec<Unschedulable> = unschedulable
         .iter()
         .map(|(&i, reason)| Unschedulable { pod: pods[i].name.clone(), reason: reason.clone() })
         .collect();
-    let mut pinned = problem.clone();
-    pinned.pods = pods
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !unschedulable.contains_key(i))
-        .map(|(_, p)| p)
-        .collect();
-    Some((pinned, out))
+    let pods = pods.into_iter().enumerate().filter(|(i, _)| !unschedulable.contains_key(i)).map(|(_, p)| p);
+    Some((problem.with_pods(pods.collect()), out))
 }

@@ -91,9 +91,41 @@ impl Memo {
     }
 }
 
+/// Per pool and position of its types: the classes (as a bit set) that may use the type and hold on it,
+/// so packing tests one bit per class instead of reaching into each class's pool entry.
+struct Admits(Vec<Vec<Vec<u64>>>);
+
+impl Admits {
+    fn new(index: &Index) -> Self {
+        let words = index.classes.len().div_ceil(64);
+        let mut out: Vec<Vec<Vec<u64>>> =
+            index.pools.iter().map(|pool| vec![vec![0u64; words]; pool.types.len()]).collect();
+        for (c, class) in index.classes.iter().enumerate() {
+            for (p, cp) in class.per_pool.iter().enumerate() {
+                if let Ok(cp) = cp {
+                    for &pos in &cp.types {
+                        out[p][pos][c / 64] |= 1 << (c % 64);
+                    }
+                }
+            }
+        }
+        Admits(out)
+    }
+
+    fn get(&self, p: usize, pos: usize, c: usize) -> bool {
+        self.0[p][pos][c / 64] & (1 << (c % 64)) != 0
+    }
+}
+
 struct State<'i, 'p> {
     index: &'i Index<'p>,
     memo: RefCell<Memo>,
+    admits: Admits,
+    /// Per class: its requests (a copy close at hand for the packing loop).
+    requests: Vec<Resources>,
+    /// Per (pool, class shape): the cheapest price of each of the pool's types among the offerings the
+    /// shape admits (`None` when it admits none), by position.
+    type_prices: FxHashMap<(usize, usize), Vec<Option<Price>>>,
     /// The least cpu and memory any class with pods left requests: a node with less room is full.
     smallest: (i64, i64),
     values: &'i [f64],
@@ -132,7 +164,7 @@ fn place_on_existing(state: &mut State, order: &[usize]) {
                 let pod = take_pod(state, c);
                 state.out.placements.push(Placement { pod, node: node.name.clone() });
             }
-            free[n].sub_assign(&class.requests.times(k));
+            free[n].sub_times(&class.requests, k);
         }
     }
 }
@@ -192,14 +224,12 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
     let mut requests = Resources::new();
     let mut value = 0.0;
     for &c in std::iter::once(&seed).chain(order.iter().filter(|&&c| c != seed)) {
-        if state.remaining[c] == 0 {
+        // Cheapest tests first: pods left, the type admits the class, room for one.
+        if state.remaining[c] == 0 || !state.admits.get(p, pos, c) || !state.requests[c].fits_in(&free) {
             continue;
         }
         let class = &index.classes[c];
         let Ok(cp) = &class.per_pool[p] else { continue };
-        if !cp.admits[pos] {
-            continue;
-        }
         // A class without affinity of its own has the pool's requirements, which every type and offering
         // of the pool meets: only size matters.
         let joined = if cp.plain {
@@ -214,14 +244,13 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
         if counts.iter().any(|&(o, _): &(usize, i64)| index.conflicts[c][o]) {
             continue;
         }
-        let mut k = fit_count(&free, &class.requests).min(state.remaining[c]);
-        k = k.min(class.per_node_cap);
+        let k = fit_count(&free, &class.requests).min(state.remaining[c]).min(class.per_node_cap);
         if k == 0 {
             continue;
         }
         requirements = joined;
-        free.sub_assign(&class.requests.times(k));
-        requests.add_assign(&class.requests.times(k));
+        free.sub_times(&class.requests, k);
+        requests.add_times(&class.requests, k);
         value += state.values[c] * k as f64;
         counts.push((c, k));
         if free.pods <= 0 || free.cpu_millis < state.smallest.0 || free.memory_bytes < state.smallest.1 {
@@ -340,11 +369,14 @@ impl Scarce {
 fn scarce_limits(state: &State, p: usize) -> Option<Scarce> {
     let index = state.index;
     let limits = &state.limits[p];
+    if limits.resources.is_empty() && limits.nodes.is_none() {
+        return None;
+    }
     let mut demand = Resources::new();
     let mut pods = 0i64;
     for (c, class) in index.classes.iter().enumerate() {
         if state.remaining[c] > 0 && class.per_pool[p].is_ok() {
-            demand.add_assign(&class.requests.times(state.remaining[c]));
+            demand.add_times(&class.requests, state.remaining[c]);
             pods += state.remaining[c];
         }
     }
@@ -366,27 +398,32 @@ fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Patt
     for p in 0..index.pools.len() {
         let Ok(cp) = &index.classes[seed].per_pool[p] else { continue };
         // Cheapest first, so a type no better than a cheaper one already tried can be skipped.
-        let mut memo = state.memo.borrow_mut();
+        let prices = state.type_prices.entry((p, cp.shape)).or_insert_with(|| {
+            let mut memo = state.memo.borrow_mut();
+            index.pools[p]
+                .types
+                .iter()
+                .map(|pt| {
+                    let t = index.instance_type(pt);
+                    pt.offerings
+                        .iter()
+                        .zip(&pt.places)
+                        .filter(|&(&o, &place)| memo.admits(p, cp, place, &t.offerings[o]))
+                        .map(|(&o, _)| t.offerings[o].price)
+                        .min()
+                })
+                .collect()
+        });
+        let limits = &state.limits[p];
+        let unlimited = limits.resources.is_empty() && limits.nodes.is_none();
         let mut candidates: Vec<(Price, usize)> = cp
             .types
             .iter()
-            .filter_map(|&pos| {
-                let pt = &index.pools[p].types[pos];
-                let t = index.instance_type(pt);
-                if !state.limits[p].allows(&t.capacity) {
-                    return None;
-                }
-                let price = pt
-                    .offerings
-                    .iter()
-                    .zip(&pt.places)
-                    .filter(|&(&o, &place)| memo.admits(p, cp, place, &t.offerings[o]))
-                    .map(|(&o, _)| t.offerings[o].price)
-                    .min()?;
-                Some((price, pos))
+            .filter(|&&pos| {
+                unlimited || limits.allows(&index.instance_type(&index.pools[p].types[pos]).capacity)
             })
+            .filter_map(|&pos| prices[pos].map(|price| (price, pos)))
             .collect();
-        drop(memo);
         if candidates.is_empty() {
             state.blocked_by_limits[p][seed] = true;
             continue;
@@ -555,6 +592,9 @@ pub(crate) fn run_from(index: &Index, values: &[f64], start: &[usize], limits: V
     let mut state = State {
         index,
         memo: RefCell::new(Memo::default()),
+        admits: Admits::new(index),
+        requests: index.classes.iter().map(|c| c.requests.clone()).collect(),
+        type_prices: FxHashMap::default(),
         values,
         remaining: index.classes.iter().zip(start).map(|(c, &s)| (c.pods.len() - s) as i64).collect(),
         next_pod: start.to_vec(),

@@ -192,19 +192,59 @@ impl<'p> Index<'p> {
         // Two classes in one hostname-spread group (pods of a Deployment whose requests differ) share the
         // group's per-node allowance; keeping them on separate nodes holds the group to its `maxSkew` per
         // node (each class is capped at it), at some cost in packing.
-        let conflicts = classes
+        // Whether two classes conflict depends only on what selectors see of them (labels, bundled pods'
+        // labels) and what they select (hostname anti-affinity, held terms, hostname spreads): worked out
+        // once per distinct such profile, not once per pair of classes (which differ mostly in requests).
+        type Profile<'p> = (
+            &'p BTreeMap<String, String>,
+            &'p Vec<BTreeMap<String, String>>,
+            &'p Vec<BTreeMap<String, String>>,
+            &'p Vec<super::problem::PodAffinityTerm>,
+            bool,
+            &'p Vec<super::problem::TopologySpread>,
+        );
+        let mut profiles: HashMap<Profile, usize> = HashMap::new();
+        let mut specs: Vec<&PodSpec> = Vec::new();
+        let profile: Vec<usize> = classes
             .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                classes
+            .map(|c| {
+                let spec = c.spec;
+                let key = (
+                    &spec.labels,
+                    &spec.companion_labels,
+                    &spec.hostname_anti_affinity,
+                    &spec.held_anti_affinity,
+                    spec.relaxed_anti_affinity,
+                    &spec.topology_spread,
+                );
+                *profiles.entry(key).or_insert_with(|| {
+                    specs.push(spec);
+                    specs.len() - 1
+                })
+            })
+            .collect();
+        // (repels, hostname spread covers), either way round, per pair of profiles.
+        let between: Vec<Vec<(bool, bool)>> = specs
+            .iter()
+            .map(|a| {
+                specs
                     .iter()
-                    .enumerate()
-                    .map(|(j, b)| {
-                        a.spec.repels_pod(b.spec)
-                            || b.spec.repels_pod(a.spec)
-                            || (i != j
-                                && (a.spec.hostname_spread_covers(b.spec)
-                                    || b.spec.hostname_spread_covers(a.spec)))
+                    .map(|b| {
+                        (
+                            a.repels_pod(b) || b.repels_pod(a),
+                            a.hostname_spread_covers(b) || b.hostname_spread_covers(a),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let conflicts = (0..classes.len())
+            .map(|i| {
+                let row = &between[profile[i]];
+                (0..classes.len())
+                    .map(|j| {
+                        let (repels, covers) = row[profile[j]];
+                        repels || (i != j && covers)
                     })
                     .collect()
             })
@@ -442,11 +482,5 @@ impl RequirementSets {
 
 /// How many pods of `requests` fit in `free` (every requested dimension counts).
 pub(crate) fn fit_count(free: &Resources, requests: &Resources) -> i64 {
-    let mut n = i64::MAX;
-    for (name, want) in requests.iter() {
-        if want > 0 {
-            n = n.min(free.get(&name).max(0) / want);
-        }
-    }
-    if n == i64::MAX { 0 } else { n }
+    requests.copies_in(free)
 }

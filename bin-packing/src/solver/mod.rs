@@ -117,10 +117,9 @@ impl Algorithm {
         // keep their preferences get the same treatment throughout.
         let mut level = vec![0usize; problem.pods.len()];
         loop {
-            let mut round = problem.clone();
-            for (pod, &l) in round.pods.iter_mut().zip(&level) {
-                *pod = pod.with_preference_level(l);
-            }
+            let round = problem.with_pods(
+                problem.pods.iter().zip(&level).map(|(p, &l)| p.with_preference_level(l)).collect(),
+            );
             let plan = self.solve_required(&round, fill);
             let refused: BTreeSet<&str> = plan.unschedulable.iter().map(|u| u.pod.as_str()).collect();
             let mut relaxed = false;

@@ -322,10 +322,15 @@ impl PodSpec {
 
     /// Builder: a node selector requirement (ANDed into every affinity alternative).
     pub fn with_requirement(mut self, requirement: Requirement) -> Self {
+        self.require(requirement);
+        self
+    }
+
+    /// Adds a node selector requirement in place (ANDed into every affinity alternative).
+    pub fn require(&mut self, requirement: Requirement) {
         let alternatives =
             self.affinity.alternatives().iter().map(|alt| alt.clone().with(requirement.clone())).collect();
         self.affinity = NodeAffinity::from_alternatives(alternatives);
-        self
     }
 
     /// Builder: a toleration.
@@ -490,4 +495,17 @@ pub struct Problem {
     pub daemonsets: Vec<DaemonSetSpec>,
     /// Shared: a caller planning many times (the simulator, the controller) reuses one catalog.
     pub catalog: Arc<Catalog>,
+}
+
+impl Problem {
+    /// The same problem with other pending pods (the rest is copied; the pods are not).
+    pub fn with_pods(&self, pods: Vec<PodSpec>) -> Problem {
+        Problem {
+            pods,
+            existing: self.existing.clone(),
+            nodepools: self.nodepools.clone(),
+            daemonsets: self.daemonsets.clone(),
+            catalog: self.catalog.clone(),
+        }
+    }
 }

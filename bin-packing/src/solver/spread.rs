@@ -111,22 +111,26 @@ pub(crate) fn pin(problem: &Problem) -> Option<Problem> {
     }
     let mut pinned = problem.clone();
     for key in DOMAIN_KEYS {
-        let snapshot = pinned.clone();
+        // Each key's domains are chosen over the pods as the previous key left them, then pinned.
+        let mut pins: Vec<(usize, String)> = Vec::new();
         let mut counts: BTreeMap<&BTreeMap<String, String>, BTreeMap<String, i64>> = BTreeMap::new();
-        for (i, pod) in snapshot.pods.iter().enumerate() {
+        for (i, pod) in pinned.pods.iter().enumerate() {
             let Some(spread) = constraint(pod, key) else { continue };
-            let domains = eligible_domains(&snapshot, pod, key);
-            let group = counts
-                .entry(&spread.selector)
-                .or_insert_with(|| existing_counts(&snapshot, pod, spread, key));
+            let domains = eligible_domains(&pinned, pod, key);
+            let group =
+                counts.entry(&spread.selector).or_insert_with(|| existing_counts(&pinned, pod, spread, key));
             let Some(domain) =
                 domains.iter().min_by_key(|d| (group.get(*d).copied().unwrap_or(0), (*d).clone()))
             else {
                 continue; // no domain at all: the solver reports why
             };
             *group.entry(domain.clone()).or_default() += 1;
-            let pin = Requirement::new(key, Operator::In, &[domain.as_str()]).expect("one value");
-            pinned.pods[i] = pinned.pods[i].clone().with_requirement(pin);
+            pins.push((i, domain.clone()));
+        }
+        drop(counts);
+        for (i, domain) in pins {
+            pinned.pods[i]
+                .require(Requirement::new(key, Operator::In, &[domain.as_str()]).expect("one value"));
         }
     }
     Some(pinned)
