@@ -20,12 +20,13 @@ use good_lp::{
     constraint, variable,
 };
 
+use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::instance_type::Price;
-use crate::resources::Resources;
+use crate::resources::{ResourceName, Resources};
 
-use super::index::{Index, fit_count};
+use super::index::{Class, Index, fit_count};
 use super::knapsack::{self, Item};
 
 /// Column-generation budgets.
@@ -144,6 +145,7 @@ pub(crate) fn generate(
     seeds: &[Vec<(usize, i64)>],
 ) -> Result<Outcome, String> {
     let bins = bins(index, pools);
+    tracing::debug!(bins = bins.len(), "pattern bins");
     let classes: Vec<usize> = (0..demand.len()).filter(|&i| demand[i] > 0).collect();
     if bins.len() * classes.len() > MAX_PRICING_WORK {
         return Err(format!(
@@ -192,7 +194,8 @@ pub(crate) fn generate(
     // The duals with the best bound so far, and that bound: the stabilisation centre.
     let mut center: Option<(Vec<f64>, f64)> = None;
     for _ in 0..MAX_ITERATIONS {
-        let (objective, duals, primal) = master_lp(&bins, &columns, demand, &classes)?;
+        let (objective, duals, primal) =
+            tracing::debug_span!("master").in_scope(|| master_lp(&bins, &columns, demand, &classes))?;
         lambda = primal;
         // Price at duals smoothed toward the best dual point so far (Wentges): it damps the oscillation
         // of the master's duals that makes column generation tail off. When the smoothed duals find no
@@ -205,7 +208,8 @@ pub(crate) fn generate(
                 }
                 _ => duals.clone(),
             };
-            let round = price_bins(index, &bins, &separation, &duals, demand, 0);
+            let round = tracing::debug_span!("pricing")
+                .in_scope(|| price_bins(index, &bins, &separation, &duals, demand, 0));
             // Farley at any non-negative duals: every pattern's value is at most best_ratio × its price, so
             // the duals scaled by 1 / best_ratio are feasible, worth Σ π_i d_i / best_ratio.
             if round.best_ratio > 0.0 {
@@ -265,7 +269,8 @@ pub(crate) fn generate(
     // Stopped early: price once more at the best dual point, searching the knapsacks that ran out of budget
     // further (best-first). Their loose upper bounds are what keeps the Farley bound below the master.
     if !converged && let Some((center, _)) = &center {
-        let round = price_bins(index, &bins, center, center, demand, TIGHTEN_NODES);
+        let round = tracing::debug_span!("tighten")
+            .in_scope(|| price_bins(index, &bins, center, center, demand, TIGHTEN_NODES));
         if round.best_ratio > 0.0 {
             let worth: f64 = classes.iter().map(|&i| center[i] * demand[i] as f64).sum();
             bound = bound.max(worth / round.best_ratio.max(1.0));
@@ -299,10 +304,15 @@ fn price_bins(
     tighten: usize,
 ) -> Pricing {
     let mut out = Pricing { improving: Vec::new(), best_ratio: 0.0, found_ratio: 0.0, cut_short: 0 };
-    for (k, bin) in bins.iter().enumerate() {
+    // Bins are priced independently, on every core; results are taken in bin order, so the round is the
+    // same however the work was split.
+    let (classes, dims) = (&index.classes[..], &index.dims[..]);
+    let found: Vec<_> = bins
+        .par_iter()
+        .map(|bin| knapsack(classes, dims, bin, separation, demand, KNAPSACK_NODES, tighten))
+        .collect();
+    for (k, (bin, (pattern, value, upper))) in bins.iter().zip(found).enumerate() {
         let price = bin.price.usd();
-        let (pattern, value, upper) =
-            knapsack(index, bin, separation, demand, price, KNAPSACK_NODES, tighten);
         let reduced = price - pattern.iter().map(|&(i, n)| master[i] * n as f64).sum::<f64>();
         if reduced < -price * 1e-9 && !pattern.is_empty() {
             out.improving.push((reduced, Column { bin: k, counts: pattern }));
@@ -351,23 +361,23 @@ fn master_lp(
 }
 
 /// The most valuable pattern for a bin: max Σ π_i a_i subject to the bin's room, 0 ≤ a_i ≤ demand_i.
-/// Only patterns worth more than `floor` (the bin's price) matter, so subtrees that cannot beat it are cut.
+/// Only patterns worth more than the bin's price matter, so subtrees that cannot beat it are cut.
 /// Returns the best pattern found, its value, and an upper bound on the optimum that is exact whenever
-/// the optimum exceeds `floor` and the search finished within its node budget. When the depth-first search
+/// the optimum exceeds the price and the search finished within its node budget. When the depth-first search
 /// runs out of budget, up to `tighten` more nodes are spent best-first to lower that upper bound.
 fn knapsack(
-    index: &Index,
+    classes: &[Class],
+    dims: &[ResourceName],
     bin: &Bin,
     duals: &[f64],
     demand: &[i64],
-    floor: f64,
     budget: usize,
     tighten: usize,
 ) -> (Vec<(usize, i64)>, f64, f64) {
-    let dims: Vec<_> = index.dims.iter().filter(|d| bin.usable.get(d) > 0).cloned().collect();
+    let dims: Vec<_> = dims.iter().filter(|d| bin.usable.get(d) > 0).cloned().collect();
     let capacity: Vec<i64> = dims.iter().map(|d| bin.usable.get(d)).collect();
     let mut items: Vec<Item> = Vec::new();
-    for (i, class) in index.classes.iter().enumerate() {
+    for (i, class) in classes.iter().enumerate() {
         if demand[i] == 0 || duals[i] <= 1e-12 || !bin.admits[i] {
             continue;
         }
@@ -378,6 +388,6 @@ fn knapsack(
         let weights: Vec<i64> = dims.iter().map(|d| class.requests.get(d)).collect();
         items.push(Item { class: i, value: duals[i], weights, cap });
     }
-    let found = knapsack::pack(items, &capacity, floor, budget, tighten);
+    let found = knapsack::pack(items, &capacity, bin.price.usd(), budget, tighten);
     (found.pattern, found.value, found.upper)
 }

@@ -48,25 +48,19 @@ struct Launches<'a> {
 
 impl<'a> Launches<'a> {
     fn new(index: &'a Index, pool: usize, requirements: &Requirements) -> Self {
-        let mut by_price: Vec<(Price, &'a Resources)> = index.pools[pool]
-            .types
-            .iter()
-            .filter_map(|pt| {
-                let t = index.instance_type(pt);
-                if t.requirements.intersects(requirements).is_err() {
-                    return None;
-                }
-                let price = pt
-                    .offerings
-                    .iter()
-                    .map(|&o| &t.offerings[o])
-                    .filter(|o| o.is_compatible(requirements))
-                    .map(|o| o.price)
-                    .min()?;
-                Some((price, &pt.usable))
-            })
-            .collect();
-        by_price.sort_by_key(|&(price, _)| price);
+        // The admitted offerings come cheapest first: each type's first is its cheapest. Ties in price go
+        // by the type's position in the pool.
+        let types = &index.pools[pool].types;
+        let mut seen = vec![false; types.len()];
+        let mut cheapest: Vec<(Price, usize)> = Vec::new();
+        for choice in index.admitted(pool, requirements).iter() {
+            if !std::mem::replace(&mut seen[choice.pos], true) {
+                cheapest.push((choice.price, choice.pos));
+            }
+        }
+        cheapest.sort_unstable();
+        let by_price: Vec<(Price, &'a Resources)> =
+            cheapest.into_iter().map(|(price, pos)| (price, &types[pos].usable)).collect();
         let rate =
             |size: i64, price: Price| if size > 0 { price.0 as f64 / size as f64 } else { f64::INFINITY };
         let rates = by_price.iter().fold((f64::INFINITY, f64::INFINITY), |(cpu, memory), (price, usable)| {

@@ -369,6 +369,9 @@ pub(crate) fn daemonset_overhead(
     node_requirements: &Requirements,
     t: &InstanceType,
 ) -> Resources {
+    if problem.daemonsets.is_empty() {
+        return Resources::new();
+    }
     let node = node_requirements.intersection(&t.requirements);
     let taints: Vec<_> = template.taints.iter().chain(&template.startup_taints).cloned().collect();
     let mut total = Resources::new();

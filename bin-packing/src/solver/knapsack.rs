@@ -39,15 +39,30 @@ struct Group {
     weights: Vec<i64>,
     /// (class, value, cap), most valuable first.
     members: Vec<(usize, f64, i64)>,
-    /// `prefix[k]`: the value of the group's k most valuable copies.
-    prefix: Vec<f64>,
+    /// How many copies the members allow in all.
+    copies: i64,
     /// The surrogate size of one copy.
     size: f64,
 }
 
 impl Group {
     fn copies(&self) -> i64 {
-        self.prefix.len() as i64 - 1
+        self.copies
+    }
+
+    /// The value of the group's `k` most valuable copies.
+    fn value(&self, k: i64) -> f64 {
+        let mut left = k;
+        let mut total = 0.0;
+        for &(_, value, cap) in &self.members {
+            if left <= 0 {
+                break;
+            }
+            let take = left.min(cap);
+            total += value * take as f64;
+            left -= take;
+        }
+        total
     }
 }
 
@@ -55,6 +70,12 @@ impl Group {
 /// cannot beat it are cut. Up to `budget` nodes depth-first; when that runs out, up to `tighten` more
 /// best-first to lower the upper bound.
 pub(crate) fn pack(items: Vec<Item>, capacity: &[i64], floor: f64, budget: usize, tighten: usize) -> Outcome {
+    // Most bins of most pricing rounds cannot beat their price even by the surrogate bound at equal
+    // weights: that is known before any search is set up.
+    let quick = equal_weight_bound(&items, capacity);
+    if quick <= floor * (1.0 + 1e-12) {
+        return Outcome { pattern: vec![], value: 0.0, upper: quick };
+    }
     let mut by_shape: BTreeMap<Vec<i64>, Vec<(usize, f64, i64)>> = BTreeMap::new();
     for item in items.into_iter().filter(|i| i.cap > 0 && i.value > 0.0) {
         by_shape.entry(item.weights).or_default().push((item.class, item.value, item.cap));
@@ -66,30 +87,26 @@ pub(crate) fn pack(items: Vec<Item>, capacity: &[i64], floor: f64, budget: usize
         .into_iter()
         .map(|(weights, mut members)| {
             members.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let mut prefix = vec![0.0];
-            for &(_, value, cap) in &members {
-                for _ in 0..cap {
-                    prefix.push(prefix.last().expect("starts with 0") + value);
-                }
-            }
-            Group { weights, members, prefix, size: 0.0 }
+            let copies = members.iter().map(|&(_, _, cap)| cap).sum();
+            Group { weights, members, copies, size: 0.0 }
         })
         .collect();
     // The surrogate constraint: the dimensions' shares of the bin, weighted by `theta`, summed. Any
     // non-negative weights give a valid bound; these make the root bound about as tight as one constraint can.
-    let theta = surrogate_weights(&groups, capacity);
+    let theta = surrogate_weights(&groups, capacity, floor);
     for group in &mut groups {
         group.size = surrogate_size(&group.weights, capacity, &theta);
     }
     let best_density = |g: &Group| g.members[0].1 / g.size;
     groups.sort_by(|a, b| best_density(b).total_cmp(&best_density(a)).then(a.weights.cmp(&b.weights)));
     // Every member, by value per surrogate size: the order of the Dantzig bound.
-    let mut order: Vec<(usize, f64, i64)> = groups
+    let mut keyed: Vec<(f64, (usize, f64, i64))> = groups
         .iter()
         .enumerate()
-        .flat_map(|(g, group)| group.members.iter().map(move |&(_, v, c)| (g, v, c)))
+        .flat_map(|(g, group)| group.members.iter().map(move |&(_, v, c)| (v / group.size, (g, v, c))))
         .collect();
-    order.sort_by(|a, b| (b.1 / groups[b.0].size).total_cmp(&(a.1 / groups[a.0].size)).then(a.0.cmp(&b.0)));
+    keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.0.cmp(&b.1.0)));
+    let order: Vec<(usize, f64, i64)> = keyed.into_iter().map(|(_, unit)| unit).collect();
     // Suffix maxima of value per unit of each dimension (infinite where a group needs none of it).
     let n = groups.len();
     let mut density = vec![vec![0.0f64; capacity.len()]; n + 1];
@@ -124,7 +141,7 @@ pub(crate) fn pack(items: Vec<Item>, capacity: &[i64], floor: f64, budget: usize
         search.cut_off = search.best_first(root, tighten);
     }
     let upper = search.best.max(search.cut_off).max(floor.min(root));
-    // Copies of a group go to its most valuable members first, as `prefix` counts them.
+    // Copies of a group go to its most valuable members first, as `Group::value` counts them.
     let mut pattern = Vec::new();
     for (group, &count) in groups.iter().zip(&search.best_counts) {
         let mut left = count;
@@ -215,7 +232,7 @@ impl Search<'_> {
                 room[d] -= w * k;
             }
             self.counts[j] = k;
-            self.dfs(j + 1, room, value + group.prefix[k as usize]);
+            self.dfs(j + 1, room, value + group.value(k));
             for (d, &w) in group.weights.iter().enumerate() {
                 room[d] += w * k;
             }
@@ -251,7 +268,7 @@ impl Search<'_> {
             if node.taken < group.copies() && group.weights.iter().zip(&node.room).all(|(&w, &r)| w <= r) {
                 let room: Vec<i64> = node.room.iter().zip(&group.weights).map(|(&r, &w)| r - w).collect();
                 let taken = node.taken + 1;
-                let value = node.value + group.prefix[taken as usize] - group.prefix[node.taken as usize];
+                let value = node.value + group.value(taken) - group.value(node.taken);
                 // A feasible pattern; its counts are not kept, its value only prunes.
                 incumbent = incumbent.max(value);
                 let bound = self.optimistic(node.j, taken, &room, value);
@@ -309,17 +326,43 @@ fn surrogate_size(amounts: &[i64], capacity: &[i64], theta: &[f64]) -> f64 {
         .max(1e-12)
 }
 
-/// The surrogate bound of an empty bin with dimension weights `theta` (summing to 1).
-fn root_surrogate(groups: &[Group], capacity: &[i64], theta: &[f64]) -> f64 {
-    let mut units: Vec<(f64, f64, i64)> = groups
+/// The surrogate bound of an empty bin with dimension weights `theta` (summing to 1). `units` is scratch
+/// space, reused across calls (the weight search evaluates this dozens of times per knapsack).
+fn root_surrogate(
+    groups: &[Group],
+    capacity: &[i64],
+    theta: &[f64],
+    units: &mut Vec<(f64, f64, f64, i64)>,
+) -> f64 {
+    units.clear();
+    for g in groups {
+        let size = surrogate_size(&g.weights, capacity, theta);
+        units.extend(g.members.iter().map(|&(_, v, c)| (v / size, v, size, c)));
+    }
+    units.sort_by(|a, b| b.0.total_cmp(&a.0));
+    dantzig(units.iter().map(|&(_, v, size, c)| (v, size, c)), surrogate_size(capacity, capacity, theta))
+}
+
+/// The surrogate (Dantzig) bound of an empty bin with equal weights on the dimensions the items use (the
+/// weight search's starting point): an upper bound on any pattern's value.
+fn equal_weight_bound(items: &[Item], capacity: &[i64]) -> f64 {
+    let items: Vec<&Item> = items.iter().filter(|i| i.cap > 0 && i.value > 0.0).collect();
+    let used = (0..capacity.len()).filter(|&d| items.iter().any(|i| i.weights[d] > 0)).count();
+    if used == 0 {
+        return f64::INFINITY; // nothing to weigh: the search decides
+    }
+    let theta: Vec<f64> = (0..capacity.len())
+        .map(|d| if items.iter().any(|i| i.weights[d] > 0) { 1.0 / used as f64 } else { 0.0 })
+        .collect();
+    let mut units: Vec<(f64, f64, f64, i64)> = items
         .iter()
-        .flat_map(|g| {
-            let size = surrogate_size(&g.weights, capacity, theta);
-            g.members.iter().map(move |&(_, v, c)| (v, size, c))
+        .map(|i| {
+            let size = surrogate_size(&i.weights, capacity, &theta);
+            (i.value / size, i.value, size, i.cap)
         })
         .collect();
-    units.sort_by(|a, b| (b.0 / b.1).total_cmp(&(a.0 / a.1)));
-    dantzig(units.into_iter(), surrogate_size(capacity, capacity, theta))
+    units.sort_by(|a, b| b.0.total_cmp(&a.0));
+    dantzig(units.iter().map(|&(_, v, size, c)| (v, size, c)), surrogate_size(capacity, capacity, &theta))
 }
 
 /// The Dantzig bound of a one-constraint bounded knapsack: units `(value, size, copies)`, in order of value
@@ -345,7 +388,9 @@ fn dantzig(units: impl Iterator<Item = (f64, f64, i64)>, mut room: f64) -> f64 {
 /// Dimension weights (on the simplex) that make the root surrogate bound small: a pattern search that moves
 /// weight between pairs of the dimensions the items use, in shrinking steps. The surrogate dual is
 /// quasi-convex, so this approaches the best single-constraint relaxation; equal weights are the start.
-fn surrogate_weights(groups: &[Group], capacity: &[i64]) -> Vec<f64> {
+/// When their bound is already at most `floor`, no pattern can beat the floor and they stand (a tighter
+/// bound would change nothing the search decides).
+fn surrogate_weights(groups: &[Group], capacity: &[i64], floor: f64) -> Vec<f64> {
     // Only dimensions some item uses get weight: weight on the others loosens the bound and nothing else.
     let used: Vec<usize> = (0..capacity.len()).filter(|&d| groups.iter().any(|g| g.weights[d] > 0)).collect();
     let mut theta = vec![0.0; capacity.len()];
@@ -358,7 +403,11 @@ fn surrogate_weights(groups: &[Group], capacity: &[i64]) -> Vec<f64> {
     if used.len() == 1 {
         return theta;
     }
-    let mut best = root_surrogate(groups, capacity, &theta);
+    let mut units = Vec::new();
+    let mut best = root_surrogate(groups, capacity, &theta, &mut units);
+    if best <= floor * (1.0 + 1e-12) {
+        return theta;
+    }
     let mut step = 0.25;
     while step >= 0.01 {
         let mut moved = false;
@@ -370,7 +419,7 @@ fn surrogate_weights(groups: &[Group], capacity: &[i64]) -> Vec<f64> {
                 let mut next = theta.clone();
                 next[from] -= step;
                 next[to] += step;
-                let value = root_surrogate(groups, capacity, &next);
+                let value = root_surrogate(groups, capacity, &next, &mut units);
                 if value < best * (1.0 - 1e-9) {
                     best = value;
                     theta = next;
