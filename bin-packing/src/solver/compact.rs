@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rustc_hash::FxHashMap;
+
 use super::greedy;
 use super::index::{Index, RequirementSets};
 use super::{LaunchOption, MAX_ALTERNATIVES, NewNode};
@@ -197,7 +199,9 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Ve
     let mut out = Vec::new();
     for node in nodes {
         let pool = index.pools.iter().position(|p| p.template.name == node.nodepool);
-        if let Some(p) = pool {
+        if let Some(p) = pool
+            && slack[p] != Limits::default()
+        {
             slack[p].consume(&greedy::charge(index, &node.alternatives), 1);
         }
         // Under minValues a merged node's alternatives might not keep enough values open: left alone.
@@ -252,7 +256,7 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Ve
 struct PoolNodes<'a, 'i, 'p> {
     index: &'a Index<'p>,
     pool: usize,
-    class_of: &'a BTreeMap<&'i str, usize>,
+    class_of: &'a FxHashMap<&'i str, usize>,
     /// Per class: whether it has a per-node cap or conflicts with some class.
     limited: &'a [bool],
 }
@@ -530,9 +534,9 @@ impl PoolNodes<'_, '_, '_> {
                     requirements,
                     &needs[i].requests,
                     &Limits::default(),
+                    MAX_ALTERNATIVES,
                 )
                 .iter()
-                .take(MAX_ALTERNATIVES)
                 .map(|c| greedy::launch_option(index, self.pool, c))
                 .collect();
                 if let Some(launch) = alternatives.first().cloned() {
@@ -634,8 +638,14 @@ fn mergeable(index: &Index, c: usize) -> bool {
 /// of its members, the nodes as they were). `limits` is what the NodePool's limits leave, updated.
 fn finish(index: &Index, pool: usize, merged: Merged, limits: &mut Limits) -> Result<NewNode, Vec<NewNode>> {
     let mut members = merged.members;
-    let options =
-        greedy::launch_choices(index, pool, &merged.requirements, &merged.requests, &Limits::default());
+    let options = greedy::launch_choices(
+        index,
+        pool,
+        &merged.requirements,
+        &merged.requests,
+        &Limits::default(),
+        greedy::choices_needed(index, pool, limits),
+    );
     let (alternatives, charged) = greedy::limited_alternatives(index, pool, limits, options);
     let Some(launch) = alternatives.first().cloned().filter(|l| l.price <= merged.price) else {
         return Err(members); // cannot happen: `cheapest_fit` found this launch

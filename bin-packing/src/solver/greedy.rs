@@ -269,13 +269,14 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
 }
 
 /// The offerings of the pool that hold `requests` under `requirements` within the limits, in the order
-/// alternatives are listed (cheapest first).
+/// alternatives are listed (cheapest first); at most `most` of them.
 pub(crate) fn launch_choices(
     index: &Index,
     p: usize,
     requirements: &Requirements,
     requests: &Resources,
     limits: &Limits,
+    most: usize,
 ) -> Vec<Choice> {
     let types = &index.pools[p].types;
     let unlimited = *limits == Limits::default();
@@ -286,8 +287,20 @@ pub(crate) fn launch_choices(
             requests.fits_in(&types[c.pos].usable)
                 && (unlimited || limits.allows(&index.choice_type(p, c).capacity))
         })
+        .take(most)
         .copied()
         .collect()
+}
+
+/// How many launch choices [`limited_alternatives`] needs to list a node of pool `p` under `limits`: every
+/// one when the NodePool has `minValues` or resource limits (it filters by them), else the first
+/// [`MAX_ALTERNATIVES`], which is all it keeps.
+pub(crate) fn choices_needed(index: &Index, p: usize, limits: &Limits) -> usize {
+    if index.pools[p].template.has_min_values() || !limits.resources.is_empty() {
+        usize::MAX
+    } else {
+        MAX_ALTERNATIVES
+    }
 }
 
 /// A choice as the plan lists it.
@@ -311,14 +324,15 @@ pub(crate) fn launch_options(
     requests: &Resources,
     limits: &Limits,
 ) -> Vec<(usize, LaunchOption)> {
-    launch_choices(index, p, requirements, requests, limits)
+    launch_choices(index, p, requirements, requests, limits, usize::MAX)
         .iter()
         .map(|c| (c.pos, launch_option(index, p, c)))
         .collect()
 }
 
 fn alternatives(state: &State, p: usize, requirements: &Requirements, requests: &Resources) -> Vec<Choice> {
-    launch_choices(state.index, p, requirements, requests, &state.limits[p])
+    let limits = &state.limits[p];
+    launch_choices(state.index, p, requirements, requests, limits, choices_needed(state.index, p, limits))
 }
 
 /// Class evaluations one pattern search may spend packing candidate types. Packing is linear in the

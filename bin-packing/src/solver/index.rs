@@ -296,8 +296,8 @@ impl<'p> Index<'p> {
     }
 
     /// Each pod's class, by pod name.
-    pub fn class_of_pods(&self) -> BTreeMap<&'p str, usize> {
-        let mut out = BTreeMap::new();
+    pub fn class_of_pods(&self) -> FxHashMap<&'p str, usize> {
+        let mut out = FxHashMap::default();
         for (c, class) in self.classes.iter().enumerate() {
             for &p in &class.pods {
                 out.insert(self.problem.pods[p].name.as_str(), c);

@@ -357,8 +357,9 @@ fn improve_with_columns(
             }
             let stale = last.as_ref().is_none_or(|l| l.takes != takes || !limits[bin.pool].allows(&l.charge));
             if stale {
-                let options =
-                    greedy::launch_choices(index, bin.pool, &requirements, &requests, &limits[bin.pool]);
+                let limit = &limits[bin.pool];
+                let most = greedy::choices_needed(index, bin.pool, limit);
+                let options = greedy::launch_choices(index, bin.pool, &requirements, &requests, limit, most);
                 let (alternatives, charge) =
                     greedy::limited_alternatives(index, bin.pool, &limits[bin.pool], options);
                 let types: Vec<_> =
