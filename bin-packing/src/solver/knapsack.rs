@@ -107,6 +107,10 @@ pub(crate) fn pack(items: Vec<Item>, capacity: &[i64], floor: f64, budget: usize
         .collect();
     keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.0.cmp(&b.1.0)));
     let order: Vec<(usize, f64, i64)> = keyed.into_iter().map(|(_, unit)| unit).collect();
+    // The same order from each group on (`suffixes[j]`: the members of groups `j..`), so a bound deep in
+    // the tree reads only the groups still open.
+    let suffixes: Vec<Vec<(usize, f64, i64)>> =
+        (0..=groups.len()).map(|j| order.iter().copied().filter(|&(g, _, _)| g >= j).collect()).collect();
     // Suffix maxima of value per unit of each dimension (infinite where a group needs none of it).
     let n = groups.len();
     let mut density = vec![vec![0.0f64; capacity.len()]; n + 1];
@@ -119,7 +123,7 @@ pub(crate) fn pack(items: Vec<Item>, capacity: &[i64], floor: f64, budget: usize
     }
     let mut search = Search {
         groups: &groups,
-        order: &order,
+        suffixes: &suffixes,
         density: &density,
         capacity,
         theta: &theta,
@@ -160,7 +164,8 @@ pub(crate) fn pack(items: Vec<Item>, capacity: &[i64], floor: f64, budget: usize
 
 struct Search<'a> {
     groups: &'a [Group],
-    order: &'a [(usize, f64, i64)],
+    /// Per group `j`: every member of groups `j..`, by value per surrogate size.
+    suffixes: &'a [Vec<(usize, f64, i64)>],
     density: &'a [Vec<f64>],
     capacity: &'a [i64],
     theta: &'a [f64],
@@ -180,7 +185,7 @@ impl Search<'_> {
     /// per-dimension density bounds.
     fn optimistic(&self, j: usize, taken: i64, room: &[i64], value: f64) -> f64 {
         let mut skip = taken;
-        let units = self.order.iter().filter(|&&(g, _, _)| g >= j).map(|&(g, v, cap)| {
+        let units = self.suffixes[j].iter().map(|&(g, v, cap)| {
             let mut copies = cap;
             if g == j && skip > 0 {
                 // The group's most valuable copies are taken already; they come first in `order` too.
