@@ -1206,3 +1206,29 @@ fn labels_set_pods_apart_only_when_some_selector_could_see_them() {
     let node_of = |pod: &str| plan.new_nodes.iter().position(|n| n.pods.iter().any(|p| p == pod));
     assert!((0..5).all(|i| node_of(&format!("b-{i}")) != node_of("a-0")), "{:?}", plan.new_nodes);
 }
+
+#[test]
+fn plans_are_the_same_every_time_though_pricing_runs_on_every_core() {
+    // Mixed cpu and memory shapes over the whole catalog, some on-demand only: column generation runs
+    // several rounds, each pricing hundreds of bins in parallel.
+    let on_demand = || req(labels::CAPACITY_TYPE, Operator::In, &["on-demand"]);
+    let p = problem(
+        vec![
+            pods("web", 60).cpu(250).mem(512).build(),
+            pods("api", 40).cpu(500).mem(1024).build(),
+            pods("search", 20).cpu(1000).mem(4096).build(),
+            pods("cache", 12).cpu(500).mem(6144).build(),
+            pods("pay", 10).cpu(1000).mem(2048).require(on_demand()).build(),
+            pods("batch", 16).cpu(2000).mem(1024).build(),
+        ],
+        vec![pool("default")],
+    );
+    let first = expect_valid_plan(&p);
+    assert!(matches!(
+        first.lower_bound.map(|b| b.kind),
+        Some(BoundKind::PatternLp | BoundKind::PatternFarley)
+    ));
+    for _ in 0..3 {
+        assert_eq!(solve(&p), first);
+    }
+}
