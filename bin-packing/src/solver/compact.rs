@@ -200,7 +200,7 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Ve
     for node in nodes {
         let pool = index.pools.iter().position(|p| p.template.name == node.nodepool);
         if let Some(p) = pool
-            && slack[p] != Limits::default()
+            && !slack[p].is_unlimited()
         {
             slack[p].consume(&greedy::charge(index, &node.alternatives), 1);
         }
@@ -243,7 +243,7 @@ pub(crate) fn compact(index: &Index, nodes: Vec<NewNode>, rebalance: bool) -> Ve
         // Merging stops where nodes carry per-node constraints (one pod of each group per node, the pod
         // limit): what is left unbalanced sheds the pods free to go elsewhere in the pool.
         // A rebalanced node may become a type larger in a limited resource than it was: not under limits.
-        if rebalance && *limits == Limits::default() {
+        if rebalance && limits.is_unlimited() {
             out.extend(nodes.rebalance(merged, &mut shapes, &movable));
         } else {
             out.extend(merged.into_iter().map(|(n, _)| n));
@@ -650,7 +650,7 @@ fn finish(index: &Index, pool: usize, merged: Merged, limits: &mut Limits) -> Re
     let Some(launch) = alternatives.first().cloned().filter(|l| l.price <= merged.price) else {
         return Err(members); // cannot happen: `cheapest_fit` found this launch
     };
-    if *limits != Limits::default() {
+    if !limits.is_unlimited() {
         let mut after = limits.clone();
         for member in &members {
             after.consume(&greedy::charge(index, &member.alternatives), -1);

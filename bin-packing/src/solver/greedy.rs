@@ -244,13 +244,14 @@ fn pack(state: &State, order: &[usize], seed: usize, p: usize, pos: usize) -> Op
         if counts.iter().any(|&(o, _): &(usize, i64)| index.conflicts[c][o]) {
             continue;
         }
-        let k = fit_count(&free, &class.requests).min(state.remaining[c]).min(class.per_node_cap);
+        let wants = &state.requests[c];
+        let k = fit_count(&free, wants).min(state.remaining[c]).min(class.per_node_cap);
         if k == 0 {
             continue;
         }
         requirements = joined;
-        free.sub_times(&class.requests, k);
-        requests.add_times(&class.requests, k);
+        free.sub_times(wants, k);
+        requests.add_times(wants, k);
         value += state.values[c] * k as f64;
         counts.push((c, k));
         if free.pods <= 0 || free.cpu_millis < state.smallest.0 || free.memory_bytes < state.smallest.1 {
@@ -279,7 +280,7 @@ pub(crate) fn launch_choices(
     most: usize,
 ) -> Vec<Choice> {
     let types = &index.pools[p].types;
-    let unlimited = *limits == Limits::default();
+    let unlimited = limits.is_unlimited();
     index
         .admitted(p, requirements)
         .iter()
@@ -383,7 +384,7 @@ impl Scarce {
 fn scarce_limits(state: &State, p: usize) -> Option<Scarce> {
     let index = state.index;
     let limits = &state.limits[p];
-    if limits.resources.is_empty() && limits.nodes.is_none() {
+    if limits.is_unlimited() {
         return None;
     }
     let mut demand = Resources::new();
@@ -413,23 +414,15 @@ fn best_pattern(state: &mut State, order: &[usize], seed: usize) -> Option<(Patt
         let Ok(cp) = &index.classes[seed].per_pool[p] else { continue };
         // Cheapest first, so a type no better than a cheaper one already tried can be skipped.
         let prices = state.type_prices.entry((p, cp.shape)).or_insert_with(|| {
-            let mut memo = state.memo.borrow_mut();
-            index.pools[p]
-                .types
-                .iter()
-                .map(|pt| {
-                    let t = index.instance_type(pt);
-                    pt.offerings
-                        .iter()
-                        .zip(&pt.places)
-                        .filter(|&(&o, &place)| memo.admits(p, cp, place, &t.offerings[o]))
-                        .map(|(&o, _)| t.offerings[o].price)
-                        .min()
-                })
-                .collect()
+            // The admitted offerings come cheapest first: a type's first is its price.
+            let mut prices = vec![None; index.pools[p].types.len()];
+            for choice in index.admitted(p, &cp.requirements).iter() {
+                prices[choice.pos].get_or_insert(choice.price);
+            }
+            prices
         });
         let limits = &state.limits[p];
-        let unlimited = limits.resources.is_empty() && limits.nodes.is_none();
+        let unlimited = limits.is_unlimited();
         let mut candidates: Vec<(Price, usize)> = cp
             .types
             .iter()

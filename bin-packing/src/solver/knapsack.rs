@@ -93,7 +93,7 @@ pub(crate) fn pack(items: Vec<Item>, capacity: &[i64], floor: f64, budget: usize
         .collect();
     // The surrogate constraint: the dimensions' shares of the bin, weighted by `theta`, summed. Any
     // non-negative weights give a valid bound; these make the root bound about as tight as one constraint can.
-    let theta = surrogate_weights(&groups, capacity, floor);
+    let theta = surrogate_weights(&groups, capacity);
     for group in &mut groups {
         group.size = surrogate_size(&group.weights, capacity, &theta);
     }
@@ -352,13 +352,9 @@ fn root_surrogate(
 /// weight search's starting point): an upper bound on any pattern's value.
 fn equal_weight_bound(items: &[Item], capacity: &[i64]) -> f64 {
     let items: Vec<&Item> = items.iter().filter(|i| i.cap > 0 && i.value > 0.0).collect();
-    let used = (0..capacity.len()).filter(|&d| items.iter().any(|i| i.weights[d] > 0)).count();
-    if used == 0 {
+    let Some(theta) = equal_weights(capacity.len(), |d| items.iter().any(|i| i.weights[d] > 0)) else {
         return f64::INFINITY; // nothing to weigh: the search decides
-    }
-    let theta: Vec<f64> = (0..capacity.len())
-        .map(|d| if items.iter().any(|i| i.weights[d] > 0) { 1.0 / used as f64 } else { 0.0 })
-        .collect();
+    };
     let mut units: Vec<(f64, f64, f64, i64)> = items
         .iter()
         .map(|i| {
@@ -368,6 +364,14 @@ fn equal_weight_bound(items: &[Item], capacity: &[i64]) -> f64 {
         .collect();
     units.sort_by(|a, b| b.0.total_cmp(&a.0));
     dantzig(units.iter().map(|&(_, v, size, c)| (v, size, c)), surrogate_size(capacity, capacity, &theta))
+}
+
+/// Equal weights on the dimensions some item `uses` (none on the others: weight there loosens the bound
+/// and does nothing else); `None` when no item uses any.
+fn equal_weights(dims: usize, uses: impl Fn(usize) -> bool) -> Option<Vec<f64>> {
+    let used: Vec<bool> = (0..dims).map(uses).collect();
+    let n = used.iter().filter(|&&u| u).count();
+    (n > 0).then(|| used.iter().map(|&u| if u { 1.0 / n as f64 } else { 0.0 }).collect())
 }
 
 /// The Dantzig bound of a one-constraint bounded knapsack: units `(value, size, copies)`, in order of value
@@ -393,26 +397,16 @@ fn dantzig(units: impl Iterator<Item = (f64, f64, i64)>, mut room: f64) -> f64 {
 /// Dimension weights (on the simplex) that make the root surrogate bound small: a pattern search that moves
 /// weight between pairs of the dimensions the items use, in shrinking steps. The surrogate dual is
 /// quasi-convex, so this approaches the best single-constraint relaxation; equal weights are the start.
-/// When their bound is already at most `floor`, no pattern can beat the floor and they stand (a tighter
-/// bound would change nothing the search decides).
-fn surrogate_weights(groups: &[Group], capacity: &[i64], floor: f64) -> Vec<f64> {
-    // Only dimensions some item uses get weight: weight on the others loosens the bound and nothing else.
-    let used: Vec<usize> = (0..capacity.len()).filter(|&d| groups.iter().any(|g| g.weights[d] > 0)).collect();
-    let mut theta = vec![0.0; capacity.len()];
-    if used.is_empty() {
+fn surrogate_weights(groups: &[Group], capacity: &[i64]) -> Vec<f64> {
+    let Some(mut theta) = equal_weights(capacity.len(), |d| groups.iter().any(|g| g.weights[d] > 0)) else {
         return vec![1.0 / capacity.len() as f64; capacity.len()];
-    }
-    for &d in &used {
-        theta[d] = 1.0 / used.len() as f64;
-    }
+    };
+    let used: Vec<usize> = (0..capacity.len()).filter(|&d| theta[d] > 0.0).collect();
     if used.len() == 1 {
         return theta;
     }
     let mut units = Vec::new();
     let mut best = root_surrogate(groups, capacity, &theta, &mut units);
-    if best <= floor * (1.0 + 1e-12) {
-        return theta;
-    }
     let mut step = 0.25;
     while step >= 0.01 {
         let mut moved = false;

@@ -408,6 +408,11 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Whether nothing is limited (no resource total, no node count).
+    pub fn is_unlimited(&self) -> bool {
+        self.resources.is_empty() && self.nodes.is_none()
+    }
+
     /// Whether one more node of this capacity stays within the limits.
     pub fn allows(&self, capacity: &Resources) -> bool {
         self.count_allowed(capacity) >= 1
